@@ -1,0 +1,129 @@
+//! Delivery's API: deliveries and their courier statuses.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{Address, FieldError, LineItem, common::check_items};
+
+/// Ask for a delivery of an order. Idempotent by `order_id`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryRequest {
+    pub order_id: Uuid,
+    pub address: Address,
+    pub items: Vec<LineItem>,
+}
+
+impl DeliveryRequest {
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        self.address.check(&mut errors, "address");
+        check_items(&mut errors, "items", &self.items);
+        errors
+    }
+}
+
+/// Courier status of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeliveryStatus {
+    Created,
+    PickedUp,
+    InTransit,
+    Delivered,
+    Failed,
+    Cancelled,
+}
+
+impl DeliveryStatus {
+    pub const ALL: [Self; 6] = [
+        Self::Created,
+        Self::PickedUp,
+        Self::InTransit,
+        Self::Delivered,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "CREATED",
+            Self::PickedUp => "PICKED_UP",
+            Self::InTransit => "IN_TRANSIT",
+            Self::Delivered => "DELIVERED",
+            Self::Failed => "FAILED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The courier's state machine: CREATED → PICKED_UP → IN_TRANSIT → DELIVERED,
+    /// FAILED from the moving states, CANCELLED before pickup.
+    pub fn can_become(self, next: Self) -> bool {
+        use DeliveryStatus::*;
+        matches!(
+            (self, next),
+            (Created, PickedUp)
+                | (PickedUp, InTransit)
+                | (InTransit, Delivered)
+                | (PickedUp | InTransit, Failed)
+                | (Created, Cancelled)
+        )
+    }
+}
+
+/// A delivery of one order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub status: DeliveryStatus,
+    pub address: Address,
+    pub items: Vec<LineItem>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Courier/ops update of a delivery's status.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryStatusUpdate {
+    pub status: DeliveryStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeliveryStatus::{self, *};
+
+    #[test]
+    fn only_the_courier_path_is_allowed() {
+        let allowed: Vec<(DeliveryStatus, DeliveryStatus)> = DeliveryStatus::ALL
+            .into_iter()
+            .flat_map(|a| DeliveryStatus::ALL.into_iter().map(move |b| (a, b)))
+            .filter(|(a, b)| a.can_become(*b))
+            .collect();
+        assert_eq!(
+            allowed,
+            vec![
+                (Created, PickedUp),
+                (Created, Cancelled),
+                (PickedUp, InTransit),
+                (PickedUp, Failed),
+                (InTransit, Delivered),
+                (InTransit, Failed),
+            ]
+        );
+    }
+
+    #[test]
+    fn statuses_round_trip_through_text() {
+        for s in DeliveryStatus::ALL {
+            assert_eq!(DeliveryStatus::parse(s.as_str()), Some(s));
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Sales' API: placing and reading orders.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{
+    Address, FieldError, LineItem,
+    common::{check_items, check_text},
+};
+
+/// A customer's order request.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PlaceOrder {
+    pub customer_id: String,
+    pub items: Vec<LineItem>,
+    pub shipping_address: Address,
+}
+
+impl PlaceOrder {
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_text(&mut errors, "customer_id", &self.customer_id);
+        check_items(&mut errors, "items", &self.items);
+        self.shipping_address.check(&mut errors, "shipping_address");
+        errors
+    }
+}
+
+/// Status of an order (DESIGN §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    PendingShipment,
+    Shipped,
+    Delivered,
+    Cancelled,
+    DeliveryFailed,
+}
+
+impl OrderStatus {
+    pub const ALL: [Self; 5] = [
+        Self::PendingShipment,
+        Self::Shipped,
+        Self::Delivered,
+        Self::Cancelled,
+        Self::DeliveryFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PendingShipment => "PENDING_SHIPMENT",
+            Self::Shipped => "SHIPPED",
+            Self::Delivered => "DELIVERED",
+            Self::Cancelled => "CANCELLED",
+            Self::DeliveryFailed => "DELIVERY_FAILED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// An order as sales keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Order {
+    pub id: Uuid,
+    pub customer_id: String,
+    pub status: OrderStatus,
+    pub items: Vec<LineItem>,
+    pub shipping_address: Address,
+    /// Set when the order was accepted without a confirmed stock check.
+    pub requires_manual_review: bool,
+    /// Set when product could not be asked and the availability fallback was used.
+    pub fallback_used: bool,
+    /// The delivery at the delivery service, once initiated.
+    pub delivery_id: Option<Uuid>,
+    /// Per-order sequence, bumped on every change.
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One page of orders, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrderPage {
+    pub orders: Vec<Order>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}

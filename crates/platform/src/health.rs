@@ -1,0 +1,86 @@
+//! `/health/live` (the process answers) and `/health/ready` (its database is
+//! reachable and every migration this binary carries has been applied).
+
+use std::time::Duration;
+
+use axum::{Json, Router, http::StatusCode, response::{IntoResponse, Response}, routing::get};
+use serde::Serialize;
+use sqlx::{PgPool, migrate::Migrator};
+use utoipa::ToSchema;
+
+/// Answer of the health endpoints.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthReport {
+    /// `ok`, or `unavailable` when a check failed.
+    pub status: &'static str,
+    /// `ok`, or what is wrong with the database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// `ok`, or which migrations are missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrations: Option<String>,
+}
+
+/// The two health routes of a service backed by `pool` and `migrator`.
+pub fn router(pool: PgPool, migrator: &'static Migrator) -> Router {
+    Router::new()
+        .route(
+            "/health/live",
+            get(|| async {
+                Json(HealthReport {
+                    status: "ok",
+                    database: None,
+                    migrations: None,
+                })
+            }),
+        )
+        .route(
+            "/health/ready",
+            get(move || {
+                let pool = pool.clone();
+                async move { readiness(&pool, migrator).await }
+            }),
+        )
+}
+
+async fn readiness(pool: &PgPool, migrator: &Migrator) -> Response {
+    let applied = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool),
+    )
+    .await;
+    let (database, migrations) = match applied {
+        Err(_) => ("timed out".to_owned(), "unknown".to_owned()),
+        Ok(Err(e)) => (crate::db::describe(&e), "unknown".to_owned()),
+        Ok(Ok(applied)) => {
+            let missing: Vec<String> = migrator
+                .iter()
+                .filter(|m| !m.migration_type.is_down_migration())
+                .filter(|m| !applied.contains(&m.version))
+                .map(|m| m.version.to_string())
+                .collect();
+            let migrations = if missing.is_empty() {
+                "ok".to_owned()
+            } else {
+                format!("missing {}", missing.join(", "))
+            };
+            ("ok".to_owned(), migrations)
+        }
+    };
+    let ready = database == "ok" && migrations == "ok";
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(HealthReport {
+            status: if ready { "ok" } else { "unavailable" },
+            database: Some(database),
+            migrations: Some(migrations),
+        }),
+    )
+        .into_response()
+}

@@ -1,0 +1,24 @@
+//! What every service of the system stands on: typed configuration from the
+//! environment, telemetry, the HTTP server with its error shape, health checks,
+//! the database pool with migrations, staff authentication and graceful shutdown.
+//!
+//! # Layout
+//! - [`config`]: reading typed settings from environment variables (errors name the variable).
+//! - [`telemetry`]: `tracing` set-up (JSON logs when not on a terminal).
+//! - [`shutdown`]: ctrl-c / SIGTERM into a `CancellationToken`.
+//! - [`extract`]: `Json`, `Path` and `Query` extractors whose rejections are problem+json.
+//! - [`server`]: the common middleware stack, 404/405 as problems, serving until cancelled.
+//! - [`health`]: `/health/live` and `/health/ready` (database reachable, migrations applied).
+//! - [`db`]: pool set-up, create-if-missing, migrations, and mapping database errors to 503.
+//! - [`auth`]: the staff credential (`Authorization: Bearer …`).
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod extract;
+pub mod health;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use contracts::{FieldError, Problem};

@@ -1,0 +1,136 @@
+//! The HTTP server every service runs: common middleware, problem+json for every
+//! framework-made error (404, 405, 408, 413, panics), and serving until cancelled.
+
+use std::{any::Any, time::Duration};
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use contracts::{Problem, problem::PROBLEM_JSON};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    limit::RequestBodyLimitLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    timeout::TimeoutLayer,
+    trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer},
+};
+use tracing::Level;
+
+use crate::config::ServerConfig;
+
+/// Wraps a service's complete router with the common stack. Apply last, after
+/// every route (including health and OpenAPI) has been merged in.
+pub fn with_common_layers(router: Router, config: &ServerConfig) -> Router {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            config.request_timeout,
+        ))
+        .layer(axum::middleware::map_response(problem_for_bare_errors))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// Serves `/openapi.json`.
+pub fn openapi_router(doc: utoipa::openapi::OpenApi) -> Router {
+    let json = doc.to_pretty_json().unwrap_or_else(|_| "{}".into());
+    Router::new().route(
+        "/openapi.json",
+        get(move || {
+            let json = json.clone();
+            async move { ([(header::CONTENT_TYPE, "application/json")], json) }
+        }),
+    )
+}
+
+async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found")
+        .with_detail("no such route; see /openapi.json")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::from_status(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+/// Error responses made by the framework or middleware come without a JSON body:
+/// give them the problem shape, keeping their status and headers.
+async fn problem_for_bare_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    if is_json {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let mut problem = Problem::from_status(status);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        problem = problem.with_detail("the request took too long; try again");
+    }
+    let fresh = problem.into_response();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(PROBLEM_JSON),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let (_, body) = fresh.into_parts();
+    Response::from_parts(parts, body)
+}
+
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = message, "request handler panicked");
+    Problem::internal().into_response()
+}
+
+/// Serves `router` on `listener` until `token` is cancelled, then lets in-flight
+/// requests finish (bounded by `grace`).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    token: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    let shutdown = token.clone();
+    let server = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result,
+        () = async {
+            token.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("graceful shutdown took longer than the grace period; stopping");
+            Ok(())
+        }
+    }
+}
