@@ -57,7 +57,11 @@ pub fn check_items(errors: &mut Vec<FieldError>, field: &str, items: &[LineItem]
         ));
     }
     for (i, item) in items.iter().enumerate() {
-        check_text(errors, &format!("{field}[{i}].product_id"), &item.product_id);
+        check_text(
+            errors,
+            &format!("{field}[{i}].product_id"),
+            &item.product_id,
+        );
         if item.quantity < 1 {
             errors.push(FieldError::new(
                 format!("{field}[{i}].quantity"),
@@ -88,13 +92,13 @@ impl Address {
     pub fn check(&self, errors: &mut Vec<FieldError>, field: &str) {
         check_text(errors, &format!("{field}.recipient"), &self.recipient);
         check_text(errors, &format!("{field}.line1"), &self.line1);
-        if let Some(line2) = &self.line2 {
-            if line2.chars().count() > MAX_TEXT {
-                errors.push(FieldError::new(
-                    format!("{field}.line2"),
-                    format!("must be at most {MAX_TEXT} characters"),
-                ));
-            }
+        if let Some(line2) = &self.line2
+            && line2.chars().count() > MAX_TEXT
+        {
+            errors.push(FieldError::new(
+                format!("{field}.line2"),
+                format!("must be at most {MAX_TEXT} characters"),
+            ));
         }
         check_text(errors, &format!("{field}.city"), &self.city);
         check_text(errors, &format!("{field}.postal_code"), &self.postal_code);
@@ -121,11 +125,19 @@ mod tests {
     #[test]
     fn items_report_every_bad_field() {
         let mut errors = Vec::new();
-        check_items(&mut errors, "items", &[item("", 0), item("a", MAX_QUANTITY + 1)]);
+        check_items(
+            &mut errors,
+            "items",
+            &[item("", 0), item("a", MAX_QUANTITY + 1)],
+        );
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["items[0].product_id", "items[0].quantity", "items[1].quantity"]
+            [
+                "items[0].product_id",
+                "items[0].quantity",
+                "items[1].quantity"
+            ]
         );
     }
 

@@ -102,8 +102,12 @@ impl Env {
     /// A socket address such as `127.0.0.1:8080`.
     pub fn socket_addr(&self, key: &str, default: &str) -> Result<SocketAddr, ConfigError> {
         let raw = self.string(key, default);
-        raw.parse()
-            .map_err(|e| self.error(key, format!("{e} (expected host:port, e.g. 127.0.0.1:8080)")))
+        raw.parse().map_err(|e| {
+            self.error(
+                key,
+                format!("{e} (expected host:port, e.g. 127.0.0.1:8080)"),
+            )
+        })
     }
 
     /// An absolute http(s) URL, returned without a trailing slash.

@@ -96,7 +96,10 @@ pub fn describe(e: &sqlx::Error) -> String {
 pub fn problem(e: &sqlx::Error) -> Problem {
     if is_unavailable(e) {
         tracing::warn!(error = %e, "database unavailable");
-        Problem::unavailable("the database is unavailable; try again shortly", RETRY_AFTER_SECS)
+        Problem::unavailable(
+            "the database is unavailable; try again shortly",
+            RETRY_AFTER_SECS,
+        )
     } else {
         tracing::error!(error = %e, "database error");
         Problem::internal()

@@ -58,7 +58,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
                     strip_position(&inner.to_string()),
                 )]))
             } else {
-                Err(Problem::bad_request(format!("the body is not valid JSON: {inner}")))
+                Err(Problem::bad_request(format!(
+                    "the body is not valid JSON: {inner}"
+                )))
             }
         }
     }
@@ -83,7 +85,12 @@ fn has_json_content_type(req: &Request) -> bool {
     let Ok(value) = value.to_str() else {
         return false;
     };
-    let mime = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
@@ -147,9 +154,7 @@ where
     }
 }
 
-fn serde_urlencoded_deserializer(
-    query: &str,
-) -> serde_urlencoded::Deserializer<'_> {
+fn serde_urlencoded_deserializer(query: &str) -> serde_urlencoded::Deserializer<'_> {
     serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()))
 }
 

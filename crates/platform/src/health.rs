@@ -3,7 +3,12 @@
 
 use std::time::Duration;
 
-use axum::{Json, Router, http::StatusCode, response::{IntoResponse, Response}, routing::get};
+use axum::{
+    Json, Router,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
 use serde::Serialize;
 use sqlx::{PgPool, migrate::Migrator};
 use utoipa::ToSchema;
@@ -20,6 +25,30 @@ pub struct HealthReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migrations: Option<String>,
 }
+
+/// OpenAPI description of the health routes, merged into each service's document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(live_doc, ready_doc, openapi_doc))]
+pub struct HealthApi;
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health/live", tag = "health",
+    responses((status = 200, description = "The process is alive", body = HealthReport)))]
+#[allow(dead_code)]
+fn live_doc() {}
+
+/// Readiness: the database is reachable and every migration is applied.
+#[utoipa::path(get, path = "/health/ready", tag = "health", responses(
+    (status = 200, description = "Ready to serve", body = HealthReport),
+    (status = 503, description = "Database unreachable or migrations missing", body = HealthReport)))]
+#[allow(dead_code)]
+fn ready_doc() {}
+
+/// This OpenAPI document.
+#[utoipa::path(get, path = "/openapi.json", tag = "health",
+    responses((status = 200, description = "The OpenAPI document of this service")))]
+#[allow(dead_code)]
+fn openapi_doc() {}
 
 /// The two health routes of a service backed by `pool` and `migrator`.
 pub fn router(pool: PgPool, migrator: &'static Migrator) -> Router {

@@ -10,11 +10,13 @@
 //! - [`server`]: the common middleware stack, 404/405 as problems, serving until cancelled.
 //! - [`health`]: `/health/live` and `/health/ready` (database reachable, migrations applied).
 //! - [`db`]: pool set-up, create-if-missing, migrations, and mapping database errors to 503.
+//! - [`error`]: `ApiError`, the handlers' error (problem, or database → 503/500).
 //! - [`auth`]: the staff credential (`Authorization: Bearer …`).
 
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod error;
 pub mod extract;
 pub mod health;
 pub mod server;
@@ -22,3 +24,4 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use contracts::{FieldError, Problem};
+pub use error::{ApiError, ApiResult, ensure_valid};

@@ -89,10 +89,9 @@ async fn problem_for_bare_errors(response: Response) -> Response {
         problem = problem.with_detail("the request took too long; try again");
     }
     let fresh = problem.into_response();
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(PROBLEM_JSON),
-    );
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     parts.headers.remove(header::CONTENT_LENGTH);
     let (_, body) = fresh.into_parts();
     Response::from_parts(parts, body)
@@ -132,5 +131,24 @@ pub async fn serve(
             tracing::warn!("graceful shutdown took longer than the grace period; stopping");
             Ok(())
         }
+    }
+}
+
+/// Adds the `staff` bearer security scheme to an OpenAPI document.
+pub struct StaffSecurity;
+
+impl utoipa::Modify for StaffSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "staff",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The service's staff token"))
+                    .build(),
+            ),
+        );
     }
 }

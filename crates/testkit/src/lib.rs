@@ -1,0 +1,151 @@
+//! Helpers for the services' integration tests and the system tests: an HTTP
+//! client bound to a base URL, assertions on JSON and problem+json answers, and a
+//! handle that runs a service in the test's runtime until dropped.
+//!
+//! # Layout
+//! - [`Api`]: a `reqwest` client with a base URL and an optional staff token.
+//! - [`expect_json`] / [`expect_problem`]: status + body assertions.
+//! - [`Running`]: a service task cancelled when the handle drops.
+#![allow(clippy::unwrap_used)]
+
+use std::future::Future;
+
+use contracts::Problem;
+use reqwest::{Method, RequestBuilder, Response};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+/// Staff token the tests configure services with.
+pub const STAFF_TOKEN: &str = "test-staff-token";
+
+/// An HTTP client for one service.
+#[derive(Clone, Debug)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: impl Into<String>) -> Self {
+        Self {
+            base: base.into(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, self.url(path))
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path).send().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> Response {
+        self.request(Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn staff(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Response {
+        let mut req = self.request(method, path).bearer_auth(STAFF_TOKEN);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.request(Method::DELETE, path).send().await.unwrap()
+    }
+}
+
+/// Asserts the status and decodes the JSON body.
+#[track_caller]
+pub fn expect_json<T: DeserializeOwned>(
+    response: Response,
+    status: u16,
+) -> impl Future<Output = T> {
+    let caller = std::panic::Location::caller();
+    async move {
+        let got = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert_eq!(got, status, "unexpected status at {caller}; body: {text}");
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("body is not the expected JSON at {caller} ({e}): {text}"))
+    }
+}
+
+/// Asserts the status, the problem+json content type, and decodes the problem.
+#[track_caller]
+pub fn expect_problem(response: Response, status: u16) -> impl Future<Output = Problem> {
+    let caller = std::panic::Location::caller();
+    async move {
+        let got = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let text = response.text().await.unwrap();
+        assert_eq!(got, status, "unexpected status at {caller}; body: {text}");
+        assert_eq!(
+            content_type, "application/problem+json",
+            "not a problem document at {caller}: {text}"
+        );
+        let problem: Problem = serde_json::from_str(&text).unwrap();
+        assert_eq!(problem.status, status, "status member at {caller}");
+        problem
+    }
+}
+
+/// The fields named by a problem's field errors.
+pub fn fields(problem: &Problem) -> Vec<&str> {
+    problem.errors.iter().map(|e| e.field.as_str()).collect()
+}
+
+/// A service running in the test's runtime; cancelled when dropped.
+pub struct Running {
+    pub api: Api,
+    token: CancellationToken,
+}
+
+impl Running {
+    /// Spawns `run(token)` and points an [`Api`] at `127.0.0.1:port`.
+    pub fn spawn<F, Fut, E>(port: u16, run: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Debug + Send + 'static,
+    {
+        let token = CancellationToken::new();
+        let fut = run(token.clone());
+        tokio::spawn(async move {
+            if let Err(e) = fut.await {
+                panic!("service stopped with an error: {e:?}");
+            }
+        });
+        Self {
+            api: Api::new(format!("http://127.0.0.1:{port}")),
+            token,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}

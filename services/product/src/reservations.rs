@@ -1,0 +1,364 @@
+//! Reservations hold stock for an order: all items or none, idempotent by order
+//! id, expiring after a TTL unless committed. Stock arithmetic (`reserved`,
+//! `stock_on_hand`) changes only here, always under row locks taken in one order:
+//! the reservation row first, then its products by id. So concurrent reservations
+//! for the last unit serialize, and no two writers deadlock.
+
+use axum::{
+    Router,
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+};
+use chrono::{DateTime, Utc};
+use contracts::{
+    LineItem, Problem,
+    catalog::{INSUFFICIENT_STOCK, Reservation, ReservationRequest, ReservationStatus, ShortItem},
+    common::merge_items,
+};
+use platform::{
+    ApiResult, ensure_valid,
+    extract::{Json, Path},
+};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::{app::AppState, catalog::unknown_products};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/reservations", post(create_reservation))
+        .route(
+            "/reservations/{order_id}",
+            get(get_reservation).delete(release_reservation),
+        )
+        .route("/reservations/{order_id}/commit", post(commit_reservation))
+}
+
+#[derive(sqlx::FromRow)]
+struct ReservationRow {
+    order_id: Uuid,
+    status: String,
+    expires_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// What a reservation attempt came to.
+#[derive(Debug)]
+pub enum ReserveOutcome {
+    /// Stock is now held (201).
+    Created(Reservation),
+    /// The order already had this reservation (200).
+    Existing(Reservation),
+}
+
+/// Reads a reservation with its items.
+pub async fn find(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<Reservation>, sqlx::Error> {
+    let row: Option<ReservationRow> = sqlx::query_as(
+        "SELECT order_id, status, expires_at, created_at, updated_at FROM reservations WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let items: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT product_id, quantity FROM reservation_items WHERE order_id = $1 ORDER BY product_id",
+    )
+    .bind(order_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some(Reservation {
+        order_id: row.order_id,
+        status: ReservationStatus::parse(&row.status).unwrap_or(ReservationStatus::Released),
+        items: items
+            .into_iter()
+            .map(|(product_id, quantity)| LineItem {
+                product_id,
+                quantity,
+            })
+            .collect(),
+        expires_at: row.expires_at,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }))
+}
+
+fn sorted(mut items: Vec<LineItem>) -> Vec<LineItem> {
+    items.sort_by(|a, b| a.product_id.cmp(&b.product_id));
+    items
+}
+
+/// Reserves all of `request`'s items or none, in one transaction.
+/// Errors: 422 for unknown products, 409 `insufficient-stock` with the short
+/// items, 409 `reservation-mismatch` when the order holds a different reservation.
+pub async fn reserve(
+    pool: &PgPool,
+    request: &ReservationRequest,
+    now: DateTime<Utc>,
+    ttl: std::time::Duration,
+) -> ApiResult<ReserveOutcome> {
+    let items = sorted(merge_items(&request.items));
+    let expires_at = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+    // Dropping `tx` without commit (any early return) rolls everything back.
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO reservations (order_id, status, expires_at, created_at, updated_at)
+         VALUES ($1, 'ACTIVE', $2, $3, $3) ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(request.order_id)
+    .bind(expires_at)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        let existing = find(&mut tx, request.order_id).await?.ok_or_else(|| {
+            Problem::conflict(
+                "reservation-busy",
+                "the reservation changed meanwhile; retry",
+            )
+        })?;
+        if existing.items != items {
+            return Err(Problem::conflict(
+                "reservation-mismatch",
+                format!(
+                    "order {} already holds a reservation for other items",
+                    request.order_id
+                ),
+            )
+            .into());
+        }
+        return Ok(ReserveOutcome::Existing(existing));
+    }
+
+    let ids: Vec<String> = items.iter().map(|i| i.product_id.clone()).collect();
+    let stock: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT id, stock_on_hand - reserved FROM products WHERE id = ANY($1::text[])
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let known: Vec<String> = stock.iter().map(|(id, _)| id.clone()).collect();
+    let requested: Vec<String> = request.items.iter().map(|i| i.product_id.clone()).collect();
+    ensure_valid(unknown_products(&requested, &known))?;
+
+    let short: Vec<ShortItem> = items
+        .iter()
+        .filter_map(|item| {
+            let available = stock.iter().find(|(id, _)| *id == item.product_id)?.1;
+            (available < item.quantity).then(|| ShortItem {
+                product_id: item.product_id.clone(),
+                requested: item.quantity,
+                available,
+            })
+        })
+        .collect();
+    if !short.is_empty() {
+        return Err(
+            Problem::conflict(INSUFFICIENT_STOCK, "not enough stock for some items")
+                .with_extension("short_items", &short)
+                .into(),
+        );
+    }
+
+    let quantities: Vec<i32> = items.iter().map(|i| i.quantity).collect();
+    sqlx::query(
+        "UPDATE products p SET reserved = p.reserved + x.quantity, updated_at = $3
+         FROM unnest($1::text[], $2::int[]) AS x(id, quantity) WHERE p.id = x.id",
+    )
+    .bind(&ids)
+    .bind(&quantities)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO reservation_items (order_id, product_id, quantity)
+         SELECT $1, * FROM unnest($2::text[], $3::int[])",
+    )
+    .bind(request.order_id)
+    .bind(&ids)
+    .bind(&quantities)
+    .execute(&mut *tx)
+    .await?;
+    let reservation = find(&mut tx, request.order_id)
+        .await?
+        .ok_or_else(|| sqlx::Error::RowNotFound)?;
+    tx.commit().await?;
+    tracing::info!(order_id = %request.order_id, items = items.len(), "stock reserved");
+    Ok(ReserveOutcome::Created(reservation))
+}
+
+/// How an ACTIVE reservation ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// The order is confirmed: units leave stock for good.
+    Commit,
+    /// The order will not ship: units return to what is available.
+    Release,
+    /// The TTL ran out: units return to what is available.
+    Expire,
+}
+
+impl Settle {
+    fn target(self) -> ReservationStatus {
+        match self {
+            Self::Commit => ReservationStatus::Committed,
+            Self::Release => ReservationStatus::Released,
+            Self::Expire => ReservationStatus::Expired,
+        }
+    }
+}
+
+/// Moves an ACTIVE reservation to its end state and adjusts stock, in one
+/// transaction. A reservation already in that end state is returned unchanged
+/// (repeats are harmless); any other end state is a 409. `None` if it does not exist.
+pub async fn settle(
+    pool: &PgPool,
+    order_id: Uuid,
+    how: Settle,
+    now: DateTime<Utc>,
+) -> ApiResult<Option<Reservation>> {
+    let mut tx = pool.begin().await?;
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1 FOR UPDATE")
+            .bind(order_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(status) = status.as_deref().and_then(ReservationStatus::parse) else {
+        return Ok(None);
+    };
+    let target = how.target();
+    if status == target {
+        return Ok(find(&mut tx, order_id).await?);
+    }
+    if status != ReservationStatus::Active {
+        return Err(Problem::conflict(
+            "reservation-settled",
+            format!("reservation of order {order_id} is {}", status.as_str()),
+        )
+        .with_extension("reservation_status", status)
+        .into());
+    }
+    if how == Settle::Expire {
+        // Only expire what really is past its deadline at `now`.
+        let due: bool =
+            sqlx::query_scalar("SELECT expires_at <= $2 FROM reservations WHERE order_id = $1")
+                .bind(order_id)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+        if !due {
+            return Ok(find(&mut tx, order_id).await?);
+        }
+    }
+    sqlx::query(
+        "SELECT p.id FROM products p JOIN reservation_items ri ON ri.product_id = p.id
+         WHERE ri.order_id = $1 ORDER BY p.id FOR UPDATE OF p",
+    )
+    .bind(order_id)
+    .execute(&mut *tx)
+    .await?;
+    let shipped = if how == Settle::Commit { 1 } else { 0 };
+    sqlx::query(
+        "UPDATE products p SET reserved = p.reserved - ri.quantity,
+                stock_on_hand = p.stock_on_hand - ri.quantity * $2, updated_at = $3
+         FROM reservation_items ri WHERE ri.order_id = $1 AND p.id = ri.product_id",
+    )
+    .bind(order_id)
+    .bind(shipped)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE reservations SET status = $2, updated_at = $3 WHERE order_id = $1")
+        .bind(order_id)
+        .bind(target.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    let reservation = find(&mut tx, order_id).await?;
+    tx.commit().await?;
+    tracing::info!(%order_id, status = target.as_str(), "reservation settled");
+    Ok(reservation)
+}
+
+/// Hold stock for an order: all items or none. Idempotent by `order_id`.
+#[utoipa::path(post, path = "/reservations", tag = "reservations",
+    request_body = ReservationRequest,
+    responses(
+        (status = 201, body = Reservation, description = "Stock held"),
+        (status = 200, body = Reservation, description = "The order already held this reservation"),
+        (status = 409, body = Problem, description = "Insufficient stock (`short_items`), or another reservation for this order"),
+        (status = 422, body = Problem, description = "Invalid items or unknown products")))]
+pub async fn create_reservation(
+    State(state): State<AppState>,
+    Json(request): Json<ReservationRequest>,
+) -> ApiResult<(StatusCode, Json<Reservation>)> {
+    ensure_valid(request.validate())?;
+    match reserve(&state.pool, &request, Utc::now(), state.reservation_ttl).await? {
+        ReserveOutcome::Created(r) => Ok((StatusCode::CREATED, Json(r))),
+        ReserveOutcome::Existing(r) => Ok((StatusCode::OK, Json(r))),
+    }
+}
+
+/// Read an order's reservation.
+#[utoipa::path(get, path = "/reservations/{order_id}", tag = "reservations",
+    params(("order_id" = Uuid, Path)),
+    responses((status = 200, body = Reservation), (status = 404, body = Problem)))]
+pub async fn get_reservation(
+    State(state): State<AppState>,
+    Path(order_id): Path<Uuid>,
+) -> ApiResult<Json<Reservation>> {
+    let mut conn = state.pool.acquire().await?;
+    find(&mut conn, order_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found(&format!("reservation of order {order_id}")).into())
+}
+
+/// Commit an order's reservation: its units leave stock for good. Idempotent.
+#[utoipa::path(post, path = "/reservations/{order_id}/commit", tag = "reservations",
+    params(("order_id" = Uuid, Path)),
+    responses((status = 200, body = Reservation), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "Released or expired")))]
+pub async fn commit_reservation(
+    State(state): State<AppState>,
+    Path(order_id): Path<Uuid>,
+) -> ApiResult<Json<Reservation>> {
+    settle(&state.pool, order_id, Settle::Commit, Utc::now())
+        .await?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found(&format!("reservation of order {order_id}")).into())
+}
+
+/// Release an order's reservation: its units become available again. Idempotent.
+#[utoipa::path(delete, path = "/reservations/{order_id}", tag = "reservations",
+    params(("order_id" = Uuid, Path)),
+    responses((status = 200, body = Reservation), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "Already committed")))]
+pub async fn release_reservation(
+    State(state): State<AppState>,
+    Path(order_id): Path<Uuid>,
+) -> ApiResult<Json<Reservation>> {
+    let result = settle(&state.pool, order_id, Settle::Release, Utc::now()).await;
+    match result {
+        // Expired is as good as released for a caller that wants the stock back.
+        Err(platform::ApiError::Problem(p))
+            if p.extensions.get("reservation_status") == Some(&serde_json::json!("EXPIRED")) =>
+        {
+            let mut conn = state.pool.acquire().await?;
+            Ok(Json(
+                find(&mut conn, order_id)
+                    .await?
+                    .ok_or(sqlx::Error::RowNotFound)?,
+            ))
+        }
+        other => other?
+            .map(Json)
+            .ok_or_else(|| Problem::not_found(&format!("reservation of order {order_id}")).into()),
+    }
+}
