@@ -77,7 +77,12 @@ impl Problem {
         self
     }
 
+    /// Adds an extension member; `key` must not be one of the standard members.
     pub fn with_extension(mut self, key: &str, value: impl Serialize) -> Self {
+        debug_assert!(
+            !["type", "title", "status", "detail", "errors"].contains(&key),
+            "extension {key} would shadow a standard member"
+        );
         let value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
         self.extensions.insert(key.to_owned(), value);
         self

@@ -1,0 +1,317 @@
+//! Deliveries: idempotent initiation by order, reads, cancellation before pickup,
+//! courier status updates along the allowed transitions, and their history.
+
+use axum::{
+    Router,
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+};
+use chrono::{DateTime, Utc};
+use contracts::{
+    Problem,
+    delivery::{Delivery, DeliveryRequest, DeliveryStatus, DeliveryStatusUpdate},
+};
+use platform::{
+    ApiResult,
+    auth::Staff,
+    ensure_valid,
+    extract::{Json, Path, Query},
+};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, types::Json as Jsonb};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::app::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/deliveries", post(create_delivery).get(list_deliveries))
+        .route("/deliveries/{id}", get(get_delivery))
+        .route("/deliveries/{id}/history", get(delivery_history))
+        .route("/deliveries/{id}/cancel", post(cancel_delivery))
+        .route("/deliveries/{id}/status", post(update_status))
+}
+
+#[derive(sqlx::FromRow)]
+struct DeliveryRow {
+    id: Uuid,
+    order_id: Uuid,
+    status: String,
+    address: Jsonb<contracts::Address>,
+    items: Jsonb<Vec<contracts::LineItem>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<DeliveryRow> for Delivery {
+    fn from(r: DeliveryRow) -> Self {
+        Delivery {
+            id: r.id,
+            order_id: r.order_id,
+            // The column's CHECK constraint admits only known statuses.
+            status: DeliveryStatus::parse(&r.status).unwrap_or(DeliveryStatus::Created),
+            address: r.address.0,
+            items: r.items.0,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+const COLUMNS: &str = "id, order_id, status, address, items, created_at, updated_at";
+
+async fn find(
+    conn: &mut PgConnection,
+    id: Uuid,
+    lock: bool,
+) -> Result<Option<Delivery>, sqlx::Error> {
+    let lock = if lock { " FOR UPDATE" } else { "" };
+    let row: Option<DeliveryRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM deliveries WHERE id = $1{lock}"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(Delivery::from))
+}
+
+fn not_found(id: Uuid) -> platform::ApiError {
+    Problem::not_found(&format!("delivery {id}")).into()
+}
+
+async fn record_change(
+    conn: &mut PgConnection,
+    id: Uuid,
+    from: Option<DeliveryStatus>,
+    to: DeliveryStatus,
+    note: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO delivery_status_history (delivery_id, from_status, to_status, note)
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id)
+    .bind(from.map(DeliveryStatus::as_str))
+    .bind(to.as_str())
+    .bind(note)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Initiate the delivery of an order. Idempotent by `order_id`: a repeat returns
+/// the delivery made the first time, never a second one.
+#[utoipa::path(post, path = "/deliveries", tag = "deliveries", request_body = DeliveryRequest,
+    responses(
+        (status = 201, body = Delivery, description = "Delivery created"),
+        (status = 200, body = Delivery, description = "The order already had this delivery"),
+        (status = 422, body = Problem)))]
+pub async fn create_delivery(
+    State(state): State<AppState>,
+    Json(request): Json<DeliveryRequest>,
+) -> ApiResult<(StatusCode, Json<Delivery>)> {
+    ensure_valid(request.validate())?;
+    // Dropping `tx` without commit rolls back.
+    let mut tx = state.pool.begin().await?;
+    let inserted: Option<DeliveryRow> = sqlx::query_as(&format!(
+        "INSERT INTO deliveries (id, order_id, status, address, items)
+         VALUES ($1, $2, 'CREATED', $3, $4)
+         ON CONFLICT (order_id) DO NOTHING RETURNING {COLUMNS}"
+    ))
+    .bind(Uuid::now_v7())
+    .bind(request.order_id)
+    .bind(Jsonb(&request.address))
+    .bind(Jsonb(&request.items))
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(row) = inserted {
+        let delivery = Delivery::from(row);
+        record_change(&mut tx, delivery.id, None, DeliveryStatus::Created, None).await?;
+        tx.commit().await?;
+        tracing::info!(order_id = %delivery.order_id, delivery_id = %delivery.id, "delivery created");
+        return Ok((StatusCode::CREATED, Json(delivery)));
+    }
+    let existing: DeliveryRow = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM deliveries WHERE order_id = $1"
+    ))
+    .bind(request.order_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok((StatusCode::OK, Json(existing.into())))
+}
+
+/// Filters of the delivery list.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// Only the delivery of this order.
+    pub order_id: Option<Uuid>,
+    /// At most this many, newest first (1–100, default 50).
+    pub limit: Option<i64>,
+}
+
+/// List deliveries, newest first; `order_id` finds an order's delivery.
+#[utoipa::path(get, path = "/deliveries", tag = "deliveries", params(ListQuery),
+    responses((status = 200, body = Vec<Delivery>), (status = 400, body = Problem)))]
+pub async fn list_deliveries(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<Vec<Delivery>>> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-query",
+            "Invalid query parameters",
+        )
+        .with_errors(vec![contracts::FieldError::new(
+            "limit",
+            "must be between 1 and 100",
+        )])
+        .into());
+    }
+    let rows: Vec<DeliveryRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM deliveries WHERE ($1::uuid IS NULL OR order_id = $1)
+         ORDER BY created_at DESC, id DESC LIMIT $2"
+    ))
+    .bind(query.order_id)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(rows.into_iter().map(Delivery::from).collect()))
+}
+
+/// Read a delivery.
+#[utoipa::path(get, path = "/deliveries/{id}", tag = "deliveries",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Delivery), (status = 404, body = Problem)))]
+pub async fn get_delivery(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Delivery>> {
+    let mut conn = state.pool.acquire().await?;
+    find(&mut conn, id, false)
+        .await?
+        .map(Json)
+        .ok_or_else(|| not_found(id))
+}
+
+/// One change of a delivery's status.
+#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct StatusChange {
+    pub from_status: Option<String>,
+    pub to_status: String,
+    pub note: Option<String>,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// A delivery's status history, oldest first.
+#[utoipa::path(get, path = "/deliveries/{id}/history", tag = "deliveries",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Vec<StatusChange>), (status = 404, body = Problem)))]
+pub async fn delivery_history(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Vec<StatusChange>>> {
+    let mut conn = state.pool.acquire().await?;
+    if find(&mut conn, id, false).await?.is_none() {
+        return Err(not_found(id));
+    }
+    let changes: Vec<StatusChange> = sqlx::query_as(
+        "SELECT from_status, to_status, note, changed_at FROM delivery_status_history
+         WHERE delivery_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Json(changes))
+}
+
+/// Moves a delivery to `next` if the courier's state machine allows it. Being in
+/// `next` already is a harmless repeat; any other state is a 409.
+async fn transition(
+    state: &AppState,
+    id: Uuid,
+    next: DeliveryStatus,
+    note: Option<&str>,
+) -> ApiResult<Delivery> {
+    let mut tx = state.pool.begin().await?;
+    let current = find(&mut tx, id, true)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    if current.status == next {
+        return Ok(current);
+    }
+    if !current.status.can_become(next) {
+        return Err(Problem::conflict(
+            "invalid-transition",
+            format!(
+                "a {} delivery cannot become {}",
+                current.status.as_str(),
+                next.as_str()
+            ),
+        )
+        .with_extension("current_status", current.status)
+        .into());
+    }
+    let row: DeliveryRow = sqlx::query_as(&format!(
+        "UPDATE deliveries SET status = $2, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(next.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    record_change(&mut tx, id, Some(current.status), next, note).await?;
+    tx.commit().await?;
+    tracing::info!(delivery_id = %id, from = current.status.as_str(), to = next.as_str(), "delivery status changed");
+    Ok(row.into())
+}
+
+/// Cancel a delivery before pickup. Idempotent.
+#[utoipa::path(post, path = "/deliveries/{id}/cancel", tag = "deliveries",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Delivery), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "Already picked up or finished")))]
+pub async fn cancel_delivery(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Delivery>> {
+    transition(
+        &state,
+        id,
+        DeliveryStatus::Cancelled,
+        Some("cancelled on request"),
+    )
+    .await
+    .map(Json)
+}
+
+/// Courier/ops status update (staff). Only the courier's transitions are allowed.
+#[utoipa::path(post, path = "/deliveries/{id}/status", tag = "deliveries",
+    params(("id" = Uuid, Path)), request_body = DeliveryStatusUpdate,
+    security(("staff" = [])),
+    responses((status = 200, body = Delivery), (status = 401, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "Not a valid transition"),
+        (status = 422, body = Problem)))]
+pub async fn update_status(
+    State(state): State<AppState>,
+    _staff: Staff,
+    Path(id): Path<Uuid>,
+    Json(update): Json<DeliveryStatusUpdate>,
+) -> ApiResult<Json<Delivery>> {
+    if let Some(note) = &update.note {
+        let mut errors = Vec::new();
+        if note.chars().count() > 1000 {
+            errors.push(contracts::FieldError::new(
+                "note",
+                "must be at most 1000 characters",
+            ));
+        }
+        ensure_valid(errors)?;
+    }
+    transition(&state, id, update.status, update.note.as_deref())
+        .await
+        .map(Json)
+}
