@@ -1,0 +1,123 @@
+//! Building and running the sales service.
+
+use anyhow::Context;
+use axum::{Router, extract::FromRef};
+use platform::{auth::StaffToken, server::StaffSecurity};
+use sqlx::{PgPool, migrate::Migrator};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+
+use crate::{
+    config::Config,
+    orders,
+    peers::{HttpPeer, delivery::DeliveryClient, product::ProductClient},
+};
+
+/// The sales database's migrations, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sales");
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub staff_token: StaffToken,
+    pub product: ProductClient,
+    pub delivery: DeliveryClient,
+}
+
+impl FromRef<AppState> for StaffToken {
+    fn from_ref(state: &AppState) -> Self {
+        state.staff_token.clone()
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "sales", description = "Customers place and follow orders."),
+    paths(
+        orders::place::place_order,
+        orders::read::get_order,
+        orders::read::list_orders,
+    ),
+    modifiers(&StaffSecurity)
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document of the service, health routes included.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(platform::health::HealthApi::openapi());
+    doc
+}
+
+/// The complete router, middleware included.
+pub fn router(state: AppState, config: &Config) -> Router {
+    let router = orders::router()
+        .with_state(state.clone())
+        .merge(platform::health::router(state.pool, &MIGRATOR))
+        .merge(platform::server::openapi_router(openapi()));
+    platform::server::with_common_layers(router, &config.server)
+}
+
+/// A bound, ready-to-run sales service.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    pool: PgPool,
+    config: Config,
+}
+
+impl Application {
+    /// Connects to the database (creating and migrating it) and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let pool = platform::db::connect_and_migrate(&config.database, &MIGRATOR).await?;
+        Self::with_pool(config, pool).await
+    }
+
+    /// Same as [`Application::build`] with a pool whose database is already migrated.
+    pub async fn with_pool(config: Config, pool: PgPool) -> anyhow::Result<Self> {
+        let peer = |name, url: &str| {
+            HttpPeer::new(
+                name,
+                url,
+                config.http_connect_timeout,
+                config.http_request_timeout,
+            )
+        };
+        let state = AppState {
+            pool: pool.clone(),
+            staff_token: StaffToken::new(config.staff_token.clone()),
+            product: ProductClient::new(peer("product", &config.product_url)?),
+            delivery: DeliveryClient::new(peer("delivery", &config.delivery_url)?),
+        };
+        let router = router(state, &config);
+        let listener = TcpListener::bind(config.server.listen_addr)
+            .await
+            .with_context(|| format!("binding {}", config.server.listen_addr))?;
+        Ok(Self {
+            listener,
+            router,
+            pool,
+            config,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Serves until `token` is cancelled, then drains.
+    pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
+        platform::server::serve(
+            self.listener,
+            self.router,
+            token,
+            self.config.server.shutdown_grace,
+        )
+        .await?;
+        self.pool.close().await;
+        tracing::info!("sales stopped");
+        Ok(())
+    }
+}

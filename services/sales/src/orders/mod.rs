@@ -1,0 +1,17 @@
+//! The order endpoints: placing an order (the write path), reading one, and
+//! listing them with keyset pagination.
+
+pub mod idempotency;
+pub mod place;
+pub mod read;
+pub mod store;
+
+use axum::{Router, routing::get};
+
+use crate::app::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/orders", get(read::list_orders).post(place::place_order))
+        .route("/orders/{id}", get(read::get_order))
+}

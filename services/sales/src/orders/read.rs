@@ -1,0 +1,141 @@
+//! Reading orders: one by id, or a page of them newest first (keyset pagination
+//! on `(created_at, id)`, with an opaque cursor).
+
+use axum::{extract::State, http::StatusCode};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
+use contracts::{
+    FieldError, Problem,
+    orders::{Order, OrderPage, OrderStatus},
+};
+use platform::{
+    ApiResult,
+    extract::{Json, Path, Query},
+};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use super::store::{self, ListFilter};
+use crate::app::AppState;
+
+/// Default page size.
+pub const DEFAULT_LIMIT: i64 = 20;
+/// Largest page size.
+pub const MAX_LIMIT: i64 = 100;
+
+/// Read an order.
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Order), (status = 404, body = Problem),
+        (status = 503, body = Problem)))]
+pub async fn get_order(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Order>> {
+    let mut conn = state.pool.acquire().await?;
+    store::load(&mut conn, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found(&format!("order {id}")).into())
+}
+
+/// Filters and paging of the order list.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// Only this customer's orders.
+    pub customer_id: Option<String>,
+    /// Only orders in this status, e.g. `PENDING_SHIPMENT`.
+    pub status: Option<String>,
+    /// Page size, 1–100 (default 20).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+fn bad_query(field: &str, message: &str) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "bad-query",
+        "Invalid query parameters",
+    )
+    .with_errors(vec![FieldError::new(field, message)])
+}
+
+/// Encodes a position in the listing.
+pub fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}.{id}", created_at.timestamp_micros()))
+}
+
+/// Decodes a cursor made by [`encode_cursor`].
+pub fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
+    let (micros, id) = raw.split_once('.')?;
+    Some((
+        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        id.parse().ok()?,
+    ))
+}
+
+/// List orders, newest first, optionally by customer and status.
+#[utoipa::path(get, path = "/orders", tag = "orders", params(ListQuery),
+    responses((status = 200, body = OrderPage), (status = 400, body = Problem),
+        (status = 503, body = Problem)))]
+pub async fn list_orders(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<OrderPage>> {
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(bad_query("limit", "must be between 1 and 100").into());
+    }
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s) => Some(OrderStatus::parse(s).ok_or_else(|| {
+            bad_query(
+                "status",
+                "must be one of PENDING_SHIPMENT, SHIPPED, DELIVERED, CANCELLED, DELIVERY_FAILED",
+            )
+        })?),
+    };
+    let before = match query.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(
+            decode_cursor(c).ok_or_else(|| bad_query("cursor", "is not a cursor this API made"))?,
+        ),
+    };
+    let mut conn = state.pool.acquire().await?;
+    let mut orders = store::list(
+        &mut conn,
+        &ListFilter {
+            customer_id: query.customer_id.as_deref().map(str::trim),
+            status,
+            before,
+            limit: limit + 1,
+        },
+    )
+    .await?;
+    let next_cursor = if orders.len() as i64 > limit {
+        orders.truncate(limit as usize);
+        orders.last().map(|o| encode_cursor(o.created_at, o.id))
+    } else {
+        None
+    };
+    Ok(Json(OrderPage {
+        orders,
+        next_cursor,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).expect("valid");
+        let id = Uuid::now_v7();
+        assert_eq!(decode_cursor(&encode_cursor(at, id)), Some((at, id)));
+        assert_eq!(decode_cursor("not-a-cursor"), None);
+        assert_eq!(decode_cursor(&URL_SAFE_NO_PAD.encode("12.nope")), None);
+    }
+}

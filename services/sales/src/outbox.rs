@@ -1,0 +1,40 @@
+//! Writing events to the transactional outbox, inside the caller's transaction,
+//! so an event exists exactly when the change it describes was committed.
+
+use serde::Serialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// Aggregate type of order events.
+pub const ORDER: &str = "order";
+
+/// Event types sales emits.
+pub mod events {
+    pub const ORDER_CREATED: &str = "ORDER_CREATED";
+    pub const DELIVERY_INITIATED: &str = "DELIVERY_INITIATED";
+}
+
+/// Appends one PENDING event; returns its id (the event id consumers dedup on).
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    aggregate_id: Uuid,
+    aggregate_version: i32,
+    event_type: &str,
+    payload: &impl Serialize,
+) -> Result<Uuid, sqlx::Error> {
+    let id = Uuid::now_v7();
+    let payload = serde_json::to_value(payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(
+        "INSERT INTO outbox_events (id, aggregate_type, aggregate_id, aggregate_version, event_type, payload)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(ORDER)
+    .bind(aggregate_id)
+    .bind(aggregate_version)
+    .bind(event_type)
+    .bind(payload)
+    .execute(conn)
+    .await?;
+    Ok(id)
+}

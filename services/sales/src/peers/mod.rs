@@ -1,0 +1,109 @@
+//! HTTP clients of sales' neighbours. Every call's outcome is classified the
+//! same way: the peer answered (2xx), the peer refused the request (4xx with a
+//! problem document: our request is wrong or the state forbids it), or the peer
+//! is unavailable (cannot connect, timeout, 5xx, 429, unreadable answer). Only
+//! the last kind says anything about the peer's health.
+
+pub mod delivery;
+pub mod product;
+
+use std::time::Duration;
+
+use contracts::Problem;
+use reqwest::{Method, StatusCode};
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Why a call to a peer did not give the answer asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The peer could not be asked, or failed: a fault of the peer or the network.
+    #[error("{peer} unavailable: {reason}")]
+    Unavailable { peer: &'static str, reason: String },
+    /// The peer refused the request with a 4xx problem.
+    #[error("{peer} refused the request: {problem}")]
+    Rejected {
+        peer: &'static str,
+        problem: Problem,
+    },
+}
+
+/// A JSON-over-HTTP peer with connect and request timeouts.
+#[derive(Debug, Clone)]
+pub struct HttpPeer {
+    name: &'static str,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl HttpPeer {
+    pub fn new(
+        name: &'static str,
+        base: &str,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .timeout(request_timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Self {
+            name,
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn unavailable(&self, reason: impl Into<String>) -> PeerError {
+        PeerError::Unavailable {
+            peer: self.name,
+            reason: reason.into(),
+        }
+    }
+
+    /// Sends a request and decodes a 2xx JSON answer.
+    pub async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + Sync)>,
+    ) -> Result<(StatusCode, T), PeerError> {
+        let mut request = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| {
+            let kind = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "connection failed"
+            } else {
+                "request failed"
+            };
+            self.unavailable(format!("{kind}: {e}"))
+        })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.unavailable(format!("reading the answer failed: {e}")))?;
+        if status.is_success() {
+            let value = serde_json::from_slice(&bytes)
+                .map_err(|e| self.unavailable(format!("unreadable answer: {e}")))?;
+            return Ok((status, value));
+        }
+        if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+            let problem = serde_json::from_slice::<Problem>(&bytes)
+                .unwrap_or_else(|_| Problem::from_status(status));
+            return Err(PeerError::Rejected {
+                peer: self.name,
+                problem,
+            });
+        }
+        Err(self.unavailable(format!("answered {status}")))
+    }
+}

@@ -1,0 +1,31 @@
+//! Health, OpenAPI and framework errors of sales.
+
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use testkit::{expect_json, expect_problem};
+
+use crate::Stack;
+
+#[sqlx::test(migrations = false)]
+async fn health_and_openapi_cover_every_route(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let stack = Stack::start(options).await;
+    let ready: Value = expect_json(stack.api().get("/health/ready").await, 200).await;
+    assert_eq!(ready["migrations"], "ok");
+    expect_json::<Value>(stack.api().get("/health/live").await, 200).await;
+    let doc: Value = expect_json(stack.api().get("/openapi.json").await, 200).await;
+    for (path, method) in [
+        ("/orders", "post"),
+        ("/orders", "get"),
+        ("/orders/{id}", "get"),
+        ("/health/live", "get"),
+        ("/health/ready", "get"),
+        ("/openapi.json", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} undocumented"
+        );
+    }
+    expect_problem(stack.api().get("/nowhere").await, 404).await;
+    expect_problem(stack.api().delete("/orders").await, 405).await;
+}

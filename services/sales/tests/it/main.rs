@@ -1,0 +1,211 @@
+//! Integration tests of the sales service against the real product and delivery
+//! services, all three in this process on port 0, each with its own schema of a
+//! fresh PostgreSQL database per test (`#[sqlx::test]`), talking real HTTP.
+#![allow(clippy::unwrap_used)]
+
+mod faults;
+mod http;
+mod listing;
+mod placing;
+
+use std::collections::HashMap;
+
+use platform::config::Env;
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use testkit::{Api, Running, STAFF_TOKEN};
+
+/// The three services of one test.
+pub struct Stack {
+    pub sales: Running,
+    pub product: Option<Running>,
+    pub delivery: Option<Running>,
+    pub sales_db: PgPool,
+    pub product_db: PgPool,
+    pub delivery_db: PgPool,
+}
+
+fn vars(pairs: &[(&str, String)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+async fn schema_pool(options: &PgConnectOptions, schema: &str) -> PgPool {
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone())
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    PgPoolOptions::new()
+        .max_connections(5)
+        .connect_with(options.clone().options([("search_path", schema)]))
+        .await
+        .unwrap()
+}
+
+/// A port nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Which peers to run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Peers {
+    Both,
+    ProductDown,
+    DeliveryDown,
+}
+
+impl Stack {
+    pub async fn start(options: PgConnectOptions) -> Self {
+        Self::start_with(options, Peers::Both).await
+    }
+
+    pub async fn start_with(options: PgConnectOptions, peers: Peers) -> Self {
+        let sales_db = schema_pool(&options, "sales").await;
+        let product_db = schema_pool(&options, "product").await;
+        let delivery_db = schema_pool(&options, "delivery").await;
+        product::MIGRATOR.run(&product_db).await.unwrap();
+        delivery::MIGRATOR.run(&delivery_db).await.unwrap();
+        sales::MIGRATOR.run(&sales_db).await.unwrap();
+
+        let product_config = product::Config::from(&Env::from_map(
+            "PRODUCT_",
+            vars(&[
+                ("PRODUCT_LISTEN_ADDR", "127.0.0.1:0".into()),
+                ("PRODUCT_STAFF_TOKEN", STAFF_TOKEN.into()),
+            ]),
+        ))
+        .unwrap();
+        let product_app = product::Application::with_pool(product_config, product_db.clone())
+            .await
+            .unwrap();
+        let product_port = product_app.port();
+        let product = (peers != Peers::ProductDown)
+            .then(|| Running::spawn(product_port, |t| product_app.run(t)));
+
+        let delivery_config = delivery::Config::from(&Env::from_map(
+            "DELIVERY_",
+            vars(&[
+                ("DELIVERY_LISTEN_ADDR", "127.0.0.1:0".into()),
+                ("DELIVERY_STAFF_TOKEN", STAFF_TOKEN.into()),
+            ]),
+        ))
+        .unwrap();
+        let delivery_app = delivery::Application::with_pool(delivery_config, delivery_db.clone())
+            .await
+            .unwrap();
+        let delivery_port = delivery_app.port();
+        let delivery = (peers != Peers::DeliveryDown)
+            .then(|| Running::spawn(delivery_port, |t| delivery_app.run(t)));
+
+        let port_of = |up: bool, port: u16| if up { port } else { closed_port() };
+        let sales_config = sales::Config::from(&Env::from_map(
+            "SALES_",
+            vars(&[
+                ("SALES_LISTEN_ADDR", "127.0.0.1:0".into()),
+                ("SALES_STAFF_TOKEN", STAFF_TOKEN.into()),
+                (
+                    "SALES_PRODUCT_URL",
+                    format!(
+                        "http://127.0.0.1:{}",
+                        port_of(product.is_some(), product_port)
+                    ),
+                ),
+                (
+                    "SALES_DELIVERY_URL",
+                    format!(
+                        "http://127.0.0.1:{}",
+                        port_of(delivery.is_some(), delivery_port)
+                    ),
+                ),
+                ("SALES_HTTP_REQUEST_TIMEOUT_MS", "2000".into()),
+            ]),
+        ))
+        .unwrap();
+        let sales_app = sales::Application::with_pool(sales_config, sales_db.clone())
+            .await
+            .unwrap();
+        let sales_port = sales_app.port();
+        let sales = Running::spawn(sales_port, |t| sales_app.run(t));
+
+        let stack = Self {
+            sales,
+            product,
+            delivery,
+            sales_db,
+            product_db,
+            delivery_db,
+        };
+        for (id, stock) in [("SKU-A", 10), ("SKU-B", 3)] {
+            stack.add_product(id, stock).await;
+        }
+        stack
+    }
+
+    pub fn api(&self) -> &Api {
+        &self.sales.api
+    }
+
+    /// Adds a product directly in product's database (works with product down too).
+    pub async fn add_product(&self, id: &str, stock: i32) {
+        sqlx::query(
+            "INSERT INTO products (id, name, price_cents, stock_on_hand) VALUES ($1, $1, 100, $2)",
+        )
+        .bind(id)
+        .bind(stock)
+        .execute(&self.product_db)
+        .await
+        .unwrap();
+    }
+
+    /// (stock_on_hand, reserved) at product.
+    pub async fn stock(&self, id: &str) -> (i32, i32) {
+        sqlx::query_as("SELECT stock_on_hand, reserved FROM products WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.product_db)
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, pool: &PgPool, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn place(&self, body: &Value, key: Option<&str>) -> reqwest::Response {
+        let mut request = self.api().request(Method::POST, "/orders").json(body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+/// A valid order body.
+pub fn order_body(customer: &str, items: &[(&str, i32)]) -> Value {
+    let items: Vec<Value> = items
+        .iter()
+        .map(|(id, q)| json!({"product_id": id, "quantity": q}))
+        .collect();
+    json!({
+        "customer_id": customer,
+        "items": items,
+        "shipping_address": {"recipient": "Grace Hopper", "line1": "1 Compiler Way",
+            "city": "Arlington", "postal_code": "22201", "country": "US"}
+    })
+}
