@@ -1,1 +1,225 @@
+//! Harness of the system tests: starts the real `sales`, `product` and
+//! `delivery` binaries as child processes on free ports, each against its own
+//! fresh PostgreSQL database, and stops, kills or restarts them on demand.
+//!
+//! The binaries come from the same target directory as the test executable:
+//! build them first with `cargo build --workspace --bins` (`scripts/test` does).
+//!
+//! # Layout
+//! - [`Service`]: one child process with its environment, log file and port.
+//! - [`Stack`]: the three services wired together, and their databases.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+/// Staff token the stack is started with.
+pub const STAFF_TOKEN: &str = "system-test-staff-token";
+
+/// Base URL of the PostgreSQL server the tests use (no database name).
+pub fn postgres_base() -> String {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    // postgres://user@host:port/db → postgres://user@host:port
+    let (scheme, rest) = url.split_once("://").expect("DATABASE_URL is a URL");
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    format!("{scheme}://{authority}")
+}
+
+/// The directory holding the workspace's binaries (next to the test executable).
+pub fn binaries_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> → target/<profile>
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    for name in ["sales", "product", "delivery"] {
+        assert!(
+            dir.join(name).exists(),
+            "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+            dir.join(name).display()
+        );
+    }
+    dir
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One service binary running as a child process.
+pub struct Service {
+    pub name: &'static str,
+    pub port: u16,
+    env: BTreeMap<String, String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Service {
+    pub fn new(name: &'static str, port: u16, env: BTreeMap<String, String>, log_dir: &Path) -> Self {
+        Self {
+            name,
+            port,
+            env,
+            log: log_dir.join(format!("{name}.log")),
+            child: None,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the process (appending to its log) and waits until `/health/ready` answers 200.
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(binaries_dir().join(self.name))
+            .envs(&self.env)
+            .env("LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(60)).await;
+    }
+
+    /// Polls `/health/ready` until it answers 200.
+    pub async fn wait_ready(&mut self, limit: Duration) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + limit;
+        let url = format!("{}/health/ready", self.base_url());
+        loop {
+            if let Ok(r) = client.get(&url).timeout(Duration::from_secs(1)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("{} exited during start-up ({status}); log: {}", self.name, self.log_text());
+            }
+            assert!(Instant::now() < deadline, "{} not ready in time; log: {}", self.name, self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited successfully.
+    pub async fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return true };
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+        match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            _ => {
+                let _ = child.kill().await;
+                false
+            }
+        }
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The three services wired together, each on its own fresh database.
+pub struct Stack {
+    pub sales: Service,
+    pub product: Service,
+    pub delivery: Service,
+    pub databases: BTreeMap<&'static str, String>,
+    pub log_dir: PathBuf,
+}
+
+impl Stack {
+    /// Starts product (with the demo catalog), delivery, then sales.
+    pub async fn start() -> Self {
+        let run = Uuid::new_v4().simple().to_string();
+        let log_dir = binaries_dir().join("system-tests").join(&run);
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let base = postgres_base();
+        let databases: BTreeMap<&'static str, String> = ["sales", "product", "delivery"]
+            .into_iter()
+            .map(|s| (s, format!("systest_{s}_{}", &run[..12])))
+            .collect();
+        let (sales_port, product_port, delivery_port) = (free_port(), free_port(), free_port());
+        let common = |prefix: &str, port: u16, db: &str| -> BTreeMap<String, String> {
+            [
+                ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+                ("DATABASE_URL", format!("{base}/{db}")),
+                ("STAFF_TOKEN", STAFF_TOKEN.to_owned()),
+                ("SHUTDOWN_GRACE_MS", "5000".to_owned()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), v))
+            .collect()
+        };
+        let mut product_env = common("PRODUCT_", product_port, &databases["product"]);
+        product_env.insert("PRODUCT_SEED_DEMO_CATALOG".into(), "true".into());
+        let delivery_env = common("DELIVERY_", delivery_port, &databases["delivery"]);
+        let mut sales_env = common("SALES_", sales_port, &databases["sales"]);
+        sales_env.insert("SALES_PRODUCT_URL".into(), format!("http://127.0.0.1:{product_port}"));
+        sales_env.insert("SALES_DELIVERY_URL".into(), format!("http://127.0.0.1:{delivery_port}"));
+        sales_env.insert("SALES_HTTP_REQUEST_TIMEOUT_MS".into(), "2000".into());
+
+        let mut stack = Self {
+            sales: Service::new("sales", sales_port, sales_env, &log_dir),
+            product: Service::new("product", product_port, product_env, &log_dir),
+            delivery: Service::new("delivery", delivery_port, delivery_env, &log_dir),
+            databases,
+            log_dir,
+        };
+        stack.product.start().await;
+        stack.delivery.start().await;
+        stack.sales.start().await;
+        stack
+    }
+
+    /// A pool on one service's database.
+    pub async fn db(&self, service: &str) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&format!("{}/{}", postgres_base(), self.databases[service]))
+            .await
+            .unwrap()
+    }
+
+    /// Stops every service gracefully (returning whether all exited cleanly) and drops the databases.
+    pub async fn shutdown(mut self) -> bool {
+        let clean = self.sales.stop().await & self.delivery.stop().await & self.product.stop().await;
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&format!("{}/postgres", postgres_base()))
+            .await
+            .unwrap();
+        for db in self.databases.values() {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await;
+        }
+        if clean {
+            let _ = std::fs::remove_dir_all(&self.log_dir);
+        }
+        clean
+    }
+}
