@@ -52,7 +52,11 @@ pub fn binaries_dir() -> PathBuf {
 
 /// A free TCP port on loopback (bound, then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One service binary running as a child process.
@@ -65,7 +69,12 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(name: &'static str, port: u16, env: BTreeMap<String, String>, log_dir: &Path) -> Self {
+    pub fn new(
+        name: &'static str,
+        port: u16,
+        env: BTreeMap<String, String>,
+        log_dir: &Path,
+    ) -> Self {
         Self {
             name,
             port,
@@ -82,7 +91,11 @@ impl Service {
     /// Starts the process (appending to its log) and waits until `/health/ready` answers 200.
     pub async fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(binaries_dir().join(self.name))
             .envs(&self.env)
             .env("LOG_FORMAT", "json")
@@ -102,7 +115,11 @@ impl Service {
         let deadline = Instant::now() + limit;
         let url = format!("{}/health/ready", self.base_url());
         loop {
-            if let Ok(r) = client.get(&url).timeout(Duration::from_secs(1)).send().await
+            if let Ok(r) = client
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
                 && r.status() == 200
             {
                 return;
@@ -110,16 +127,27 @@ impl Service {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("{} exited during start-up ({status}); log: {}", self.name, self.log_text());
+                panic!(
+                    "{} exited during start-up ({status}); log: {}",
+                    self.name,
+                    self.log_text()
+                );
             }
-            assert!(Instant::now() < deadline, "{} not ready in time; log: {}", self.name, self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready in time; log: {}",
+                self.name,
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// SIGTERM, then waits for the exit; returns whether it exited successfully.
     pub async fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return true };
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
         if let Some(pid) = child.id() {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         }
@@ -180,8 +208,14 @@ impl Stack {
         product_env.insert("PRODUCT_SEED_DEMO_CATALOG".into(), "true".into());
         let delivery_env = common("DELIVERY_", delivery_port, &databases["delivery"]);
         let mut sales_env = common("SALES_", sales_port, &databases["sales"]);
-        sales_env.insert("SALES_PRODUCT_URL".into(), format!("http://127.0.0.1:{product_port}"));
-        sales_env.insert("SALES_DELIVERY_URL".into(), format!("http://127.0.0.1:{delivery_port}"));
+        sales_env.insert(
+            "SALES_PRODUCT_URL".into(),
+            format!("http://127.0.0.1:{product_port}"),
+        );
+        sales_env.insert(
+            "SALES_DELIVERY_URL".into(),
+            format!("http://127.0.0.1:{delivery_port}"),
+        );
         sales_env.insert("SALES_HTTP_REQUEST_TIMEOUT_MS".into(), "2000".into());
 
         let mut stack = Self {
@@ -208,14 +242,17 @@ impl Stack {
 
     /// Stops every service gracefully (returning whether all exited cleanly) and drops the databases.
     pub async fn shutdown(mut self) -> bool {
-        let clean = self.sales.stop().await & self.delivery.stop().await & self.product.stop().await;
+        let clean =
+            self.sales.stop().await & self.delivery.stop().await & self.product.stop().await;
         let admin = PgPoolOptions::new()
             .max_connections(1)
             .connect(&format!("{}/postgres", postgres_base()))
             .await
             .unwrap();
         for db in self.databases.values() {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await;
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                .execute(&admin)
+                .await;
         }
         if clean {
             let _ = std::fs::remove_dir_all(&self.log_dir);

@@ -30,7 +30,11 @@ async fn an_order_crosses_all_three_services() {
     let order: Order = response.json().await.unwrap();
 
     let reservation: Reservation = http
-        .get(format!("{}/reservations/{}", stack.product.base_url(), order.id))
+        .get(format!(
+            "{}/reservations/{}",
+            stack.product.base_url(),
+            order.id
+        ))
         .send()
         .await
         .unwrap()
@@ -41,7 +45,11 @@ async fn an_order_crosses_all_three_services() {
     assert_eq!(reservation.items.len(), 2);
 
     let deliveries: Vec<Delivery> = http
-        .get(format!("{}/deliveries?order_id={}", stack.delivery.base_url(), order.id))
+        .get(format!(
+            "{}/deliveries?order_id={}",
+            stack.delivery.base_url(),
+            order.id
+        ))
         .send()
         .await
         .unwrap()
@@ -67,7 +75,10 @@ async fn an_order_crosses_all_three_services() {
         ]
     );
     sales_db.close().await;
-    assert!(stack.shutdown().await, "every service exits cleanly on SIGTERM");
+    assert!(
+        stack.shutdown().await,
+        "every service exits cleanly on SIGTERM"
+    );
 }
 
 #[tokio::test]

@@ -13,5 +13,8 @@ async fn a_bad_setting_names_the_variable() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("SALES_DATABASE_MAX_CONNECTIONS"), "stderr: {stderr}");
+    assert!(
+        stderr.contains("SALES_DATABASE_MAX_CONNECTIONS"),
+        "stderr: {stderr}"
+    );
 }
