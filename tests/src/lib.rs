@@ -8,7 +8,10 @@
 //! # Layout
 //! - [`Service`]: one child process with its environment, log file and port.
 //! - [`Stack`]: the three services wired together, and their databases.
+//! - [`proxy`]: a TCP proxy that cuts and refuses connections to a dependency.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+pub mod proxy;
 
 use std::{
     collections::BTreeMap,
@@ -33,6 +36,20 @@ pub fn postgres_base() -> String {
     let (scheme, rest) = url.split_once("://").expect("DATABASE_URL is a URL");
     let authority = rest.split(['/', '?']).next().unwrap_or(rest);
     format!("{scheme}://{authority}")
+}
+
+/// Address of the PostgreSQL server of [`postgres_base`].
+pub fn postgres_socket_addr() -> std::net::SocketAddr {
+    let base = postgres_base();
+    let authority = base.split_once("://").unwrap().1;
+    let host_port = authority.rsplit('@').next().unwrap();
+    let host_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5432")
+    };
+    let host_port = host_port.replace("localhost", "127.0.0.1");
+    host_port.parse().unwrap()
 }
 
 /// The directory holding the workspace's binaries (next to the test executable).
@@ -160,6 +177,22 @@ impl Service {
         }
     }
 
+    /// SIGSTOP: the process hangs (accepts connections, never answers) until resumed.
+    pub fn pause(&self) {
+        self.signal(Signal::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Service::pause`].
+    pub fn resume(&self) {
+        self.signal(Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.child.as_ref().and_then(Child::id) {
+            nix::sys::signal::kill(Pid::from_raw(pid as i32), signal).unwrap();
+        }
+    }
+
     /// SIGKILL: no chance to clean up, as in a crash.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -172,6 +205,15 @@ impl Service {
     }
 }
 
+/// How to start a [`Stack`].
+#[derive(Default)]
+pub struct StackOptions {
+    /// Extra `SALES_*` settings (e.g. shorter breaker timeouts).
+    pub sales_env: Vec<(&'static str, String)>,
+    /// Route sales' database connections through a [`proxy::Proxy`].
+    pub sales_db_proxy: bool,
+}
+
 /// The three services wired together, each on its own fresh database.
 pub struct Stack {
     pub sales: Service,
@@ -179,11 +221,18 @@ pub struct Stack {
     pub delivery: Service,
     pub databases: BTreeMap<&'static str, String>,
     pub log_dir: PathBuf,
+    /// Between sales and PostgreSQL, when asked for.
+    pub sales_db_proxy: Option<proxy::Proxy>,
 }
 
 impl Stack {
     /// Starts product (with the demo catalog), delivery, then sales.
     pub async fn start() -> Self {
+        Self::start_with(StackOptions::default()).await
+    }
+
+    /// Starts the stack with options.
+    pub async fn start_with(options: StackOptions) -> Self {
         let run = Uuid::new_v4().simple().to_string();
         let log_dir = binaries_dir().join("system-tests").join(&run);
         std::fs::create_dir_all(&log_dir).unwrap();
@@ -217,6 +266,30 @@ impl Stack {
             format!("http://127.0.0.1:{delivery_port}"),
         );
         sales_env.insert("SALES_HTTP_REQUEST_TIMEOUT_MS".into(), "2000".into());
+        let sales_db_proxy = if options.sales_db_proxy {
+            let upstream = postgres_socket_addr();
+            let proxy = proxy::Proxy::start(upstream).await;
+            let (scheme, rest) = base.split_once("://").unwrap();
+            let user = rest
+                .split('@')
+                .next()
+                .filter(|_| rest.contains('@'))
+                .map(|u| format!("{u}@"))
+                .unwrap_or_default();
+            sales_env.insert(
+                "SALES_DATABASE_URL".into(),
+                format!(
+                    "{scheme}://{user}127.0.0.1:{}/{}",
+                    proxy.port, databases["sales"]
+                ),
+            );
+            Some(proxy)
+        } else {
+            None
+        };
+        for (k, v) in options.sales_env {
+            sales_env.insert(k.to_owned(), v);
+        }
 
         let mut stack = Self {
             sales: Service::new("sales", sales_port, sales_env, &log_dir),
@@ -224,6 +297,7 @@ impl Stack {
             delivery: Service::new("delivery", delivery_port, delivery_env, &log_dir),
             databases,
             log_dir,
+            sales_db_proxy,
         };
         stack.product.start().await;
         stack.delivery.start().await;

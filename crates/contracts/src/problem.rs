@@ -133,7 +133,7 @@ impl Problem {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            "Service temporarily unavailable",
+            "System temporarily unavailable",
         )
         .with_detail(detail)
         .with_retry_after(retry_after_secs)

@@ -1,7 +1,7 @@
 //! `/health/live` (the process answers) and `/health/ready` (its database is
 //! reachable and every migration this binary carries has been applied).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -24,7 +24,14 @@ pub struct HealthReport {
     /// `ok`, or which migrations are missing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migrations: Option<String>,
+    /// Further readiness details of the service (e.g. circuit breaker states).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
 }
+
+/// A service's own readiness check: `(ready, details)`. It must not block.
+pub type ReadinessCheck = Arc<dyn Fn() -> (bool, serde_json::Value) + Send + Sync>;
 
 /// OpenAPI description of the health routes, merged into each service's document.
 #[derive(utoipa::OpenApi)]
@@ -52,6 +59,15 @@ fn openapi_doc() {}
 
 /// The two health routes of a service backed by `pool` and `migrator`.
 pub fn router(pool: PgPool, migrator: &'static Migrator) -> Router {
+    router_with(pool, migrator, None)
+}
+
+/// The health routes with an extra readiness check of the service's own.
+pub fn router_with(
+    pool: PgPool,
+    migrator: &'static Migrator,
+    extra: Option<ReadinessCheck>,
+) -> Router {
     Router::new()
         .route(
             "/health/live",
@@ -60,6 +76,7 @@ pub fn router(pool: PgPool, migrator: &'static Migrator) -> Router {
                     status: "ok",
                     database: None,
                     migrations: None,
+                    details: None,
                 })
             }),
         )
@@ -67,12 +84,13 @@ pub fn router(pool: PgPool, migrator: &'static Migrator) -> Router {
             "/health/ready",
             get(move || {
                 let pool = pool.clone();
-                async move { readiness(&pool, migrator).await }
+                let extra = extra.clone();
+                async move { readiness(&pool, migrator, extra).await }
             }),
         )
 }
 
-async fn readiness(pool: &PgPool, migrator: &Migrator) -> Response {
+async fn readiness(pool: &PgPool, migrator: &Migrator, extra: Option<ReadinessCheck>) -> Response {
     let applied = tokio::time::timeout(
         Duration::from_secs(2),
         sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success")
@@ -97,7 +115,14 @@ async fn readiness(pool: &PgPool, migrator: &Migrator) -> Response {
             ("ok".to_owned(), migrations)
         }
     };
-    let ready = database == "ok" && migrations == "ok";
+    let (extra_ready, details) = match extra {
+        Some(check) => {
+            let (ok, details) = check();
+            (ok, Some(details))
+        }
+        None => (true, None),
+    };
+    let ready = database == "ok" && migrations == "ok" && extra_ready;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -109,6 +134,7 @@ async fn readiness(pool: &PgPool, migrator: &Migrator) -> Response {
             status: if ready { "ok" } else { "unavailable" },
             database: Some(database),
             migrations: Some(migrations),
+            details,
         }),
     )
         .into_response()

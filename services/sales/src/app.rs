@@ -1,29 +1,37 @@
-//! Building and running the sales service.
+//! Building and running the sales service: breakers, peers, router, OpenAPI
+//! document and the background workers.
+
+use std::sync::Arc;
 
 use anyhow::Context;
-use axum::{Router, extract::FromRef};
+use axum::{Router, extract::FromRef, routing::get};
 use platform::{auth::StaffToken, server::StaffSecurity};
+use resilience::Registry;
 use sqlx::{PgPool, migrate::Migrator};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use utoipa::OpenApi;
 
 use crate::{
     config::Config,
-    orders,
+    db::Db,
+    delivery_retry, orders,
     peers::{HttpPeer, delivery::DeliveryClient, product::ProductClient},
+    reliability,
 };
 
 /// The sales database's migrations, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sales");
 
-/// What handlers share.
+/// What handlers and workers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: PgPool,
+    pub db: Db,
     pub staff_token: StaffToken,
     pub product: ProductClient,
     pub delivery: DeliveryClient,
+    pub breakers: Registry,
+    pub config: Arc<Config>,
 }
 
 impl FromRef<AppState> for StaffToken {
@@ -39,6 +47,7 @@ impl FromRef<AppState> for StaffToken {
         orders::place::place_order,
         orders::read::get_order,
         orders::read::list_orders,
+        reliability::reliability,
     ),
     modifiers(&StaffSecurity)
 )]
@@ -52,20 +61,28 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The complete router, middleware included.
-pub fn router(state: AppState, config: &Config) -> Router {
+pub fn router(state: AppState) -> Router {
+    let readiness = reliability::readiness(
+        state.breakers.clone(),
+        state.config.breakers.database.name.clone(),
+    );
     let router = orders::router()
+        .route("/health/reliability", get(reliability::reliability))
         .with_state(state.clone())
-        .merge(platform::health::router(state.pool, &MIGRATOR))
+        .merge(platform::health::router_with(
+            state.db.pool,
+            &MIGRATOR,
+            Some(readiness),
+        ))
         .merge(platform::server::openapi_router(openapi()));
-    platform::server::with_common_layers(router, &config.server)
+    platform::server::with_common_layers(router, &state.config.server)
 }
 
 /// A bound, ready-to-run sales service.
 pub struct Application {
     listener: TcpListener,
     router: Router,
-    pool: PgPool,
-    config: Config,
+    state: AppState,
 }
 
 impl Application {
@@ -77,29 +94,46 @@ impl Application {
 
     /// Same as [`Application::build`] with a pool whose database is already migrated.
     pub async fn with_pool(config: Config, pool: PgPool) -> anyhow::Result<Self> {
-        let peer = |name, url: &str| {
+        let breakers = Registry::new();
+        let peer = |name, url: &str, breaker| {
             HttpPeer::new(
                 name,
                 url,
                 config.http_connect_timeout,
                 config.http_request_timeout,
+                breaker,
             )
         };
+        let product = peer(
+            "product",
+            &config.product_url,
+            breakers.register(config.breakers.product.clone()),
+        )?;
+        let delivery = peer(
+            "delivery",
+            &config.delivery_url,
+            breakers.register(config.breakers.delivery.clone()),
+        )?;
         let state = AppState {
-            pool: pool.clone(),
+            db: Db {
+                pool,
+                breaker: breakers.register(config.breakers.database.clone()),
+            },
             staff_token: StaffToken::new(config.staff_token.clone()),
-            product: ProductClient::new(peer("product", &config.product_url)?),
-            delivery: DeliveryClient::new(peer("delivery", &config.delivery_url)?),
+            product: ProductClient::new(product),
+            delivery: DeliveryClient::new(delivery),
+            breakers,
+            config: Arc::new(config),
         };
-        let router = router(state, &config);
-        let listener = TcpListener::bind(config.server.listen_addr)
+        let router = router(state.clone());
+        let addr = state.config.server.listen_addr;
+        let listener = TcpListener::bind(addr)
             .await
-            .with_context(|| format!("binding {}", config.server.listen_addr))?;
+            .with_context(|| format!("binding {addr}"))?;
         Ok(Self {
             listener,
             router,
-            pool,
-            config,
+            state,
         })
     }
 
@@ -107,16 +141,25 @@ impl Application {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
-    /// Serves until `token` is cancelled, then drains.
+    /// The delivery retry worker of this instance (tests drive it step by step).
+    pub fn delivery_retry_worker(&self) -> delivery_retry::Worker {
+        delivery_retry::Worker {
+            db: self.state.db.clone(),
+            delivery: self.state.delivery.clone(),
+            config: self.state.config.delivery_retry.clone(),
+        }
+    }
+
+    /// Serves and runs the workers until `token` is cancelled, then drains.
     pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
-        platform::server::serve(
-            self.listener,
-            self.router,
-            token,
-            self.config.server.shutdown_grace,
-        )
-        .await?;
-        self.pool.close().await;
+        let tracker = TaskTracker::new();
+        tracker.spawn(self.delivery_retry_worker().run(token.clone()));
+        tracker.close();
+        let grace = self.state.config.server.shutdown_grace;
+        platform::server::serve(self.listener, self.router, token.clone(), grace).await?;
+        token.cancel();
+        let _ = tokio::time::timeout(grace, tracker.wait()).await;
+        self.state.db.pool.close().await;
         tracing::info!("sales stopped");
         Ok(())
     }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use platform::config::{ConfigError, DatabaseConfig, Env, ServerConfig};
+use resilience::BreakerConfig;
 
 /// Every setting of the sales service.
 #[derive(Debug, Clone)]
@@ -21,6 +22,71 @@ pub struct Config {
     pub http_connect_timeout: Duration,
     /// `SALES_HTTP_REQUEST_TIMEOUT_MS` (default 3000): a whole call to product or delivery.
     pub http_request_timeout: Duration,
+    /// The breakers, see [`Breakers`].
+    pub breakers: Breakers,
+    /// The delivery retry worker, see [`DeliveryRetryConfig`].
+    pub delivery_retry: DeliveryRetryConfig,
+}
+
+/// Circuit breakers of sales' dependencies (numbers of DESIGN §5). Each reads
+/// `SALES_BREAKER_{DEP}_ERROR_THRESHOLD_PERCENTAGE`, `_RESET_TIMEOUT_MS`,
+/// `_VOLUME_THRESHOLD` and `_CALL_TIMEOUT_MS`, with `{DEP}` one of `PRODUCT`,
+/// `DELIVERY`, `DATABASE`; all share `SALES_BREAKER_ROLLING_WINDOW_MS` (10000)
+/// and `SALES_BREAKER_ROLLING_BUCKETS` (10).
+#[derive(Debug, Clone)]
+pub struct Breakers {
+    /// `product-service`: 50 %, 30 s, volume 10, call timeout 3 s.
+    pub product: BreakerConfig,
+    /// `delivery-service`: 40 %, 60 s, volume 5, call timeout 3 s.
+    pub delivery: BreakerConfig,
+    /// `database`: 60 %, 20 s, volume 10, call timeout 5 s.
+    pub database: BreakerConfig,
+}
+
+/// The worker re-initiating deliveries that failed inline.
+#[derive(Debug, Clone)]
+pub struct DeliveryRetryConfig {
+    /// `SALES_DELIVERY_RETRY_POLL_INTERVAL_MS` (default 5000): how often due retries are looked for.
+    pub poll_interval: Duration,
+    /// `SALES_DELIVERY_RETRY_FIRST_DELAY_MS` (default 60000): delay before the first retry.
+    pub first_delay: Duration,
+    /// `SALES_DELIVERY_RETRY_MAX_DELAY_MS` (default 300000): cap of the exponential backoff.
+    pub max_delay: Duration,
+    /// `SALES_DELIVERY_RETRY_MAX_ATTEMPTS` (default 20): then a manual review.
+    pub max_attempts: i32,
+    /// `SALES_DELIVERY_RETRY_MAX_AGE_MS` (default 86400000 = 24 h): then a manual review.
+    pub max_age: Duration,
+    /// `SALES_DELIVERY_RETRY_BATCH` (default 20): rows claimed per step.
+    pub batch: i64,
+    /// `SALES_DELIVERY_RETRY_LEASE_MS` (default 30000): a claimed row is invisible to other
+    /// instances this long; if its worker dies, another takes it over after that.
+    pub lease: Duration,
+}
+
+fn breaker(
+    env: &Env,
+    dep: &str,
+    name: &str,
+    (threshold, reset_ms, volume, call_timeout_ms): (u32, u64, u32, u64),
+) -> Result<BreakerConfig, ConfigError> {
+    let key = |k: &str| format!("BREAKER_{dep}_{k}");
+    let threshold: u32 = env.positive(&key("ERROR_THRESHOLD_PERCENTAGE"), threshold)?;
+    if threshold > 100 {
+        return Err(ConfigError {
+            variable: env.name(&key("ERROR_THRESHOLD_PERCENTAGE")),
+            message: format!("must be a percentage from 1 to 100, got {threshold}"),
+        });
+    }
+    let mut config = BreakerConfig::new(
+        name,
+        threshold,
+        env.millis(&key("RESET_TIMEOUT_MS"), reset_ms)?,
+        env.positive(&key("VOLUME_THRESHOLD"), volume)?,
+        env.millis(&key("CALL_TIMEOUT_MS"), call_timeout_ms)?,
+    );
+    config.rolling_count_timeout = env.millis("BREAKER_ROLLING_WINDOW_MS", 10_000)?;
+    config.rolling_count_buckets = env.positive("BREAKER_ROLLING_BUCKETS", 10)?;
+    Ok(config)
 }
 
 impl Config {
@@ -37,6 +103,87 @@ impl Config {
             delivery_url: env.http_url("DELIVERY_URL", "http://127.0.0.1:8082")?,
             http_connect_timeout: env.millis("HTTP_CONNECT_TIMEOUT_MS", 1_000)?,
             http_request_timeout: env.millis("HTTP_REQUEST_TIMEOUT_MS", 3_000)?,
+            breakers: Breakers {
+                product: breaker(env, "PRODUCT", "product-service", (50, 30_000, 10, 3_000))?,
+                delivery: breaker(env, "DELIVERY", "delivery-service", (40, 60_000, 5, 3_000))?,
+                database: breaker(env, "DATABASE", "database", (60, 20_000, 10, 5_000))?,
+            },
+            delivery_retry: DeliveryRetryConfig {
+                poll_interval: env.millis("DELIVERY_RETRY_POLL_INTERVAL_MS", 5_000)?,
+                first_delay: env.millis("DELIVERY_RETRY_FIRST_DELAY_MS", 60_000)?,
+                max_delay: env.millis("DELIVERY_RETRY_MAX_DELAY_MS", 300_000)?,
+                max_attempts: env.positive("DELIVERY_RETRY_MAX_ATTEMPTS", 20)?,
+                max_age: env.millis("DELIVERY_RETRY_MAX_AGE_MS", 86_400_000)?,
+                batch: env.positive("DELIVERY_RETRY_BATCH", 20)?,
+                lease: env.millis("DELIVERY_RETRY_LEASE_MS", 30_000)?,
+            },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        Env::from_map(
+            "SALES_",
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn breakers_default_to_the_design_numbers() {
+        let config = Config::from(&env(&[])).expect("defaults are valid");
+        let b = &config.breakers;
+        assert_eq!(
+            (
+                b.delivery.error_threshold_percentage,
+                b.delivery.reset_timeout,
+                b.delivery.volume_threshold
+            ),
+            (40, Duration::from_secs(60), 5)
+        );
+        assert_eq!(
+            (
+                b.product.error_threshold_percentage,
+                b.product.reset_timeout,
+                b.product.volume_threshold
+            ),
+            (50, Duration::from_secs(30), 10)
+        );
+        assert_eq!(
+            (
+                b.database.error_threshold_percentage,
+                b.database.reset_timeout,
+                b.database.volume_threshold
+            ),
+            (60, Duration::from_secs(20), 10)
+        );
+        assert_eq!(b.product.name, "product-service");
+        assert_eq!(config.delivery_retry.first_delay, Duration::from_secs(60));
+        assert_eq!(config.delivery_retry.max_delay, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn breaker_settings_are_validated() {
+        let err = Config::from(&env(&[(
+            "SALES_BREAKER_PRODUCT_ERROR_THRESHOLD_PERCENTAGE",
+            "150",
+        )]))
+        .expect_err("over 100");
+        assert_eq!(
+            err.variable,
+            "SALES_BREAKER_PRODUCT_ERROR_THRESHOLD_PERCENTAGE"
+        );
+        let config = Config::from(&env(&[("SALES_BREAKER_DELIVERY_RESET_TIMEOUT_MS", "250")]))
+            .expect("valid");
+        assert_eq!(
+            config.breakers.delivery.reset_timeout,
+            Duration::from_millis(250)
+        );
     }
 }

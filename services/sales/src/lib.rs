@@ -1,20 +1,30 @@
 //! The sales service: customers place and follow orders here. Placing an order
-//! reserves stock at product, writes the order, its items, its status history and
-//! an `ORDER_CREATED` outbox event in one transaction, then commits the
-//! reservation and initiates the delivery at delivery.
+//! reserves stock at product (or, when product is unavailable, accepts the order
+//! flagged for manual review), writes the order, its items, its status history
+//! and its outbox events in one transaction, then commits the reservation and
+//! initiates the delivery (retried in the background while delivery is down).
+//! Each dependency sits behind its own circuit breaker.
 //!
 //! # Layout
 //! - [`config`]: `SALES_*` settings and their defaults.
 //! - [`app`]: `Application` (bind, serve), the router and the OpenAPI document.
-//! - [`peers`]: HTTP clients of product and delivery, with outcomes classified.
+//! - [`peers`]: HTTP clients of product and delivery behind their breakers.
+//! - [`db`]: the database behind its breaker (503 + `Retry-After` when open).
 //! - [`orders`]: the order endpoints: placing (the write path), reading, listing.
+//! - [`delivery_retry`]: durable delivery initiation and its background worker.
+//! - [`reviews`]: opening manual reviews.
+//! - [`reliability`]: `/health/reliability` and the readiness details.
 //! - [`outbox`]: writing events in the caller's transaction.
 
 pub mod app;
 pub mod config;
+pub mod db;
+pub mod delivery_retry;
 pub mod orders;
 pub mod outbox;
 pub mod peers;
+pub mod reliability;
+pub mod reviews;
 
 pub use app::{Application, MIGRATOR};
 pub use config::Config;

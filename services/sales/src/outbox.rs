@@ -12,6 +12,8 @@ pub const ORDER: &str = "order";
 pub mod events {
     pub const ORDER_CREATED: &str = "ORDER_CREATED";
     pub const DELIVERY_INITIATED: &str = "DELIVERY_INITIATED";
+    pub const DELIVERY_INITIATION_FAILED: &str = "DELIVERY_INITIATION_FAILED";
+    pub const AVAILABILITY_CHECK_FALLBACK_USED: &str = "AVAILABILITY_CHECK_FALLBACK_USED";
 }
 
 /// Appends one PENDING event; returns its id (the event id consumers dedup on).

@@ -1,19 +1,22 @@
 //! Placing an order, the write path of DESIGN §3:
-//! validate → idempotency → reserve at product → one transaction (order, items,
-//! history, `ORDER_CREATED`, key) → commit the reservation → initiate delivery → 201.
+//! validate → (database breaker) → idempotency → reserve at product, or fall back
+//! when product is unavailable → one transaction (order, items, history, events,
+//! review if flagged, delivery retry row, key) → commit the reservation →
+//! initiate delivery (or leave it to the retry worker) → 201.
 
 use axum::{
     extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use chrono::Utc;
 use contracts::{
     Problem,
     catalog::INSUFFICIENT_STOCK,
-    delivery::DeliveryRequest,
     orders::{Order, PlaceOrder},
 };
 use platform::{ApiResult, ensure_valid, extract::Json};
+use serde_json::json;
 use uuid::Uuid;
 
 use super::{
@@ -22,7 +25,10 @@ use super::{
 };
 use crate::{
     app::AppState,
+    delivery_retry::{self, Due},
+    outbox::{self, events},
     peers::{PeerError, product::ReserveOutcome},
+    reviews::{self, ReviewReason},
 };
 
 /// Header set on an answer replayed for a repeated `Idempotency-Key`.
@@ -33,11 +39,11 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
     params(("Idempotency-Key" = Option<String>, Header,
         description = "Makes retries safe: a repeat with the same body replays the first answer")),
     responses(
-        (status = 201, body = Order, description = "Order accepted"),
+        (status = 201, body = Order, description = "Order accepted (flagged for review if product could not be asked)"),
         (status = 400, body = Problem, description = "Unreadable body or bad Idempotency-Key"),
         (status = 409, body = Problem, description = "Insufficient stock (`short_items`)"),
         (status = 422, body = Problem, description = "Invalid fields, unknown products, or a reused Idempotency-Key with another body"),
-        (status = 503, body = Problem, description = "A dependency is unavailable; retry after `Retry-After`")))]
+        (status = 503, body = Problem, description = "The database is unavailable; retry after `Retry-After`")))]
 pub async fn place_order(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -45,9 +51,28 @@ pub async fn place_order(
 ) -> ApiResult<Response> {
     ensure_valid(request.validate())?;
     let key = IdempotencyKey::from_headers(&headers)?;
+    // One permit of the database breaker covers the request's database work; an
+    // open breaker answers 503 here, before product or delivery is called.
+    state.db.guard(place(&state, request, key)).await
+}
+
+/// How stock was checked.
+enum Availability {
+    Reserved,
+    /// Product could not be asked: accepted unverified, for review.
+    Fallback {
+        reason: String,
+    },
+}
+
+async fn place(
+    state: &AppState,
+    request: PlaceOrder,
+    key: Option<IdempotencyKey>,
+) -> ApiResult<Response> {
     let hash = idempotency::request_hash(&request);
     if let Some(key) = &key
-        && let Some(replay) = replay(&state, &request, key, &hash).await?
+        && let Some(replay) = replay(state, &request, key, &hash).await?
     {
         return Ok(replay);
     }
@@ -55,29 +80,73 @@ pub async fn place_order(
         .as_ref()
         .map_or_else(Uuid::now_v7, |k| k.order_id(&request.customer_id));
 
-    reserve(&state, order_id, &request).await?;
+    let availability = reserve(state, order_id, &request).await?;
 
-    let order = match write(&state, order_id, &request, key.as_ref(), &hash).await {
+    let order = match write(
+        state,
+        order_id,
+        &request,
+        &availability,
+        key.as_ref(),
+        &hash,
+    )
+    .await
+    {
         Ok(order) => order,
-        Err(WriteError::DuplicateKey) => {
+        Err(e) if key.is_some() && is_duplicate(&e) => {
             // A concurrent request with the same key won the race: answer as it did.
             let key = key.as_ref().ok_or(sqlx::Error::RowNotFound)?;
-            return replay(&state, &request, key, &hash).await?.ok_or_else(|| {
+            return replay(state, &request, key, &hash).await?.ok_or_else(|| {
                 Problem::conflict("retry", "a request with this key is in progress").into()
             });
         }
-        Err(WriteError::Database(e)) => {
-            release_in_background(&state, order_id);
+        Err(e) => {
+            if matches!(availability, Availability::Reserved) {
+                release_in_background(state, order_id);
+            }
             return Err(e.into());
         }
     };
-    tracing::info!(order_id = %order.id, customer_id = %order.customer_id, "Created order {} in database", order.id);
+    tracing::info!(order_id = %order.id, customer_id = %order.customer_id, fallback_used = order.fallback_used,
+        "Created order {} in database", order.id);
 
-    if let Err(e) = state.product.commit(order.id).await {
-        tracing::warn!(order_id = %order.id, error = %e, "reservation commit failed; it stays held until its TTL");
+    if matches!(availability, Availability::Reserved)
+        && let Err(e) = state.product.commit(order.id).await
+    {
+        tracing::warn!(order_id = %order.id, error = %e, "reservation commit failed; retrying in the background");
+        commit_in_background(state, order.id);
     }
-    let order = initiate_delivery(&state, order).await;
+    let due = Due {
+        order_id: order.id,
+        attempts: 0,
+        created_at: order.created_at,
+    };
+    let order = match delivery_retry::attempt(
+        &state.db,
+        &state.delivery,
+        &state.config.delivery_retry,
+        &order,
+        due,
+        Utc::now(),
+    )
+    .await
+    {
+        Ok(delivery_retry::Attempted::Initiated(updated)) => *updated,
+        Ok(_) => order,
+        Err(e) => {
+            // The order and its retry row are committed: the worker will initiate the delivery.
+            tracing::warn!(order_id = %order.id, error = %e, "recording the delivery attempt failed; the retry worker takes over");
+            order
+        }
+    };
     Ok(created(order, StatusCode::CREATED, false))
+}
+
+fn is_duplicate(e: &sqlx::Error) -> bool {
+    matches!(
+        platform::db::violated_constraint(e),
+        Some("orders_pkey" | "idempotency_keys_pkey")
+    )
 }
 
 async fn replay(
@@ -86,7 +155,7 @@ async fn replay(
     key: &IdempotencyKey,
     hash: &str,
 ) -> ApiResult<Option<Response>> {
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.db.pool.acquire().await?;
     let Some(stored) = idempotency::find(&mut conn, &request.customer_id, key).await? else {
         return Ok(None);
     };
@@ -120,10 +189,15 @@ fn created(order: Order, status: StatusCode, replayed: bool) -> Response {
     response
 }
 
-/// Holds stock at product, or says why the order cannot be taken.
-async fn reserve(state: &AppState, order_id: Uuid, request: &PlaceOrder) -> ApiResult<()> {
+/// Holds stock at product; falls back when product is unavailable; says why
+/// the order cannot be taken when product answered no.
+async fn reserve(
+    state: &AppState,
+    order_id: Uuid,
+    request: &PlaceOrder,
+) -> ApiResult<Availability> {
     match state.product.reserve(order_id, &request.items).await {
-        Ok(ReserveOutcome::Reserved(_)) => Ok(()),
+        Ok(ReserveOutcome::Reserved(_)) => Ok(Availability::Reserved),
         Ok(ReserveOutcome::Insufficient(short)) => Err(Problem::conflict(
             INSUFFICIENT_STOCK,
             "not enough stock for some items",
@@ -144,18 +218,17 @@ async fn reserve(state: &AppState, order_id: Uuid, request: &PlaceOrder) -> ApiR
             .into())
         }
         Err(e @ PeerError::Unavailable { .. }) => {
-            tracing::warn!(%order_id, error = %e, "product service unavailable");
-            Err(
-                Problem::unavailable("the product service is unavailable; try again shortly", 5)
-                    .into(),
-            )
+            let product_ids: Vec<&str> = request
+                .items
+                .iter()
+                .map(|i| i.product_id.as_str())
+                .collect();
+            tracing::warn!(%order_id, ?product_ids, error = %e, "Product service down, using fallback availability");
+            Ok(Availability::Fallback {
+                reason: e.to_string(),
+            })
         }
     }
-}
-
-enum WriteError {
-    DuplicateKey,
-    Database(sqlx::Error),
 }
 
 /// The one transaction of the write path. Dropping it without commit rolls back.
@@ -163,34 +236,63 @@ async fn write(
     state: &AppState,
     order_id: Uuid,
     request: &PlaceOrder,
+    availability: &Availability,
     key: Option<&IdempotencyKey>,
     hash: &str,
-) -> Result<Order, WriteError> {
-    let result = async {
-        let mut tx = state.pool.begin().await?;
-        let order = store::insert(
+) -> Result<Order, sqlx::Error> {
+    let fallback = matches!(availability, Availability::Fallback { .. });
+    let mut tx = state.db.pool.begin().await?;
+    let order = store::insert(
+        &mut tx,
+        &NewOrder {
+            id: order_id,
+            customer_id: &request.customer_id,
+            items: &request.items,
+            shipping_address: &request.shipping_address,
+            requires_manual_review: fallback,
+            fallback_used: fallback,
+        },
+    )
+    .await?;
+    if let Availability::Fallback { reason } = availability {
+        let product_ids: Vec<&str> = request
+            .items
+            .iter()
+            .map(|i| i.product_id.as_str())
+            .collect();
+        let details = json!({"product_ids": product_ids, "cause": reason});
+        reviews::open(
             &mut tx,
-            &NewOrder {
-                id: order_id,
-                customer_id: &request.customer_id,
-                items: &request.items,
-                shipping_address: &request.shipping_address,
-                requires_manual_review: false,
-                fallback_used: false,
-            },
+            order.id,
+            ReviewReason::AvailabilityUnverified,
+            &details,
         )
         .await?;
-        if let Some(key) = key {
-            idempotency::insert(&mut tx, &request.customer_id, key, hash, order_id, 201).await?;
-        }
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(order)
+        let payload = json!({
+            "order_id": order.id,
+            "product_ids": product_ids,
+            "requires_manual_review": true,
+            "fallback_used": true,
+            "cause": reason,
+        });
+        outbox::enqueue(
+            &mut tx,
+            order.id,
+            order.version,
+            events::AVAILABILITY_CHECK_FALLBACK_USED,
+            &payload,
+        )
+        .await?;
     }
-    .await;
-    result.map_err(|e| match platform::db::violated_constraint(&e) {
-        Some("orders_pkey" | "idempotency_keys_pkey") if key.is_some() => WriteError::DuplicateKey,
-        _ => WriteError::Database(e),
-    })
+    let first_retry = Utc::now()
+        + chrono::Duration::from_std(state.config.delivery_retry.first_delay)
+            .unwrap_or(chrono::Duration::MAX);
+    delivery_retry::schedule(&mut tx, order.id, first_retry).await?;
+    if let Some(key) = key {
+        idempotency::insert(&mut tx, &request.customer_id, key, hash, order_id, 201).await?;
+    }
+    tx.commit().await?;
+    Ok(order)
 }
 
 /// The order could not be written: give the stock back now rather than at TTL.
@@ -203,38 +305,33 @@ fn release_in_background(state: &AppState, order_id: Uuid) {
     });
 }
 
-/// Asks delivery for a delivery and records it on the order. A failure leaves
-/// the order as it is: it was accepted, and delivery is initiated again later.
-async fn initiate_delivery(state: &AppState, order: Order) -> Order {
-    let request = DeliveryRequest {
-        order_id: order.id,
-        address: order.shipping_address.clone(),
-        items: order.items.clone(),
+/// Commits the reservation with a few more retries. Until product consumes
+/// `ORDER_CREATED`, this call is what turns the hold into a sale; if it never
+/// succeeds the reservation expires at its TTL.
+fn commit_in_background(state: &AppState, order_id: Uuid) {
+    let product = state.product.clone();
+    let policy = resilience::retry::RetryPolicy {
+        max_attempts: 5,
+        min_delay: std::time::Duration::from_millis(200),
+        max_delay: std::time::Duration::from_secs(5),
     };
-    let delivery = match state.delivery.initiate(&request).await {
-        Ok(delivery) => delivery,
-        Err(e) => {
-            tracing::warn!(order_id = %order.id, error = %e, "Delivery initiation failed, will retry via background job");
-            return order;
+    tokio::spawn(async move {
+        let result = resilience::retry::retry(
+            &policy,
+            |e: &PeerError| {
+                matches!(
+                    e,
+                    PeerError::Unavailable {
+                        breaker_open: false,
+                        ..
+                    }
+                )
+            },
+            || product.commit(order_id),
+        )
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(%order_id, error = %e, "reservation commit failed; it stays held until its TTL");
         }
-    };
-    let recorded = async {
-        let mut tx = state.pool.begin().await?;
-        let updated = store::record_delivery(&mut tx, order.id, delivery.id).await?;
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(updated)
-    }
-    .await;
-    match recorded {
-        Ok(Some(updated)) => {
-            tracing::info!(order_id = %order.id, delivery_id = %delivery.id, "delivery initiated");
-            updated
-        }
-        Ok(None) => order,
-        Err(e) => {
-            tracing::warn!(order_id = %order.id, delivery_id = %delivery.id, error = %e,
-                "delivery initiated but not recorded; a retry will find it (delivery dedups on order)");
-            order
-        }
-    }
+    });
 }

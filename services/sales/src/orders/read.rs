@@ -32,11 +32,16 @@ pub async fn get_order(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Order>> {
-    let mut conn = state.pool.acquire().await?;
-    store::load(&mut conn, id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| Problem::not_found(&format!("order {id}")).into())
+    state
+        .db
+        .guard(async {
+            let mut conn = state.db.pool.acquire().await?;
+            store::load(&mut conn, id)
+                .await?
+                .map(Json)
+                .ok_or_else(|| Problem::not_found(&format!("order {id}")).into())
+        })
+        .await
 }
 
 /// Filters and paging of the order list.
@@ -103,17 +108,19 @@ pub async fn list_orders(
             decode_cursor(c).ok_or_else(|| bad_query("cursor", "is not a cursor this API made"))?,
         ),
     };
-    let mut conn = state.pool.acquire().await?;
-    let mut orders = store::list(
-        &mut conn,
-        &ListFilter {
-            customer_id: query.customer_id.as_deref().map(str::trim),
-            status,
-            before,
-            limit: limit + 1,
-        },
-    )
-    .await?;
+    let filter = ListFilter {
+        customer_id: query.customer_id.as_deref().map(str::trim),
+        status,
+        before,
+        limit: limit + 1,
+    };
+    let mut orders = state
+        .db
+        .guard(async {
+            let mut conn = state.db.pool.acquire().await?;
+            Ok(store::list(&mut conn, &filter).await?)
+        })
+        .await?;
     let next_cursor = if orders.len() as i64 > limit {
         orders.truncate(limit as usize);
         orders.last().map(|o| encode_cursor(o.created_at, o.id))

@@ -16,6 +16,11 @@ impl DeliveryClient {
         Self { peer }
     }
 
+    /// The breaker guarding calls to this peer.
+    pub fn breaker(&self) -> &resilience::CircuitBreaker {
+        self.peer.breaker()
+    }
+
     /// Initiates the delivery of an order. Delivery dedups on the order id, so a
     /// retry returns the delivery made the first time.
     pub async fn initiate(&self, request: &DeliveryRequest) -> Result<Delivery, PeerError> {

@@ -1,8 +1,9 @@
-//! HTTP clients of sales' neighbours. Every call's outcome is classified the
-//! same way: the peer answered (2xx), the peer refused the request (4xx with a
-//! problem document: our request is wrong or the state forbids it), or the peer
-//! is unavailable (cannot connect, timeout, 5xx, 429, unreadable answer). Only
-//! the last kind says anything about the peer's health.
+//! HTTP clients of sales' neighbours, each behind its own circuit breaker.
+//! Every call's outcome is classified the same way: the peer answered (2xx), the
+//! peer refused the request (4xx with a problem document: our request is wrong
+//! or the state forbids it), or the peer is unavailable (cannot connect, timeout,
+//! 5xx, 429, unreadable answer, or its breaker is open). Only the last kind
+//! counts as a failure for the breaker.
 
 pub mod delivery;
 pub mod product;
@@ -11,14 +12,20 @@ use std::time::Duration;
 
 use contracts::Problem;
 use reqwest::{Method, StatusCode};
+use resilience::{CallError, CircuitBreaker, Outcome};
 use serde::{Serialize, de::DeserializeOwned};
 
 /// Why a call to a peer did not give the answer asked for.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    /// The peer could not be asked, or failed: a fault of the peer or the network.
+    /// The peer could not be asked, or failed: a fault of the peer or the network,
+    /// or its breaker is open (`breaker_open`: no call was made).
     #[error("{peer} unavailable: {reason}")]
-    Unavailable { peer: &'static str, reason: String },
+    Unavailable {
+        peer: &'static str,
+        reason: String,
+        breaker_open: bool,
+    },
     /// The peer refused the request with a 4xx problem.
     #[error("{peer} refused the request: {problem}")]
     Rejected {
@@ -27,12 +34,22 @@ pub enum PeerError {
     },
 }
 
-/// A JSON-over-HTTP peer with connect and request timeouts.
-#[derive(Debug, Clone)]
+/// A JSON-over-HTTP peer with connect and request timeouts, behind a breaker.
+#[derive(Clone)]
 pub struct HttpPeer {
     name: &'static str,
     base: String,
     http: reqwest::Client,
+    breaker: CircuitBreaker,
+}
+
+impl std::fmt::Debug for HttpPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpPeer")
+            .field("name", &self.name)
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpPeer {
@@ -41,6 +58,7 @@ impl HttpPeer {
         base: &str,
         connect_timeout: Duration,
         request_timeout: Duration,
+        breaker: CircuitBreaker,
     ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
@@ -51,6 +69,7 @@ impl HttpPeer {
             name,
             base: base.trim_end_matches('/').to_owned(),
             http,
+            breaker,
         })
     }
 
@@ -58,15 +77,49 @@ impl HttpPeer {
         self.name
     }
 
+    /// The breaker guarding this peer.
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+
     fn unavailable(&self, reason: impl Into<String>) -> PeerError {
         PeerError::Unavailable {
             peer: self.name,
             reason: reason.into(),
+            breaker_open: false,
         }
     }
 
-    /// Sends a request and decodes a 2xx JSON answer.
+    /// Sends a request through the breaker and decodes a 2xx JSON answer.
     pub async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + Sync)>,
+    ) -> Result<(StatusCode, T), PeerError> {
+        let classify = |result: &Result<(StatusCode, T), PeerError>| match result {
+            Err(PeerError::Unavailable { .. }) => Outcome::Failure,
+            Ok(_) | Err(PeerError::Rejected { .. }) => Outcome::Success,
+        };
+        match self
+            .breaker
+            .call(classify, || self.send_unguarded(method, path, body))
+            .await
+        {
+            Ok(answer) => Ok(answer),
+            Err(CallError::Inner(e)) => Err(e),
+            Err(CallError::Timeout(after)) => {
+                Err(self.unavailable(format!("timed out after {} ms", after.as_millis())))
+            }
+            Err(CallError::Rejected(rejected)) => Err(PeerError::Unavailable {
+                peer: self.name,
+                reason: rejected.to_string(),
+                breaker_open: true,
+            }),
+        }
+    }
+
+    async fn send_unguarded<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,

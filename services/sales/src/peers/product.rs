@@ -29,6 +29,11 @@ impl ProductClient {
         Self { peer }
     }
 
+    /// The breaker guarding calls to this peer.
+    pub fn breaker(&self) -> &resilience::CircuitBreaker {
+        self.peer.breaker()
+    }
+
     /// Reserves `items` for `order_id` (idempotent at product by order id).
     pub async fn reserve(
         &self,

@@ -1,49 +1,79 @@
-//! Neighbours or the database unavailable, in the foundation's plain form:
-//! product down → 503 (the fallback comes with the breakers), delivery down →
-//! the order is kept without a delivery, database down → 503 + Retry-After.
+//! Neighbours or the database unavailable: product down → the order is accepted
+//! flagged for review; delivery down → the order is kept and its delivery left
+//! to the retry worker; database down → 503 + Retry-After.
 
 use contracts::orders::Order;
+use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use testkit::{expect_json, expect_problem};
 
 use crate::{Peers, Stack, order_body};
 
 #[sqlx::test(migrations = false)]
-async fn product_down_answers_503_and_writes_nothing(
+async fn product_down_accepts_the_order_flagged_for_review(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
     let stack = Stack::start_with(options, Peers::ProductDown).await;
-    let response = stack
-        .place(&order_body("alice", &[("SKU-A", 1)]), Some("k"))
-        .await;
-    assert_eq!(response.headers()["retry-after"], "5");
-    expect_problem(response, 503).await;
-    assert_eq!(stack.count(&stack.sales_db, "orders").await, 0);
-    assert_eq!(stack.count(&stack.sales_db, "idempotency_keys").await, 0);
+    let body = order_body("alice", &[("SKU-A", 1)]);
+    let order: Order = expect_json(stack.place(&body, Some("k")).await, 201).await;
+    assert!(order.requires_manual_review && order.fallback_used);
+    assert!(
+        order.delivery_id.is_some(),
+        "the order proceeds to delivery"
+    );
+    let review: (String, Value) = sqlx::query_as(
+        "SELECT reason, details FROM manual_reviews WHERE order_id = $1 AND status = 'OPEN'",
+    )
+    .bind(order.id)
+    .fetch_one(&stack.sales_db)
+    .await
+    .unwrap();
+    assert_eq!(review.0, "AVAILABILITY_UNVERIFIED");
+    assert_eq!(review.1["product_ids"], json!(["SKU-A"]));
+    let events: Vec<String> =
+        sqlx::query_scalar("SELECT event_type FROM outbox_events WHERE aggregate_id = $1")
+            .bind(order.id)
+            .fetch_all(&stack.sales_db)
+            .await
+            .unwrap();
+    assert!(
+        events.contains(&"AVAILABILITY_CHECK_FALLBACK_USED".to_owned()),
+        "{events:?}"
+    );
+    assert!(events.contains(&"ORDER_CREATED".to_owned()), "{events:?}");
+    // A repeat replays the flagged order; nothing is written twice.
+    let again: Order = expect_json(stack.place(&body, Some("k")).await, 201).await;
+    assert_eq!(again.id, order.id);
+    assert_eq!(stack.count(&stack.sales_db, "manual_reviews").await, 1);
 }
 
 #[sqlx::test(migrations = false)]
-async fn delivery_down_keeps_the_order_without_a_delivery(
+async fn delivery_down_keeps_the_order_and_schedules_a_retry(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
     let stack = Stack::start_with(options, Peers::DeliveryDown).await;
-    let order: Order = expect_json(
-        stack
-            .place(&order_body("alice", &[("SKU-A", 1)]), None)
-            .await,
-        201,
-    )
-    .await;
+    let body = order_body("alice", &[("SKU-A", 1)]);
+    let order: Order = expect_json(stack.place(&body, None).await, 201).await;
     assert_eq!(order.delivery_id, None);
     assert_eq!(order.version, 1);
     assert_eq!(stack.stock("SKU-A").await, (9, 0), "reservation committed");
-    let events: Vec<String> = sqlx::query_scalar("SELECT event_type FROM outbox_events")
-        .fetch_all(&stack.sales_db)
-        .await
-        .unwrap();
-    assert_eq!(events, ["ORDER_CREATED"]);
+    let events: Vec<String> =
+        sqlx::query_scalar("SELECT event_type FROM outbox_events ORDER BY created_at, event_type")
+            .fetch_all(&stack.sales_db)
+            .await
+            .unwrap();
+    assert_eq!(events, ["ORDER_CREATED", "DELIVERY_INITIATION_FAILED"]);
+    let (status, attempts, error): (String, i32, Option<String>) = sqlx::query_as(
+        "SELECT status, attempts, last_error FROM delivery_retries WHERE order_id = $1",
+    )
+    .bind(order.id)
+    .fetch_one(&stack.sales_db)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), attempts), ("PENDING", 1));
+    assert!(error.is_some());
     let read: Order =
         expect_json(stack.api().get(&format!("/orders/{}", order.id)).await, 200).await;
     assert_eq!(read.id, order.id);
@@ -59,20 +89,18 @@ async fn database_down_answers_503_with_retry_after(
     let response = stack
         .place(&order_body("alice", &[("SKU-A", 1)]), None)
         .await;
-    assert_eq!(response.headers()["retry-after"], "5");
+    assert!(response.headers().contains_key("retry-after"));
     let problem = expect_problem(response, 503).await;
+    assert_eq!(problem.title, "System temporarily unavailable");
     assert!(
         !problem.detail.unwrap_or_default().contains("sqlx"),
         "no internals leak"
     );
-    expect_problem(
-        stack
-            .api()
-            .get(&format!("/orders/{}", uuid::Uuid::new_v4()))
-            .await,
-        503,
-    )
-    .await;
+    let missing = stack
+        .api()
+        .get(&format!("/orders/{}", uuid::Uuid::new_v4()))
+        .await;
+    expect_problem(missing, 503).await;
     let ready = stack.api().get("/health/ready").await;
     assert_eq!(ready.status(), 503);
     // The reservation taken before the write failed is given back.

@@ -7,6 +7,7 @@ mod faults;
 mod http;
 mod listing;
 mod placing;
+mod retries;
 
 use std::collections::HashMap;
 
@@ -27,6 +28,10 @@ pub struct Stack {
     pub sales_db: PgPool,
     pub product_db: PgPool,
     pub delivery_db: PgPool,
+    /// The port sales calls delivery on (nothing listens there while delivery is down).
+    pub delivery_port: u16,
+    /// Sales' delivery retry worker, to drive step by step with a chosen clock.
+    pub retry_worker: sales::delivery_retry::Worker,
 }
 
 fn vars(pairs: &[(&str, String)]) -> HashMap<String, String> {
@@ -74,6 +79,15 @@ impl Stack {
     }
 
     pub async fn start_with(options: PgConnectOptions, peers: Peers) -> Self {
+        Self::start_configured(options, peers, &[]).await
+    }
+
+    /// Starts the stack with extra `SALES_*` settings.
+    pub async fn start_configured(
+        options: PgConnectOptions,
+        peers: Peers,
+        sales_vars: &[(&str, &str)],
+    ) -> Self {
         let sales_db = schema_pool(&options, "sales").await;
         let product_db = schema_pool(&options, "product").await;
         let delivery_db = schema_pool(&options, "delivery").await;
@@ -112,33 +126,34 @@ impl Stack {
             .then(|| Running::spawn(delivery_port, |t| delivery_app.run(t)));
 
         let port_of = |up: bool, port: u16| if up { port } else { closed_port() };
-        let sales_config = sales::Config::from(&Env::from_map(
-            "SALES_",
-            vars(&[
-                ("SALES_LISTEN_ADDR", "127.0.0.1:0".into()),
-                ("SALES_STAFF_TOKEN", STAFF_TOKEN.into()),
-                (
-                    "SALES_PRODUCT_URL",
-                    format!(
-                        "http://127.0.0.1:{}",
-                        port_of(product.is_some(), product_port)
-                    ),
+        let delivery_port = port_of(delivery.is_some(), delivery_port);
+        let mut sales_vars_map = vars(&[
+            ("SALES_LISTEN_ADDR", "127.0.0.1:0".into()),
+            ("SALES_STAFF_TOKEN", STAFF_TOKEN.into()),
+            (
+                "SALES_PRODUCT_URL",
+                format!(
+                    "http://127.0.0.1:{}",
+                    port_of(product.is_some(), product_port)
                 ),
-                (
-                    "SALES_DELIVERY_URL",
-                    format!(
-                        "http://127.0.0.1:{}",
-                        port_of(delivery.is_some(), delivery_port)
-                    ),
-                ),
-                ("SALES_HTTP_REQUEST_TIMEOUT_MS", "2000".into()),
-            ]),
-        ))
-        .unwrap();
+            ),
+            (
+                "SALES_DELIVERY_URL",
+                format!("http://127.0.0.1:{delivery_port}"),
+            ),
+            ("SALES_HTTP_REQUEST_TIMEOUT_MS", "2000".into()),
+            // Tests drive the retry worker themselves.
+            ("SALES_DELIVERY_RETRY_POLL_INTERVAL_MS", "3600000".into()),
+        ]);
+        for (k, v) in sales_vars {
+            sales_vars_map.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let sales_config = sales::Config::from(&Env::from_map("SALES_", sales_vars_map)).unwrap();
         let sales_app = sales::Application::with_pool(sales_config, sales_db.clone())
             .await
             .unwrap();
         let sales_port = sales_app.port();
+        let retry_worker = sales_app.delivery_retry_worker();
         let sales = Running::spawn(sales_port, |t| sales_app.run(t));
 
         let stack = Self {
@@ -148,11 +163,32 @@ impl Stack {
             sales_db,
             product_db,
             delivery_db,
+            delivery_port,
+            retry_worker,
         };
         for (id, stock) in [("SKU-A", 10), ("SKU-B", 3)] {
             stack.add_product(id, stock).await;
         }
         stack
+    }
+
+    /// Starts delivery on the port sales calls (after [`Peers::DeliveryDown`]).
+    pub async fn start_delivery(&mut self) {
+        let config = delivery::Config::from(&Env::from_map(
+            "DELIVERY_",
+            vars(&[
+                (
+                    "DELIVERY_LISTEN_ADDR",
+                    format!("127.0.0.1:{}", self.delivery_port),
+                ),
+                ("DELIVERY_STAFF_TOKEN", STAFF_TOKEN.into()),
+            ]),
+        ))
+        .unwrap();
+        let app = delivery::Application::with_pool(config, self.delivery_db.clone())
+            .await
+            .unwrap();
+        self.delivery = Some(Running::spawn(self.delivery_port, |t| app.run(t)));
     }
 
     pub fn api(&self) -> &Api {

@@ -1,0 +1,26 @@
+//! Keeping a service useful while its dependencies fail: circuit breakers with opossum's
+//! semantics (built on failsafe's state machine), retries with exponential backoff and jitter,
+//! and the backoff arithmetic both use.
+//!
+//! A breaker wraps each call to one dependency (another service, the database, the broker): it
+//! counts failures over a rolling window, opens when their share is too high, rejects calls while
+//! open, and after `reset_timeout` lets one trial call decide whether to close again. Timeouts are
+//! failures; the caller's classifier says which errors are the dependency's fault.
+//!
+//! # Layout
+//! - [`breaker`]: [`CircuitBreaker`], its [`BreakerConfig`], [`Permit`]s for calls made by hand,
+//!   [`CircuitBreaker::call`] with a per-call timeout, [`BreakerSnapshot`]s and the service's
+//!   [`Registry`] of named breakers.
+//! - [`retry`]: [`retry::retry`] with a [`retry::RetryPolicy`] (backon's exponential backoff with
+//!   jitter), and [`retry::retry_unless_rejected`] so retries never hammer an open breaker.
+//! - [`backoff`]: [`backoff::exponential`] and [`backoff::jittered`] delays for schedulers that
+//!   compute their own next attempt (e.g. a stored `next_attempt_at`).
+
+pub mod backoff;
+pub mod breaker;
+pub mod retry;
+
+pub use breaker::{
+    BreakerConfig, BreakerSnapshot, BreakerState, CallError, CircuitBreaker, Outcome, Permit,
+    Registry, Rejected,
+};

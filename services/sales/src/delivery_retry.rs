@@ -1,0 +1,300 @@
+//! Delivery initiation that survives delivery being down. Every new order gets a
+//! PENDING row in `delivery_retries` in its own transaction; the inline attempt
+//! right after the commit, or later this worker, initiates the delivery and marks
+//! the row DONE. Failures back off exponentially (60 s → 5 min by default) and,
+//! past the attempt or age limit, open a `DELIVERY_RETRIES_EXHAUSTED` review.
+//!
+//! Safe with several sales instances: a step claims due rows by pushing their
+//! `next_attempt_at` one lease ahead (`FOR UPDATE SKIP LOCKED`), so no two
+//! instances work on a row at once, and a row whose worker died comes back after
+//! the lease. Delivery dedups on the order id, so a retry racing a slow success
+//! never makes a second delivery.
+
+use chrono::{DateTime, Utc};
+use contracts::{delivery::DeliveryRequest, orders::Order};
+use serde_json::json;
+use sqlx::PgConnection;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    config::DeliveryRetryConfig,
+    db::Db,
+    orders::store,
+    outbox::{self, events},
+    peers::{PeerError, delivery::DeliveryClient},
+    reviews::{self, ReviewReason},
+};
+
+fn after(now: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Adds the PENDING row of a new order (in the order's transaction). If nothing
+/// else happens, the worker tries at `first_attempt_at`.
+pub async fn schedule(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    first_attempt_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO delivery_retries (order_id, next_attempt_at) VALUES ($1, $2)
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(first_attempt_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What one attempt came to.
+#[derive(Debug)]
+pub enum Attempted {
+    /// The delivery exists and is recorded on the order.
+    Initiated(Box<Order>),
+    /// It failed; another attempt is scheduled.
+    Rescheduled { attempts: i32 },
+    /// It failed for the last time; a manual review is open.
+    Exhausted,
+    /// The delivery breaker is open: no call was made, nothing counted.
+    BreakerOpen,
+}
+
+/// One claimed row.
+#[derive(Debug, Clone, Copy)]
+pub struct Due {
+    pub order_id: Uuid,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Makes one attempt for `order` and records its result.
+pub async fn attempt(
+    db: &Db,
+    delivery: &DeliveryClient,
+    config: &DeliveryRetryConfig,
+    order: &Order,
+    due: Due,
+    now: DateTime<Utc>,
+) -> Result<Attempted, sqlx::Error> {
+    let request = DeliveryRequest {
+        order_id: order.id,
+        address: order.shipping_address.clone(),
+        items: order.items.clone(),
+    };
+    match delivery.initiate(&request).await {
+        Ok(created) => {
+            let mut tx = db.pool.begin().await?;
+            let updated = store::record_delivery(&mut tx, order.id, created.id).await?;
+            mark(&mut tx, order.id, "DONE", None, now).await?;
+            tx.commit().await?;
+            tracing::info!(order_id = %order.id, delivery_id = %created.id, attempts = due.attempts + 1, "delivery initiated");
+            Ok(Attempted::Initiated(Box::new(
+                updated.unwrap_or_else(|| order.clone()),
+            )))
+        }
+        Err(PeerError::Unavailable {
+            breaker_open: true, ..
+        }) => {
+            // Not an attempt: look again when the breaker may let a trial through.
+            let retry_at = after(
+                now,
+                delivery
+                    .breaker()
+                    .remaining_open()
+                    .unwrap_or(config.poll_interval),
+            );
+            sqlx::query("UPDATE delivery_retries SET next_attempt_at = $2, updated_at = now() WHERE order_id = $1 AND status = 'PENDING'")
+                .bind(order.id)
+                .bind(retry_at)
+                .execute(&db.pool)
+                .await?;
+            Ok(Attempted::BreakerOpen)
+        }
+        Err(e) => failed(db, config, order, due, now, &e.to_string()).await,
+    }
+}
+
+async fn failed(
+    db: &Db,
+    config: &DeliveryRetryConfig,
+    order: &Order,
+    due: Due,
+    now: DateTime<Utc>,
+    error: &str,
+) -> Result<Attempted, sqlx::Error> {
+    let attempts = due.attempts + 1;
+    let too_old = now - due.created_at
+        >= chrono::Duration::from_std(config.max_age).unwrap_or(chrono::Duration::MAX);
+    let mut tx = db.pool.begin().await?;
+    let result = if attempts >= config.max_attempts || too_old {
+        sqlx::query(
+            "UPDATE delivery_retries SET status = 'EXHAUSTED', attempts = $2, last_error = $3, updated_at = now()
+             WHERE order_id = $1",
+        )
+        .bind(order.id)
+        .bind(attempts)
+        .bind(error)
+        .execute(&mut *tx)
+        .await?;
+        let details = json!({"attempts": attempts, "last_error": error});
+        reviews::open(
+            &mut tx,
+            order.id,
+            ReviewReason::DeliveryRetriesExhausted,
+            &details,
+        )
+        .await?;
+        let payload =
+            json!({"order_id": order.id, "attempts": attempts, "error": error, "exhausted": true});
+        outbox::enqueue(
+            &mut tx,
+            order.id,
+            order.version,
+            events::DELIVERY_INITIATION_FAILED,
+            &payload,
+        )
+        .await?;
+        tracing::error!(order_id = %order.id, attempts, error, "delivery retries exhausted; order sent to manual review");
+        Attempted::Exhausted
+    } else {
+        // No jitter: claims are leased and batched, so rows due together do not stampede.
+        let delay =
+            resilience::backoff::exponential(attempts as u32, config.first_delay, config.max_delay);
+        let next = after(now, delay);
+        sqlx::query(
+            "UPDATE delivery_retries SET attempts = $2, last_error = $3, next_attempt_at = $4, updated_at = now()
+             WHERE order_id = $1 AND status = 'PENDING'",
+        )
+        .bind(order.id)
+        .bind(attempts)
+        .bind(error)
+        .bind(next)
+        .execute(&mut *tx)
+        .await?;
+        if attempts == 1 {
+            let payload = json!({"order_id": order.id, "attempts": attempts, "error": error, "next_attempt_at": next});
+            outbox::enqueue(
+                &mut tx,
+                order.id,
+                order.version,
+                events::DELIVERY_INITIATION_FAILED,
+                &payload,
+            )
+            .await?;
+        }
+        tracing::warn!(order_id = %order.id, attempts, error, next_attempt_at = %next, "Delivery initiation failed, will retry via background job");
+        Attempted::Rescheduled { attempts }
+    };
+    tx.commit().await?;
+    Ok(result)
+}
+
+async fn mark(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    status: &str,
+    error: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE delivery_retries SET status = $2, last_error = COALESCE($3, last_error), updated_at = $4
+         WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .bind(status)
+    .bind(error)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Counts of one worker step.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StepReport {
+    pub claimed: usize,
+    pub initiated: usize,
+    pub rescheduled: usize,
+    pub exhausted: usize,
+}
+
+/// The background worker.
+#[derive(Clone)]
+pub struct Worker {
+    pub db: Db,
+    pub delivery: DeliveryClient,
+    pub config: DeliveryRetryConfig,
+}
+
+impl Worker {
+    /// Claims due rows (pushing them one lease ahead) and attempts each.
+    pub async fn run_once(&self, now: DateTime<Utc>) -> Result<StepReport, sqlx::Error> {
+        let mut report = StepReport::default();
+        if self.db.is_open() || self.delivery.breaker().remaining_open().is_some() {
+            return Ok(report);
+        }
+        let claimed: Vec<(Uuid, i32, DateTime<Utc>)> = sqlx::query_as(
+            "UPDATE delivery_retries SET next_attempt_at = $2, updated_at = now()
+             WHERE order_id IN (
+                 SELECT order_id FROM delivery_retries
+                 WHERE status = 'PENDING' AND next_attempt_at <= $1
+                 ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+             RETURNING order_id, attempts, created_at",
+        )
+        .bind(now)
+        .bind(after(now, self.config.lease))
+        .bind(self.config.batch)
+        .fetch_all(&self.db.pool)
+        .await?;
+        report.claimed = claimed.len();
+        for (order_id, attempts, created_at) in claimed {
+            let due = Due {
+                order_id,
+                attempts,
+                created_at,
+            };
+            let mut conn = self.db.pool.acquire().await?;
+            let order = store::load(&mut conn, order_id).await?;
+            drop(conn);
+            let Some(order) = order.filter(|o| o.delivery_id.is_none()) else {
+                let mut conn = self.db.pool.acquire().await?;
+                mark(&mut conn, order_id, "DONE", None, now).await?;
+                continue;
+            };
+            match attempt(&self.db, &self.delivery, &self.config, &order, due, now).await? {
+                Attempted::Initiated(_) => report.initiated += 1,
+                Attempted::Rescheduled { .. } => report.rescheduled += 1,
+                Attempted::Exhausted => report.exhausted += 1,
+                // The breaker opened during this step: leave the rest for later.
+                Attempted::BreakerOpen => break,
+            }
+        }
+        Ok(report)
+    }
+
+    /// Runs [`Worker::run_once`] every poll interval until `token` is cancelled.
+    pub async fn run(self, token: CancellationToken) {
+        loop {
+            match self.run_once(Utc::now()).await {
+                // A full batch: there may be more due right now.
+                Ok(r) if r.claimed as i64 >= self.config.batch && r.initiated > 0 => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "delivery retry step failed"),
+            }
+            tokio::select! {
+                () = token.cancelled() => break,
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+        }
+        tracing::info!("delivery retry worker stopped");
+    }
+}
+
+/// Pending (not yet initiated) deliveries.
+pub async fn pending_count(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM delivery_retries WHERE status = 'PENDING'")
+        .fetch_one(conn)
+        .await
+}

@@ -1,0 +1,305 @@
+//! Faults with real processes: product hanging, delivery gone, the sales
+//! database cut off. Each test asserts the databases' state, not log lines.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use contracts::orders::Order;
+use serde_json::{Value, json};
+use system_tests::{Stack, StackOptions};
+
+fn order_body(customer: &str) -> Value {
+    json!({
+        "customer_id": customer,
+        "items": [{"product_id": "SKU-MOUSE", "quantity": 1}],
+        "shipping_address": {"recipient": "Ada", "line1": "1 Main St", "city": "Berlin",
+                             "postal_code": "10115", "country": "DE"}
+    })
+}
+
+async fn place(http: &reqwest::Client, stack: &Stack, customer: &str) -> reqwest::Response {
+    http.post(format!("{}/orders", stack.sales.base_url()))
+        .json(&order_body(customer))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn reliability(http: &reqwest::Client, stack: &Stack) -> Value {
+    http.get(format!("{}/health/reliability", stack.sales.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn product_hanging_orders_are_flagged_and_fail_fast_once_the_breaker_opens() {
+    let stack = Stack::start_with(StackOptions {
+        sales_env: vec![
+            ("SALES_BREAKER_PRODUCT_VOLUME_THRESHOLD", "3".into()),
+            ("SALES_BREAKER_PRODUCT_CALL_TIMEOUT_MS", "1000".into()),
+            ("SALES_BREAKER_PRODUCT_RESET_TIMEOUT_MS", "60000".into()),
+        ],
+        ..StackOptions::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    stack.product.pause(); // accepts connections, never answers
+
+    let mut slow = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let started = Instant::now();
+        let response = place(&http, &stack, &format!("c{i}")).await;
+        slow.push(started.elapsed());
+        assert_eq!(response.status(), 201);
+        let order: Order = response.json().await.unwrap();
+        assert!(order.requires_manual_review && order.fallback_used);
+        ids.push(order.id);
+    }
+    let states = reliability(&http, &stack).await;
+    assert_eq!(states["circuitBreakerStates"]["product-service"], "OPEN");
+
+    let started = Instant::now();
+    let response = place(&http, &stack, "fast").await;
+    let fast = started.elapsed();
+    assert_eq!(response.status(), 201);
+    let order: Order = response.json().await.unwrap();
+    assert!(order.requires_manual_review && order.fallback_used);
+    ids.push(order.id);
+    println!("fallback latency: while timing out {slow:?}; with the breaker open {fast:?}");
+    assert!(
+        slow.iter().all(|d| *d >= Duration::from_millis(1000)),
+        "the first calls waited for the timeout"
+    );
+    assert!(
+        fast < Duration::from_millis(500),
+        "an open breaker answers without waiting for the timeout: {fast:?}"
+    );
+
+    let sales = stack.db("sales").await;
+    for id in &ids {
+        let (flagged, fallback): (bool, bool) = sqlx::query_as(
+            "SELECT requires_manual_review, fallback_used FROM orders WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&sales)
+        .await
+        .unwrap();
+        assert!(flagged && fallback);
+        let reviews: Vec<String> = sqlx::query_scalar(
+            "SELECT reason FROM manual_reviews WHERE order_id = $1 AND status = 'OPEN'",
+        )
+        .bind(id)
+        .fetch_all(&sales)
+        .await
+        .unwrap();
+        assert_eq!(reviews, ["AVAILABILITY_UNVERIFIED"]);
+        let events: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox_events WHERE aggregate_id = $1 AND event_type = 'AVAILABILITY_CHECK_FALLBACK_USED'",
+        )
+        .bind(id)
+        .fetch_one(&sales)
+        .await
+        .unwrap();
+        assert_eq!(events, 1);
+    }
+    sales.close().await;
+    stack.product.resume();
+    assert!(stack.shutdown().await);
+}
+
+#[tokio::test]
+async fn delivery_down_every_order_gets_exactly_one_delivery_once_it_returns() {
+    let mut stack = Stack::start_with(StackOptions {
+        sales_env: vec![
+            ("SALES_DELIVERY_RETRY_FIRST_DELAY_MS", "200".into()),
+            ("SALES_DELIVERY_RETRY_MAX_DELAY_MS", "1000".into()),
+            ("SALES_DELIVERY_RETRY_POLL_INTERVAL_MS", "100".into()),
+            ("SALES_BREAKER_DELIVERY_RESET_TIMEOUT_MS", "500".into()),
+        ],
+        ..StackOptions::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    stack.delivery.stop().await;
+
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let response = place(&http, &stack, &format!("d{i}")).await;
+        assert_eq!(response.status(), 201);
+        let order: Order = response.json().await.unwrap();
+        assert_eq!(order.delivery_id, None);
+        ids.push(order.id);
+    }
+    let sales = stack.db("sales").await;
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM delivery_retries WHERE status = 'PENDING'")
+            .fetch_one(&sales)
+            .await
+            .unwrap();
+    assert_eq!(pending, 8);
+    let failed_events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox_events WHERE event_type = 'DELIVERY_INITIATION_FAILED'",
+    )
+    .fetch_one(&sales)
+    .await
+    .unwrap();
+    assert!(
+        failed_events >= 5,
+        "inline failures are recorded as events ({failed_events})"
+    );
+
+    stack.delivery.start().await;
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(30);
+    loop {
+        let missing: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM orders WHERE delivery_id IS NULL")
+                .fetch_one(&sales)
+                .await
+                .unwrap();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} orders still without a delivery after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "delivery back → all {} pending deliveries initiated in {:?}",
+        ids.len(),
+        back.elapsed()
+    );
+
+    let delivery = stack.db("delivery").await;
+    for id in &ids {
+        let (count, delivery_id): (i64, Option<uuid::Uuid>) = sqlx::query_as(
+            "SELECT count(*), min(id::text)::uuid FROM deliveries WHERE order_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&delivery)
+        .await
+        .unwrap();
+        assert_eq!(count, 1, "exactly one delivery for {id}");
+        let recorded: Option<uuid::Uuid> =
+            sqlx::query_scalar("SELECT delivery_id FROM orders WHERE id = $1")
+                .bind(id)
+                .fetch_one(&sales)
+                .await
+                .unwrap();
+        assert_eq!(recorded, delivery_id);
+    }
+    let done: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM delivery_retries WHERE status = 'DONE'")
+            .fetch_one(&sales)
+            .await
+            .unwrap();
+    assert_eq!(done, 8);
+    let initiated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox_events WHERE event_type = 'DELIVERY_INITIATED'",
+    )
+    .fetch_one(&sales)
+    .await
+    .unwrap();
+    assert_eq!(initiated, 8);
+    sales.close().await;
+    delivery.close().await;
+    assert!(stack.shutdown().await);
+}
+
+#[tokio::test]
+async fn database_cut_off_answers_503_then_recovers_without_restart() {
+    let stack = Stack::start_with(StackOptions {
+        sales_env: vec![
+            ("SALES_BREAKER_DATABASE_RESET_TIMEOUT_MS", "1000".into()),
+            ("SALES_DATABASE_ACQUIRE_TIMEOUT_MS", "500".into()),
+        ],
+        sales_db_proxy: true,
+    })
+    .await;
+    let http = reqwest::Client::new();
+    assert_eq!(place(&http, &stack, "before").await.status(), 201);
+    let product = stack.db("product").await;
+    let reservations = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM reservations")
+            .fetch_one(&product)
+            .await
+            .unwrap()
+    };
+
+    let proxy = stack.sales_db_proxy.as_ref().unwrap();
+    proxy.set_down(true);
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let response = http
+            .get(format!("{}/orders?limit=1", stack.sales.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.headers().contains_key("retry-after"));
+        statuses.push(response.status().as_u16());
+    }
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+    let states = reliability(&http, &stack).await;
+    assert_eq!(states["circuitBreakerStates"]["database"], "OPEN");
+    let ready = http
+        .get(format!("{}/health/ready", stack.sales.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+
+    let before = reservations().await;
+    let response = place(&http, &stack, "during").await;
+    assert_eq!(response.status(), 503);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=1).contains(&retry_after),
+        "Retry-After is the breaker's remaining open time: {retry_after}"
+    );
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["title"], "System temporarily unavailable");
+    assert_eq!(
+        reservations().await,
+        before,
+        "no downstream call while the database breaker is open"
+    );
+
+    proxy.set_down(false);
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(20);
+    loop {
+        let response = place(&http, &stack, "after").await;
+        if response.status() == 201 {
+            break;
+        }
+        assert_eq!(response.status(), 503);
+        assert!(
+            Instant::now() < deadline,
+            "sales did not recover without a restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "database back → orders accepted again in {:?}",
+        back.elapsed()
+    );
+    let ready = http
+        .get(format!("{}/health/ready", stack.sales.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    product.close().await;
+    assert!(stack.shutdown().await);
+}
