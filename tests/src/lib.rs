@@ -177,6 +177,21 @@ impl Service {
         }
     }
 
+    /// Sets (or overrides) a variable for the next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.insert(key.to_owned(), value.to_owned());
+    }
+
+    /// Another process of the same binary and settings, on its own port (`prefix` is `SALES_` etc.).
+    pub fn another(&self, name_suffix: &str, prefix: &str, log_dir: &Path) -> Service {
+        let port = free_port();
+        let mut env = self.env.clone();
+        env.insert(format!("{prefix}LISTEN_ADDR"), format!("127.0.0.1:{port}"));
+        let mut other = Service::new(self.name, port, env, log_dir);
+        other.log = log_dir.join(format!("{}-{name_suffix}.log", self.name));
+        other
+    }
+
     /// SIGSTOP: the process hangs (accepts connections, never answers) until resumed.
     pub fn pause(&self) {
         self.signal(Signal::SIGSTOP);
@@ -210,8 +225,32 @@ impl Service {
 pub struct StackOptions {
     /// Extra `SALES_*` settings (e.g. shorter breaker timeouts).
     pub sales_env: Vec<(&'static str, String)>,
+    /// Extra `PRODUCT_*` settings.
+    pub product_env: Vec<(&'static str, String)>,
     /// Route sales' database connections through a [`proxy::Proxy`].
     pub sales_db_proxy: bool,
+    /// Relay the outbox to SNS and consume it at product (names unique to this stack).
+    pub broker: bool,
+    /// Route sales' SNS calls through a [`proxy::Proxy`] (needs `broker`).
+    pub broker_proxy: bool,
+}
+
+/// The SQS/SNS emulator the tests use (`AWS_ENDPOINT_URL`, default LocalStack on 4566).
+pub fn aws_endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
+}
+
+/// The standard AWS environment pointing at `endpoint`.
+pub fn aws_env(endpoint: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
 }
 
 /// The three services wired together, each on its own fresh database.
@@ -223,6 +262,11 @@ pub struct Stack {
     pub log_dir: PathBuf,
     /// Between sales and PostgreSQL, when asked for.
     pub sales_db_proxy: Option<proxy::Proxy>,
+    /// Between sales and the SNS emulator, when asked for.
+    pub broker_proxy: Option<proxy::Proxy>,
+    /// Names of this stack's topic and product queue, when the broker is on.
+    pub topic_name: String,
+    pub queue_name: String,
 }
 
 impl Stack {
@@ -287,8 +331,44 @@ impl Stack {
         } else {
             None
         };
+        let topic_name = format!("sales-events-{}", &run[..12]);
+        let queue_name = format!("product-order-events-{}", &run[..12]);
+        let mut broker_proxy = None;
+        if options.broker {
+            let endpoint = if options.broker_proxy {
+                let upstream = aws_endpoint()
+                    .trim_start_matches("http://")
+                    .replace("localhost", "127.0.0.1");
+                let proxy = proxy::Proxy::start(upstream.parse().unwrap()).await;
+                let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+                broker_proxy = Some(proxy);
+                endpoint
+            } else {
+                aws_endpoint()
+            };
+            sales_env.extend(aws_env(&endpoint));
+            sales_env.insert("SALES_BROKER_ENABLED".into(), "true".into());
+            sales_env.insert("SALES_BROKER_PROVISION".into(), "true".into());
+            sales_env.insert("SALES_BROKER_TOPIC_NAME".into(), topic_name.clone());
+            sales_env.insert("SALES_OUTBOX_POLL_INTERVAL_MS".into(), "200".into());
+            product_env.extend(aws_env(&aws_endpoint()));
+            for (k, v) in [
+                ("PRODUCT_BROKER_ENABLED", "true".to_owned()),
+                ("PRODUCT_BROKER_PROVISION", "true".to_owned()),
+                ("PRODUCT_BROKER_TOPIC_NAME", topic_name.clone()),
+                ("PRODUCT_BROKER_QUEUE_NAME", queue_name.clone()),
+                ("PRODUCT_BROKER_WAIT_TIME_SECS", "1".to_owned()),
+                ("PRODUCT_BROKER_VISIBILITY_TIMEOUT_SECS", "2".to_owned()),
+                ("PRODUCT_BROKER_MAX_RECEIVE_COUNT", "3".to_owned()),
+            ] {
+                product_env.insert(k.into(), v);
+            }
+        }
         for (k, v) in options.sales_env {
             sales_env.insert(k.to_owned(), v);
+        }
+        for (k, v) in options.product_env {
+            product_env.insert(k.to_owned(), v);
         }
 
         let mut stack = Self {
@@ -298,6 +378,9 @@ impl Stack {
             databases,
             log_dir,
             sales_db_proxy,
+            broker_proxy,
+            topic_name,
+            queue_name,
         };
         stack.product.start().await;
         stack.delivery.start().await;

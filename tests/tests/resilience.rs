@@ -221,6 +221,7 @@ async fn database_cut_off_answers_503_then_recovers_without_restart() {
             ("SALES_DATABASE_ACQUIRE_TIMEOUT_MS", "500".into()),
         ],
         sales_db_proxy: true,
+        ..StackOptions::default()
     })
     .await;
     let http = reqwest::Client::new();

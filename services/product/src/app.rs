@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use utoipa::OpenApi;
 
-use crate::{catalog, config::Config, demo_catalog, expiry, reservations};
+use crate::{catalog, config::Config, demo_catalog, expiry, order_events, reservations};
 
 /// The product database's migrations, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/product");
@@ -73,6 +73,60 @@ pub struct Application {
     router: Router,
     pool: PgPool,
     config: Config,
+    consumer: Option<messaging::Consumer>,
+}
+
+/// Provisions (if asked) and builds the consumer of order events.
+async fn order_events_consumer(config: &Config) -> anyhow::Result<Option<messaging::Consumer>> {
+    let broker = &config.broker;
+    if !broker.enabled {
+        return Ok(None);
+    }
+    let sdk = messaging::aws::sdk_config().await;
+    let queue_url = if broker.provision {
+        let topology = messaging::Topology {
+            topic_name: broker.topic_name.clone(),
+            queues: vec![messaging::QueueSpec {
+                name: broker.queue_name.clone(),
+                event_types: order_events::CONSUMED
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .collect(),
+                max_receive_count: broker.max_receive_count,
+                visibility_timeout_secs: broker.visibility_timeout_secs,
+            }],
+        };
+        let provisioned = messaging::provision(&sdk, &topology)
+            .await
+            .context("provisioning the order events queue")?;
+        provisioned
+            .queue_urls
+            .get(&broker.queue_name)
+            .cloned()
+            .context("the provisioned queue has no URL")?
+    } else {
+        aws_sdk_sqs::Client::new(&sdk)
+            .get_queue_url()
+            .queue_name(&broker.queue_name)
+            .send()
+            .await
+            .with_context(|| format!("looking up queue {}", broker.queue_name))?
+            .queue_url
+            .context("no queue URL")?
+    };
+    tracing::info!(queue = %broker.queue_name, "consuming order events");
+    Ok(Some(messaging::Consumer::new(
+        &sdk,
+        messaging::ConsumerConfig {
+            queue_url,
+            wait_time_secs: broker.wait_time_secs,
+            max_messages: 10,
+            visibility_timeout_secs: broker.visibility_timeout_secs,
+            extend_after: std::time::Duration::from_secs(
+                (broker.visibility_timeout_secs as u64 / 2).max(1),
+            ),
+        },
+    )))
 }
 
 impl Application {
@@ -100,6 +154,7 @@ impl Application {
             staff_token,
             reservation_ttl: config.reservation_ttl,
         };
+        let consumer = order_events_consumer(&config).await?;
         let router = router(state, &config);
         let listener = TcpListener::bind(config.server.listen_addr)
             .await
@@ -109,6 +164,7 @@ impl Application {
             router,
             pool,
             config,
+            consumer,
         })
     }
 
@@ -124,6 +180,15 @@ impl Application {
             self.config.expiry_sweep_interval,
             token.clone(),
         ));
+        if let Some(consumer) = self.consumer.clone() {
+            let handler = order_events::OrderEvents {
+                pool: self.pool.clone(),
+            };
+            tracker.spawn({
+                let token = token.clone();
+                async move { consumer.run(handler, token).await }
+            });
+        }
         tracker.close();
         platform::server::serve(
             self.listener,

@@ -19,6 +19,29 @@ pub struct Config {
     pub expiry_sweep_interval: Duration,
     /// `PRODUCT_SEED_DEMO_CATALOG` (default false): insert the demo products at start if missing.
     pub seed_demo_catalog: bool,
+    /// Consuming sales' order events, see [`BrokerConfig`].
+    pub broker: BrokerConfig,
+}
+
+/// The SQS consumer of sales' order events. Endpoint, region and credentials
+/// come from the standard AWS environment (`AWS_ENDPOINT_URL` for LocalStack).
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `PRODUCT_BROKER_ENABLED` (default false): consume order events.
+    pub enabled: bool,
+    /// `PRODUCT_BROKER_PROVISION` (default false): create the topic, queue, DLQ and
+    /// subscription at start (dev/test; production provisions them beforehand).
+    pub provision: bool,
+    /// `PRODUCT_BROKER_TOPIC_NAME` (default `sales-events`).
+    pub topic_name: String,
+    /// `PRODUCT_BROKER_QUEUE_NAME` (default `product-order-events`); its DLQ is `<name>-dlq`.
+    pub queue_name: String,
+    /// `PRODUCT_BROKER_MAX_RECEIVE_COUNT` (default 5): receives before a message goes to the DLQ.
+    pub max_receive_count: i32,
+    /// `PRODUCT_BROKER_VISIBILITY_TIMEOUT_SECS` (default 30).
+    pub visibility_timeout_secs: i32,
+    /// `PRODUCT_BROKER_WAIT_TIME_SECS` (default 10): SQS long-poll wait.
+    pub wait_time_secs: i32,
 }
 
 impl Config {
@@ -34,6 +57,15 @@ impl Config {
             reservation_ttl: env.millis("RESERVATION_TTL_MS", 15 * 60 * 1000)?,
             expiry_sweep_interval: env.millis("EXPIRY_SWEEP_INTERVAL_MS", 5_000)?,
             seed_demo_catalog: env.flag("SEED_DEMO_CATALOG", false)?,
+            broker: BrokerConfig {
+                enabled: env.flag("BROKER_ENABLED", false)?,
+                provision: env.flag("BROKER_PROVISION", false)?,
+                topic_name: env.string("BROKER_TOPIC_NAME", "sales-events"),
+                queue_name: env.string("BROKER_QUEUE_NAME", "product-order-events"),
+                max_receive_count: env.positive("BROKER_MAX_RECEIVE_COUNT", 5)?,
+                visibility_timeout_secs: env.positive("BROKER_VISIBILITY_TIMEOUT_SECS", 30)?,
+                wait_time_secs: env.parse("BROKER_WAIT_TIME_SECS", 10)?,
+            },
         })
     }
 }

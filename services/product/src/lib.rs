@@ -8,6 +8,7 @@
 //! - [`catalog`]: products, staff stock updates, the read-only availability check.
 //! - [`reservations`]: reserve, read, commit, release; the stock arithmetic lives here.
 //! - [`expiry`]: the worker returning expired reservations' stock.
+//! - [`order_events`]: consuming sales' order events (inbox, versions, effects).
 //! - [`demo_catalog`]: the products a development stack starts with.
 
 pub mod app;
@@ -15,6 +16,7 @@ pub mod catalog;
 pub mod config;
 pub mod demo_catalog;
 pub mod expiry;
+pub mod order_events;
 pub mod reservations;
 
 pub use app::{Application, MIGRATOR};

@@ -223,7 +223,20 @@ pub async fn settle(
     how: Settle,
     now: DateTime<Utc>,
 ) -> ApiResult<Option<Reservation>> {
+    // Dropping `tx` without commit (any early return) rolls back.
     let mut tx = pool.begin().await?;
+    let reservation = settle_in(&mut tx, order_id, how, now).await?;
+    tx.commit().await?;
+    Ok(reservation)
+}
+
+/// [`settle`] inside the caller's transaction.
+pub async fn settle_in(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    how: Settle,
+    now: DateTime<Utc>,
+) -> ApiResult<Option<Reservation>> {
     let status: Option<String> =
         sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1 FOR UPDATE")
             .bind(order_id)
@@ -234,7 +247,7 @@ pub async fn settle(
     };
     let target = how.target();
     if status == target {
-        return Ok(find(&mut tx, order_id).await?);
+        return Ok(find(&mut *tx, order_id).await?);
     }
     if status != ReservationStatus::Active {
         return Err(Problem::conflict(
@@ -253,7 +266,7 @@ pub async fn settle(
                 .fetch_one(&mut *tx)
                 .await?;
         if !due {
-            return Ok(find(&mut tx, order_id).await?);
+            return Ok(find(&mut *tx, order_id).await?);
         }
     }
     sqlx::query(
@@ -280,8 +293,7 @@ pub async fn settle(
         .bind(now)
         .execute(&mut *tx)
         .await?;
-    let reservation = find(&mut tx, order_id).await?;
-    tx.commit().await?;
+    let reservation = find(&mut *tx, order_id).await?;
     tracing::info!(%order_id, status = target.as_str(), "reservation settled");
     Ok(reservation)
 }

@@ -16,6 +16,7 @@ use crate::{
     config::Config,
     db::Db,
     delivery_retry, orders,
+    outbox::{self, relay::Relay},
     peers::{HttpPeer, delivery::DeliveryClient, product::ProductClient},
     reliability,
 };
@@ -48,6 +49,10 @@ impl FromRef<AppState> for StaffToken {
         orders::read::get_order,
         orders::read::list_orders,
         reliability::reliability,
+        outbox::admin::list_failed,
+        outbox::admin::replay_all,
+        outbox::admin::replay_one,
+        outbox::admin::discard_one,
     ),
     modifiers(&StaffSecurity)
 )]
@@ -67,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         state.config.breakers.database.name.clone(),
     );
     let router = orders::router()
+        .merge(outbox::admin::router())
         .route("/health/reliability", get(reliability::reliability))
         .with_state(state.clone())
         .merge(platform::health::router_with(
@@ -83,6 +89,43 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     state: AppState,
+    relay: Option<Relay>,
+}
+
+/// The relay, when the broker is enabled (provisioning the topic if asked).
+async fn relay(
+    config: &Config,
+    pool: &PgPool,
+    breakers: &Registry,
+) -> anyhow::Result<Option<Relay>> {
+    let outbox = &config.outbox;
+    let breaker = breakers.register(config.breakers.broker.clone());
+    if !outbox.enabled {
+        tracing::warn!("SALES_BROKER_ENABLED is false: events stay in the outbox");
+        return Ok(None);
+    }
+    let sdk = messaging::aws::sdk_config().await;
+    let topic_arn = match &outbox.topic_arn {
+        Some(arn) => arn.clone(),
+        None => {
+            let topology = messaging::Topology {
+                topic_name: outbox.topic_name.clone(),
+                queues: Vec::new(),
+            };
+            messaging::provision(&sdk, &topology)
+                .await
+                .context("provisioning the SNS topic")?
+                .topic_arn
+        }
+    };
+    tracing::info!(%topic_arn, "relaying the outbox to SNS");
+    Ok(Some(Relay {
+        pool: pool.clone(),
+        publisher: messaging::Publisher::new(&sdk, topic_arn, outbox.max_in_flight),
+        breaker,
+        config: outbox.clone(),
+        pause_before_mark: outbox.fault_pause_before_mark,
+    }))
 }
 
 impl Application {
@@ -114,6 +157,7 @@ impl Application {
             &config.delivery_url,
             breakers.register(config.breakers.delivery.clone()),
         )?;
+        let relay = relay(&config, &pool, &breakers).await?;
         let state = AppState {
             db: Db {
                 pool,
@@ -134,6 +178,7 @@ impl Application {
             listener,
             router,
             state,
+            relay,
         })
     }
 
@@ -150,10 +195,23 @@ impl Application {
         }
     }
 
+    /// The outbox relay of this instance, if the broker is enabled.
+    pub fn relay(&self) -> Option<&Relay> {
+        self.relay.as_ref()
+    }
+
     /// Serves and runs the workers until `token` is cancelled, then drains.
     pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         tracker.spawn(self.delivery_retry_worker().run(token.clone()));
+        if let Some(relay) = self.relay.clone() {
+            tracker.spawn(relay.run(token.clone()));
+        }
+        tracker.spawn(outbox::cleanup::run(
+            self.state.db.pool.clone(),
+            self.state.config.outbox.clone(),
+            token.clone(),
+        ));
         tracker.close();
         let grace = self.state.config.server.shutdown_grace;
         platform::server::serve(self.listener, self.router, token.clone(), grace).await?;

@@ -26,6 +26,41 @@ pub struct Config {
     pub breakers: Breakers,
     /// The delivery retry worker, see [`DeliveryRetryConfig`].
     pub delivery_retry: DeliveryRetryConfig,
+    /// The outbox relay to SNS, see [`OutboxConfig`].
+    pub outbox: OutboxConfig,
+}
+
+/// The outbox relay publishing sales' events to SNS. Endpoint, region and
+/// credentials come from the standard AWS environment (`AWS_ENDPOINT_URL`).
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    /// `SALES_BROKER_ENABLED` (default false): run the relay. Off, events wait in the outbox.
+    pub enabled: bool,
+    /// `SALES_BROKER_PROVISION` (default false): create the SNS topic at start (dev/test).
+    pub provision: bool,
+    /// `SALES_BROKER_TOPIC_NAME` (default `sales-events`): the topic created when provisioning.
+    pub topic_name: String,
+    /// `SALES_BROKER_TOPIC_ARN`: the topic to publish to when not provisioning (required then).
+    pub topic_arn: Option<String>,
+    /// `SALES_OUTBOX_POLL_INTERVAL_MS` (default 1000): safety-net poll besides LISTEN/NOTIFY.
+    pub poll_interval: Duration,
+    /// `SALES_OUTBOX_BATCH_SIZE` (default 100): rows claimed per step.
+    pub batch_size: i64,
+    /// `SALES_OUTBOX_MAX_IN_FLIGHT` (default 4): concurrent `PublishBatch` calls.
+    pub max_in_flight: usize,
+    /// `SALES_OUTBOX_MAX_ATTEMPTS` (default 5): failed publishes before a row is FAILED (dead letter).
+    pub max_attempts: i32,
+    /// `SALES_OUTBOX_RETRY_BASE_MS` (default 1000) and `SALES_OUTBOX_RETRY_MAX_MS` (default 60000):
+    /// backoff between publish attempts of a row.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// `SALES_OUTBOX_RETENTION_MS` (default 604800000 = 7 days): SENT rows older than this are deleted.
+    pub retention: Duration,
+    /// `SALES_OUTBOX_CLEANUP_INTERVAL_MS` (default 60000).
+    pub cleanup_interval: Duration,
+    /// `SALES_OUTBOX_FAULT_PAUSE_BEFORE_MARK_MS` (default 0): fault injection for tests, a
+    /// pause between publishing a batch and marking it SENT (to kill the process there).
+    pub fault_pause_before_mark: Duration,
 }
 
 /// Circuit breakers of sales' dependencies (numbers of DESIGN §5). Each reads
@@ -41,6 +76,8 @@ pub struct Breakers {
     pub delivery: BreakerConfig,
     /// `database`: 60 %, 20 s, volume 10, call timeout 5 s.
     pub database: BreakerConfig,
+    /// `broker` (SNS, `{DEP}` = `BROKER`): 50 %, 30 s, volume 5, call timeout 5 s.
+    pub broker: BreakerConfig,
 }
 
 /// The worker re-initiating deliveries that failed inline.
@@ -95,6 +132,20 @@ impl Config {
     }
 
     pub fn from(env: &Env) -> Result<Self, ConfigError> {
+        let config = Self::read(env)?;
+        let outbox = &config.outbox;
+        if outbox.enabled && !outbox.provision && outbox.topic_arn.is_none() {
+            return Err(ConfigError {
+                variable: env.name("BROKER_TOPIC_ARN"),
+                message:
+                    "required when SALES_BROKER_ENABLED is true and SALES_BROKER_PROVISION is false"
+                        .into(),
+            });
+        }
+        Ok(config)
+    }
+
+    fn read(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             server: ServerConfig::from_env(env, "127.0.0.1:8080")?,
             database: DatabaseConfig::from_env(env, "postgres://postgres@127.0.0.1:5432/sales")?,
@@ -107,6 +158,24 @@ impl Config {
                 product: breaker(env, "PRODUCT", "product-service", (50, 30_000, 10, 3_000))?,
                 delivery: breaker(env, "DELIVERY", "delivery-service", (40, 60_000, 5, 3_000))?,
                 database: breaker(env, "DATABASE", "database", (60, 20_000, 10, 5_000))?,
+                broker: breaker(env, "BROKER", "broker", (50, 30_000, 5, 5_000))?,
+            },
+            outbox: OutboxConfig {
+                enabled: env.flag("BROKER_ENABLED", false)?,
+                provision: env.flag("BROKER_PROVISION", false)?,
+                topic_name: env.string("BROKER_TOPIC_NAME", "sales-events"),
+                topic_arn: env.optional("BROKER_TOPIC_ARN"),
+                poll_interval: env.millis("OUTBOX_POLL_INTERVAL_MS", 1_000)?,
+                batch_size: env.positive("OUTBOX_BATCH_SIZE", 100)?,
+                max_in_flight: env.positive("OUTBOX_MAX_IN_FLIGHT", 4)?,
+                max_attempts: env.positive("OUTBOX_MAX_ATTEMPTS", 5)?,
+                retry_base: env.millis("OUTBOX_RETRY_BASE_MS", 1_000)?,
+                retry_max: env.millis("OUTBOX_RETRY_MAX_MS", 60_000)?,
+                retention: env.millis("OUTBOX_RETENTION_MS", 7 * 86_400_000)?,
+                cleanup_interval: env.millis("OUTBOX_CLEANUP_INTERVAL_MS", 60_000)?,
+                fault_pause_before_mark: std::time::Duration::from_millis(
+                    env.parse("OUTBOX_FAULT_PAUSE_BEFORE_MARK_MS", 0)?,
+                ),
             },
             delivery_retry: DeliveryRetryConfig {
                 poll_interval: env.millis("DELIVERY_RETRY_POLL_INTERVAL_MS", 5_000)?,

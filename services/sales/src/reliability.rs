@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
-use crate::{app::AppState, delivery_retry, reviews};
+use crate::{app::AppState, delivery_retry, outbox::relay, reviews};
 
 /// The seed's `ReliabilityMetrics`, growing as capabilities land.
 #[derive(Debug, Serialize, ToSchema)]
@@ -18,6 +18,12 @@ use crate::{app::AppState, delivery_retry, reviews};
 pub struct ReliabilityMetrics {
     /// State of each named breaker: `CLOSED`, `OPEN` or `HALF_OPEN`.
     pub circuit_breaker_states: BTreeMap<String, String>,
+    /// Outbox rows waiting to be published (null when the database is unavailable).
+    pub outbox_events_pending: Option<i64>,
+    /// Dead letters: outbox rows that failed every attempt.
+    pub failed_event_count: Option<i64>,
+    /// Age of the oldest PENDING outbox row, in seconds.
+    pub oldest_pending_age_seconds: Option<f64>,
     /// Orders whose delivery is not initiated yet (null when the database is unavailable).
     pub delivery_retries_pending: Option<i64>,
     /// Open manual reviews (null when the database is unavailable).
@@ -36,14 +42,15 @@ pub async fn reliability(State(state): State<AppState>) -> Json<ReliabilityMetri
         let mut conn = state.db.pool.acquire().await?;
         let pending = delivery_retry::pending_count(&mut conn).await?;
         let reviews = reviews::open_count(&mut conn).await?;
-        Ok::<_, sqlx::Error>((pending, reviews))
+        let outbox = relay::backlog(&state.db.pool, chrono::Utc::now()).await?;
+        Ok::<_, sqlx::Error>((pending, reviews, outbox))
     };
-    let (pending, reviews) = if state.db.is_open() {
-        (None, None)
+    let (pending, reviews, outbox) = if state.db.is_open() {
+        (None, None, None)
     } else {
         match counts.await {
-            Ok((p, r)) => (Some(p), Some(r)),
-            Err(_) => (None, None),
+            Ok((p, r, o)) => (Some(p), Some(r), Some(o)),
+            Err(_) => (None, None, None),
         }
     };
     Json(ReliabilityMetrics {
@@ -51,6 +58,9 @@ pub async fn reliability(State(state): State<AppState>) -> Json<ReliabilityMetri
             .iter()
             .map(|b| (b.name.clone(), b.state.as_str().to_owned()))
             .collect(),
+        outbox_events_pending: outbox.map(|o| o.0),
+        failed_event_count: outbox.map(|o| o.1),
+        oldest_pending_age_seconds: outbox.and_then(|o| o.2),
         delivery_retries_pending: pending,
         manual_review_queue_length: reviews,
         breakers,

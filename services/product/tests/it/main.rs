@@ -4,6 +4,7 @@
 
 mod catalog;
 mod http;
+mod order_events;
 mod reservations;
 
 use std::collections::HashMap;

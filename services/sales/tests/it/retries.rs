@@ -108,3 +108,56 @@ async fn the_worker_initiates_each_pending_delivery_once(
         assert_eq!(retry_row(&stack, id).await.0, "DONE");
     }
 }
+
+#[sqlx::test(migrations = false)]
+async fn retention_deletes_old_sent_events_and_keeps_dead_letters(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let stack = Stack::start(options).await;
+    for _ in 0..3 {
+        expect_json::<Order>(
+            stack.place(&order_body("r", &[("SKU-A", 1)]), None).await,
+            201,
+        )
+        .await;
+    }
+    let now = Utc::now();
+    // Two events sent ten days ago, one sent just now, one dead letter from long ago.
+    sqlx::query("UPDATE outbox_events SET status = 'SENT', sent_at = $1 WHERE id IN (SELECT id FROM outbox_events ORDER BY created_at LIMIT 2)")
+        .bind(now - Duration::days(10))
+        .execute(&stack.sales_db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE outbox_events SET status = 'SENT', sent_at = $1 WHERE id IN (SELECT id FROM outbox_events WHERE status = 'PENDING' ORDER BY created_at LIMIT 1)")
+        .bind(now)
+        .execute(&stack.sales_db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE outbox_events SET status = 'FAILED', created_at = $1 WHERE id IN (SELECT id FROM outbox_events WHERE status = 'PENDING' ORDER BY created_at LIMIT 1)")
+        .bind(now - Duration::days(30))
+        .execute(&stack.sales_db)
+        .await
+        .unwrap();
+    let before = stack.count(&stack.sales_db, "outbox_events").await;
+    let outbox = sales::Config::from(&platform::config::Env::from_map(
+        "SALES_",
+        Default::default(),
+    ))
+    .unwrap()
+    .outbox;
+    let deleted = sales::outbox::cleanup::run_once(&stack.sales_db, &outbox, now)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2, "only SENT rows older than the 7-day retention");
+    assert_eq!(
+        stack.count(&stack.sales_db, "outbox_events").await,
+        before - 2
+    );
+    let failed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE status = 'FAILED'")
+            .fetch_one(&stack.sales_db)
+            .await
+            .unwrap();
+    assert_eq!(failed, 1, "dead letters stay until replayed or discarded");
+}

@@ -1,5 +1,16 @@
-//! Writing events to the transactional outbox, inside the caller's transaction,
-//! so an event exists exactly when the change it describes was committed.
+//! The transactional outbox: events are written inside the caller's transaction
+//! (so an event exists exactly when the change it describes was committed), then
+//! relayed to SNS.
+//!
+//! # Layout
+//! - [`enqueue`]: append an event in the caller's transaction.
+//! - [`relay`]: the relay to SNS (claim, publish, mark), woken by LISTEN/NOTIFY.
+//! - [`cleanup`]: retention of SENT rows.
+//! - [`admin`]: staff endpoints for dead letters (list, replay, discard).
+
+pub mod admin;
+pub mod cleanup;
+pub mod relay;
 
 use serde::Serialize;
 use sqlx::PgConnection;

@@ -1,0 +1,207 @@
+//! Operator endpoints for dead letters (staff credential): list FAILED events
+//! with their errors, replay one or all (back to PENDING), discard one with a
+//! reason. Every replay and discard is written to `outbox_audit`.
+
+use axum::{
+    Router,
+    extract::State,
+    http::HeaderMap,
+    routing::{get, post},
+};
+use chrono::{DateTime, Utc};
+use contracts::{FieldError, Problem};
+use platform::{
+    ApiResult,
+    auth::Staff,
+    ensure_valid,
+    extract::{Json, Path},
+};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::app::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/outbox/failed", get(list_failed))
+        .route("/outbox/failed/replay", post(replay_all))
+        .route("/outbox/failed/{id}/replay", post(replay_one))
+        .route("/outbox/failed/{id}/discard", post(discard_one))
+}
+
+/// A dead-lettered event.
+#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct FailedEvent {
+    pub id: Uuid,
+    pub event_type: String,
+    pub aggregate_id: Uuid,
+    pub aggregate_version: i32,
+    pub retry_count: i32,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// How many events an action moved.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Moved {
+    pub count: u64,
+}
+
+/// Why an event is discarded.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Discard {
+    pub reason: String,
+}
+
+/// Who acts: `X-Staff-Member` if given, else `staff`.
+fn actor(headers: &HeaderMap) -> String {
+    headers
+        .get("x-staff-member")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 100)
+        .unwrap_or("staff")
+        .to_owned()
+}
+
+async fn audit(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    action: &str,
+    actor: &str,
+    reason: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outbox_audit (event_id, action, actor, reason) SELECT id, $2, $3, $4 FROM unnest($1::uuid[]) AS id",
+    )
+    .bind(ids)
+    .bind(action)
+    .bind(actor)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// FAILED events (dead letters), oldest first.
+#[utoipa::path(get, path = "/outbox/failed", tag = "outbox", security(("staff" = [])),
+    responses((status = 200, body = Vec<FailedEvent>), (status = 401, body = Problem)))]
+pub async fn list_failed(
+    State(state): State<AppState>,
+    _staff: Staff,
+) -> ApiResult<Json<Vec<FailedEvent>>> {
+    state
+        .db
+        .guard(async {
+            let rows: Vec<FailedEvent> = sqlx::query_as(
+                "SELECT id, event_type, aggregate_id, aggregate_version, retry_count, last_error, created_at
+                 FROM outbox_events WHERE status = 'FAILED' ORDER BY created_at LIMIT 1000",
+            )
+            .fetch_all(&state.db.pool)
+            .await?;
+            Ok(Json(rows))
+        })
+        .await
+}
+
+async fn replay(state: &AppState, only: Option<Uuid>, actor: &str) -> ApiResult<u64> {
+    let mut tx = state.db.pool.begin().await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE outbox_events SET status = 'PENDING', retry_count = 0, next_attempt_at = now(), last_error = NULL
+         WHERE status = 'FAILED' AND ($1::uuid IS NULL OR id = $1) RETURNING id",
+    )
+    .bind(only)
+    .fetch_all(&mut *tx)
+    .await?;
+    audit(&mut tx, &ids, "REPLAYED", actor, None).await?;
+    // Wake the relay: the trigger only fires on INSERT.
+    sqlx::query("SELECT pg_notify('outbox_events', '')")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(count = ids.len(), actor, "dead-lettered events replayed");
+    Ok(ids.len() as u64)
+}
+
+/// Replay every FAILED event (back to PENDING).
+#[utoipa::path(post, path = "/outbox/failed/replay", tag = "outbox", security(("staff" = [])),
+    responses((status = 200, body = Moved), (status = 401, body = Problem)))]
+pub async fn replay_all(
+    State(state): State<AppState>,
+    _staff: Staff,
+    headers: HeaderMap,
+) -> ApiResult<Json<Moved>> {
+    let actor = actor(&headers);
+    state
+        .db
+        .guard(async {
+            Ok(Json(Moved {
+                count: replay(&state, None, &actor).await?,
+            }))
+        })
+        .await
+}
+
+/// Replay one FAILED event.
+#[utoipa::path(post, path = "/outbox/failed/{id}/replay", tag = "outbox", security(("staff" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Moved), (status = 401, body = Problem),
+        (status = 404, body = Problem, description = "No FAILED event with this id")))]
+pub async fn replay_one(
+    State(state): State<AppState>,
+    _staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Moved>> {
+    let actor = actor(&headers);
+    state
+        .db
+        .guard(async {
+            match replay(&state, Some(id), &actor).await? {
+                0 => Err(Problem::not_found(&format!("failed event {id}")).into()),
+                count => Ok(Json(Moved { count })),
+            }
+        })
+        .await
+}
+
+/// Discard one FAILED event, with a reason; it is kept as DISCARDED.
+#[utoipa::path(post, path = "/outbox/failed/{id}/discard", tag = "outbox", security(("staff" = [])),
+    params(("id" = Uuid, Path)), request_body = Discard,
+    responses((status = 200, body = Moved), (status = 401, body = Problem),
+        (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn discard_one(
+    State(state): State<AppState>,
+    _staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+    Json(body): Json<Discard>,
+) -> ApiResult<Json<Moved>> {
+    let mut errors = Vec::new();
+    if body.reason.trim().is_empty() || body.reason.len() > 1000 {
+        errors.push(FieldError::new("reason", "must be 1 to 1000 characters"));
+    }
+    ensure_valid(errors)?;
+    let actor = actor(&headers);
+    state
+        .db
+        .guard(async {
+            let mut tx = state.db.pool.begin().await?;
+            let ids: Vec<Uuid> = sqlx::query_scalar(
+                "UPDATE outbox_events SET status = 'DISCARDED' WHERE status = 'FAILED' AND id = $1 RETURNING id",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+            if ids.is_empty() {
+                return Err(Problem::not_found(&format!("failed event {id}")).into());
+            }
+            audit(&mut tx, &ids, "DISCARDED", &actor, Some(body.reason.trim())).await?;
+            tx.commit().await?;
+            tracing::warn!(event_id = %id, actor, reason = body.reason.trim(), "dead-lettered event discarded");
+            Ok(Json(Moved { count: 1 }))
+        })
+        .await
+}

@@ -1,0 +1,49 @@
+//! Outbox retention: SENT rows older than the retention are deleted in batches,
+//! keeping the table (and the relay's index) small. FAILED rows stay until an
+//! operator replays or discards them.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::OutboxConfig;
+
+/// Rows deleted per statement.
+pub const BATCH: i64 = 1_000;
+
+/// Deletes up to [`BATCH`] SENT rows sent before `now - retention`; returns how many.
+pub async fn run_once(
+    pool: &PgPool,
+    config: &OutboxConfig,
+    now: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let cutoff =
+        now - chrono::Duration::from_std(config.retention).unwrap_or(chrono::Duration::MAX);
+    let deleted = sqlx::query(
+        "DELETE FROM outbox_events WHERE id IN (
+             SELECT id FROM outbox_events WHERE status = 'SENT' AND sent_at < $1
+             ORDER BY sent_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(cutoff)
+    .bind(BATCH)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(deleted)
+}
+
+/// Cleans up every `cleanup_interval` until `token` is cancelled.
+pub async fn run(pool: PgPool, config: OutboxConfig, token: CancellationToken) {
+    loop {
+        match run_once(&pool, &config, Utc::now()).await {
+            Ok(n) if n as i64 == BATCH => continue,
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "old SENT outbox rows deleted"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "outbox cleanup failed"),
+        }
+        tokio::select! {
+            () = token.cancelled() => break,
+            () = tokio::time::sleep(config.cleanup_interval) => {}
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! The outbox relayed to SNS/SQS and consumed by product, with real processes
+//! and LocalStack: broker outage, a crash between publish and mark, two relays,
+//! a poison message, and replay of dead letters.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use contracts::orders::Order;
+use messaging::{Envelope, Handler, HandlerError};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use system_tests::{Stack, StackOptions};
+use uuid::Uuid;
+
+fn order_body(customer: &str) -> Value {
+    json!({
+        "customer_id": customer,
+        "items": [{"product_id": "SKU-HEADSET", "quantity": 1}],
+        "shipping_address": {"recipient": "Ada", "line1": "1 Main St", "city": "Berlin",
+                             "postal_code": "10115", "country": "DE"}
+    })
+}
+
+async fn place(http: &reqwest::Client, base: &str, customer: &str) -> Order {
+    let response = http
+        .post(format!("{base}/orders"))
+        .json(&order_body(customer))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    response.json().await.unwrap()
+}
+
+async fn scalar(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// Waits until `sql` (a count) reaches `want`, for at most `limit`.
+async fn wait_for(pool: &PgPool, sql: &str, want: i64, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = scalar(pool, sql).await;
+        if got == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "`{sql}` is {got}, wanted {want} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const ORDER_CREATED_IN_INBOX: &str =
+    "SELECT count(*) FROM inbox WHERE event_type = 'ORDER_CREATED'";
+
+#[tokio::test]
+async fn broker_down_events_wait_then_drain_once_each() {
+    let stack = Stack::start_with(StackOptions {
+        broker: true,
+        broker_proxy: true,
+        sales_env: vec![("SALES_BREAKER_BROKER_RESET_TIMEOUT_MS", "2000".into())],
+        ..StackOptions::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let (sales, product) = (stack.db("sales").await, stack.db("product").await);
+    stack.broker_proxy.as_ref().unwrap().set_down(true);
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(
+            place(&http, &stack.sales.base_url(), &format!("b{i}"))
+                .await
+                .id,
+        );
+        // Orders trickle in, so the relay makes one failing call per order.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let pending = scalar(
+        &sales,
+        "SELECT count(*) FROM outbox_events WHERE status = 'PENDING'",
+    )
+    .await;
+    assert!(
+        pending >= 24,
+        "ORDER_CREATED and DELIVERY_INITIATED of every order wait: {pending}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let reliability = loop {
+        let reliability: Value = http
+            .get(format!("{}/health/reliability", stack.sales.base_url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if reliability["circuitBreakerStates"]["broker"] == "OPEN" {
+            break reliability;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker breaker did not open: {reliability}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(reliability["outboxEventsPending"].as_i64().unwrap() >= 24);
+    assert_eq!(scalar(&product, ORDER_CREATED_IN_INBOX).await, 0);
+
+    stack.broker_proxy.as_ref().unwrap().set_down(false);
+    let drained = wait_for(
+        &sales,
+        "SELECT count(*) FROM outbox_events WHERE status <> 'SENT'",
+        0,
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_for(
+        &product,
+        ORDER_CREATED_IN_INBOX,
+        ids.len() as i64,
+        Duration::from_secs(30),
+    )
+    .await;
+    println!("broker back → backlog drained in {drained:?} (breaker reset 2 s)");
+    let max_retries = scalar(
+        &sales,
+        "SELECT coalesce(max(retry_count), 0)::bigint FROM outbox_events",
+    )
+    .await;
+    assert!(
+        max_retries < 5,
+        "the open breaker kept rows from burning their attempts: {max_retries}"
+    );
+    assert_eq!(
+        scalar(
+            &sales,
+            "SELECT count(*) FROM outbox_events WHERE status = 'FAILED'"
+        )
+        .await,
+        0
+    );
+    for id in &ids {
+        let applied: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM inbox WHERE aggregate_id = $1 AND event_type = 'ORDER_CREATED'",
+        )
+        .bind(id)
+        .fetch_one(&product)
+        .await
+        .unwrap();
+        assert_eq!(applied, 1);
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1")
+                .bind(id)
+                .fetch_one(&product)
+                .await
+                .unwrap();
+        assert_eq!(status, "COMMITTED");
+    }
+    let (on_hand, reserved): (i32, i32) =
+        sqlx::query_as("SELECT stock_on_hand, reserved FROM products WHERE id = 'SKU-HEADSET'")
+            .fetch_one(&product)
+            .await
+            .unwrap();
+    assert_eq!(
+        (on_hand, reserved),
+        (150 - ids.len() as i32, 0),
+        "each order took its unit once"
+    );
+    sales.close().await;
+    product.close().await;
+    assert!(stack.shutdown().await);
+}
+
+#[tokio::test]
+async fn a_crash_between_publish_and_mark_republishes_and_applies_once() {
+    let mut stack = Stack::start_with(StackOptions {
+        broker: true,
+        sales_env: vec![("SALES_OUTBOX_FAULT_PAUSE_BEFORE_MARK_MS", "3000".into())],
+        ..StackOptions::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let (sales, product) = (stack.db("sales").await, stack.db("product").await);
+    let order = place(&http, &stack.sales.base_url(), "crash").await;
+    // Published (product applied it) but not yet marked SENT.
+    wait_for(&product, ORDER_CREATED_IN_INBOX, 1, Duration::from_secs(20)).await;
+    let unsent = scalar(
+        &sales,
+        "SELECT count(*) FROM outbox_events WHERE status = 'PENDING'",
+    )
+    .await;
+    assert!(unsent >= 1, "the relay is paused before marking");
+    stack.sales.kill().await;
+
+    stack
+        .sales
+        .set_env("SALES_OUTBOX_FAULT_PAUSE_BEFORE_MARK_MS", "0");
+    stack.sales.start().await;
+    wait_for(
+        &sales,
+        "SELECT count(*) FROM outbox_events WHERE status <> 'SENT'",
+        0,
+        Duration::from_secs(30),
+    )
+    .await;
+    // The republished ORDER_CREATED reaches product again and changes nothing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE aggregate_id = $1")
+        .bind(order.id)
+        .fetch_one(&product)
+        .await
+        .unwrap();
+    assert_eq!(applied, 1, "the inbox holds the event once");
+    let (on_hand, reserved): (i32, i32) =
+        sqlx::query_as("SELECT stock_on_hand, reserved FROM products WHERE id = 'SKU-HEADSET'")
+            .fetch_one(&product)
+            .await
+            .unwrap();
+    assert_eq!((on_hand, reserved), (149, 0));
+    sales.close().await;
+    product.close().await;
+    assert!(stack.shutdown().await);
+}
+
+/// Records every event id an extra queue on the topic receives.
+#[derive(Clone, Default)]
+struct Tally(Arc<Mutex<HashMap<Uuid, usize>>>);
+
+impl Handler for Tally {
+    async fn handle(&self, envelope: Envelope) -> Result<(), HandlerError> {
+        *self.0.lock().unwrap().entry(envelope.event_id).or_default() += 1;
+        Ok(())
+    }
+}
+
+/// The SDK configuration of the test process (scripts/test exports the AWS variables).
+async fn sdk() -> aws_config::SdkConfig {
+    assert!(
+        std::env::var("AWS_ENDPOINT_URL").is_ok(),
+        "AWS_ENDPOINT_URL is not set: run the tests with scripts/test (it starts LocalStack)"
+    );
+    messaging::aws::sdk_config().await
+}
+
+#[tokio::test]
+async fn two_relays_on_one_database_publish_each_event_once() {
+    let stack = Stack::start_with(StackOptions {
+        broker: true,
+        sales_env: vec![("SALES_OUTBOX_BATCH_SIZE", "10".into())],
+        ..StackOptions::default()
+    })
+    .await;
+    let sdk = sdk().await;
+    // An extra queue on this stack's topic sees every published message.
+    let audit_queue = format!("audit-{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let provisioned = messaging::provision(
+        &sdk,
+        &messaging::Topology {
+            topic_name: stack.topic_name.clone(),
+            queues: vec![messaging::QueueSpec {
+                name: audit_queue.clone(),
+                event_types: vec![],
+                max_receive_count: 5,
+                visibility_timeout_secs: 30,
+            }],
+        },
+    )
+    .await
+    .unwrap();
+    let mut second = stack.sales.another("second", "SALES_", &stack.log_dir);
+    second.start().await;
+
+    let http = reqwest::Client::new();
+    let sales = stack.db("sales").await;
+    let bases = [stack.sales.base_url(), second.base_url()];
+    let orders = futures_like_join(&http, &bases, 40).await;
+    wait_for(
+        &sales,
+        "SELECT count(*) FROM outbox_events WHERE status <> 'SENT'",
+        0,
+        Duration::from_secs(60),
+    )
+    .await;
+    let total = scalar(&sales, "SELECT count(*) FROM outbox_events").await;
+    assert!(
+        total >= 80,
+        "ORDER_CREATED and DELIVERY_INITIATED for {orders} orders: {total}"
+    );
+
+    let consumer = messaging::Consumer::new(
+        &sdk,
+        messaging::ConsumerConfig {
+            queue_url: provisioned.queue_urls[&audit_queue].clone(),
+            wait_time_secs: 1,
+            max_messages: 10,
+            visibility_timeout_secs: 30,
+            extend_after: Duration::from_secs(20),
+        },
+    );
+    let tally = Tally::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (tally.0.lock().unwrap().len() as i64) < total {
+        assert!(
+            Instant::now() < deadline,
+            "not every event reached the audit queue"
+        );
+        consumer.poll_once(&tally).await.unwrap();
+    }
+    // Anything published twice would be in the queue by now too.
+    for _ in 0..3 {
+        consumer.poll_once(&tally).await.unwrap();
+    }
+    let seen = tally.0.lock().unwrap().clone();
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert_eq!(seen.len() as i64, total);
+    assert!(twice.is_empty(), "published more than once: {twice:?}");
+    second.stop().await;
+    sales.close().await;
+    assert!(stack.shutdown().await);
+}
+
+/// Places `n` orders, alternating between the given sales instances.
+async fn futures_like_join(http: &reqwest::Client, bases: &[String], n: usize) -> usize {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (http, base) = (http.clone(), bases[i % bases.len()].clone());
+        tasks.spawn(async move { place(&http, &base, &format!("r{i}")).await });
+    }
+    let mut placed = 0;
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+        placed += 1;
+    }
+    placed
+}
+
+#[tokio::test]
+async fn a_poison_message_ends_in_the_dlq_without_blocking_others() {
+    let stack = Stack::start_with(StackOptions {
+        broker: true,
+        ..StackOptions::default()
+    })
+    .await;
+    let sdk = sdk().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue_url = sqs
+        .get_queue_url()
+        .queue_name(&stack.queue_name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let dlq_url = sqs
+        .get_queue_url()
+        .queue_name(format!("{}-dlq", stack.queue_name))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    sqs.send_message()
+        .queue_url(&queue_url)
+        .message_body("this is not an event")
+        .send()
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let product = stack.db("product").await;
+    let order = place(&http, &stack.sales.base_url(), "after-poison").await;
+    wait_for(&product, ORDER_CREATED_IN_INBOX, 1, Duration::from_secs(30)).await;
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE aggregate_id = $1")
+        .bind(order.id)
+        .fetch_one(&product)
+        .await
+        .unwrap();
+    assert_eq!(
+        applied, 1,
+        "the good event was applied while the poison one waited"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .unwrap();
+        let in_dlq: i64 = attrs
+            .attributes()
+            .and_then(|a| {
+                a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if in_dlq == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the poison message did not reach the DLQ"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    product.close().await;
+    assert!(stack.shutdown().await);
+}
+
+#[tokio::test]
+async fn dead_letters_are_replayed_by_an_operator_and_delivered() {
+    let stack = Stack::start_with(StackOptions {
+        broker: true,
+        broker_proxy: true,
+        sales_env: vec![
+            ("SALES_OUTBOX_MAX_ATTEMPTS", "2".into()),
+            ("SALES_OUTBOX_RETRY_BASE_MS", "50".into()),
+            ("SALES_OUTBOX_RETRY_MAX_MS", "100".into()),
+            ("SALES_BREAKER_BROKER_VOLUME_THRESHOLD", "1000".into()),
+        ],
+        ..StackOptions::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let (sales, product) = (stack.db("sales").await, stack.db("product").await);
+    let base = stack.sales.base_url();
+    let proxy = stack.broker_proxy.as_ref().unwrap();
+    proxy.set_down(true);
+    for i in 0..3 {
+        place(&http, &base, &format!("dl{i}")).await;
+    }
+    wait_for(
+        &sales,
+        "SELECT count(*) FROM outbox_events WHERE status = 'PENDING'",
+        0,
+        Duration::from_secs(30),
+    )
+    .await;
+    let failed_count = scalar(
+        &sales,
+        "SELECT count(*) FROM outbox_events WHERE status = 'FAILED'",
+    )
+    .await;
+    assert!(failed_count >= 6);
+
+    let anonymous = http
+        .get(format!("{base}/outbox/failed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let listed: Vec<Value> = http
+        .get(format!("{base}/outbox/failed"))
+        .bearer_auth(system_tests::STAFF_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.len() as i64, failed_count);
+    assert!(
+        listed
+            .iter()
+            .all(|e| e["last_error"].is_string() && e["retry_count"] == 2)
+    );
+
+    // Discard one (with a reason), replay the rest once the broker is back.
+    let discarded = listed
+        .iter()
+        .find(|e| e["event_type"] == "DELIVERY_INITIATED")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let no_reason = http
+        .post(format!("{base}/outbox/failed/{discarded}/discard"))
+        .bearer_auth(system_tests::STAFF_TOKEN)
+        .json(&json!({"reason": " "}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_reason.status(), 422);
+    let discard = http
+        .post(format!("{base}/outbox/failed/{discarded}/discard"))
+        .bearer_auth(system_tests::STAFF_TOKEN)
+        .header("X-Staff-Member", "ops-alice")
+        .json(&json!({"reason": "delivery event not needed downstream"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(discard.status(), 200);
+    proxy.set_down(false);
+    let replayed: Value = http
+        .post(format!("{base}/outbox/failed/replay"))
+        .bearer_auth(system_tests::STAFF_TOKEN)
+        .header("X-Staff-Member", "ops-alice")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(replayed["count"].as_i64().unwrap(), failed_count - 1);
+    wait_for(
+        &sales,
+        "SELECT count(*) FROM outbox_events WHERE status IN ('PENDING', 'FAILED')",
+        0,
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_for(&product, ORDER_CREATED_IN_INBOX, 3, Duration::from_secs(30)).await;
+    let audits: Vec<(String, String)> =
+        sqlx::query_as("SELECT action, actor FROM outbox_audit ORDER BY id")
+            .fetch_all(&sales)
+            .await
+            .unwrap();
+    assert_eq!(audits.len() as i64, failed_count);
+    assert_eq!(audits[0], ("DISCARDED".to_owned(), "ops-alice".to_owned()));
+    assert!(audits[1..].iter().all(|a| a.0 == "REPLAYED"));
+    sales.close().await;
+    product.close().await;
+    assert!(stack.shutdown().await);
+}
