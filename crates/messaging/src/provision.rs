@@ -49,6 +49,18 @@ pub struct Provisioned {
     pub dlq_urls: BTreeMap<String, String>,
 }
 
+/// The URL of an existing queue (when the topology was provisioned beforehand).
+pub async fn queue_url(sdk: &SdkConfig, name: &str) -> anyhow::Result<String> {
+    aws_sdk_sqs::Client::new(sdk)
+        .get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .with_context(|| format!("looking up queue {name}"))?
+        .queue_url
+        .with_context(|| format!("queue {name} has no URL"))
+}
+
 /// Creates the topic, each queue with its DLQ and redrive policy, the queue policy allowing the
 /// topic to send, and a subscription with `RawMessageDelivery=true` and a `FilterPolicy` on the
 /// `event_type` message attribute. Safe to run repeatedly and from several processes at once.

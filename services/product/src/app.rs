@@ -105,14 +105,7 @@ async fn order_events_consumer(config: &Config) -> anyhow::Result<Option<messagi
             .cloned()
             .context("the provisioned queue has no URL")?
     } else {
-        aws_sdk_sqs::Client::new(&sdk)
-            .get_queue_url()
-            .queue_name(&broker.queue_name)
-            .send()
-            .await
-            .with_context(|| format!("looking up queue {}", broker.queue_name))?
-            .queue_url
-            .context("no queue URL")?
+        messaging::provision::queue_url(&sdk, &broker.queue_name).await?
     };
     tracing::info!(queue = %broker.queue_name, "consuming order events");
     Ok(Some(messaging::Consumer::new(
