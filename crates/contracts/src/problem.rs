@@ -128,6 +128,15 @@ impl Problem {
         )
     }
 
+    /// 403: a credential was presented, but it does not grant this.
+    pub fn forbidden() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "This credential does not grant staff access",
+        )
+    }
+
     /// 503 with `Retry-After`: a dependency this request needs is unavailable.
     pub fn unavailable(detail: impl Into<String>, retry_after_secs: u64) -> Self {
         Self::new(

@@ -9,7 +9,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `DELIVERY_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/delivery`) and pool settings.
     pub database: DatabaseConfig,
-    /// `DELIVERY_STAFF_TOKEN` (no default): bearer token for courier/ops status updates.
+    /// `DELIVERY_STAFF_TOKEN` (no default): bearer token(s) for courier/ops status
+    /// updates, comma-separated.
     pub staff_token: Option<String>,
 }
 

@@ -11,7 +11,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `PRODUCT_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/product`) and pool settings.
     pub database: DatabaseConfig,
-    /// `PRODUCT_STAFF_TOKEN` (no default): bearer token for staff endpoints; unset disables them.
+    /// `PRODUCT_STAFF_TOKEN` (no default): bearer token(s) for staff endpoints,
+    /// comma-separated; unset disables them.
     pub staff_token: Option<String>,
     /// `PRODUCT_RESERVATION_TTL_MS` (default 900000 = 15 min): an uncommitted reservation's life.
     pub reservation_ttl: Duration,

@@ -13,12 +13,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use utoipa::OpenApi;
 
 use crate::{
+    availability_recheck, cancellation,
     config::Config,
     db::Db,
     delivery_retry, orders,
     outbox::{self, relay::Relay},
     peers::{HttpPeer, delivery::DeliveryClient, product::ProductClient},
-    reliability,
+    reconciliation, reliability, review,
 };
 
 /// The sales database's migrations, embedded in the binary.
@@ -33,6 +34,8 @@ pub struct AppState {
     pub delivery: DeliveryClient,
     pub breakers: Registry,
     pub config: Arc<Config>,
+    /// When this instance started (the reconciliation status counts its grace from it).
+    pub started_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl FromRef<AppState> for StaffToken {
@@ -48,6 +51,11 @@ impl FromRef<AppState> for StaffToken {
         orders::place::place_order,
         orders::read::get_order,
         orders::read::list_orders,
+        cancellation::cancel,
+        review::queue::list_reviews,
+        review::queue::review_detail,
+        review::decide::approve,
+        review::decide::reject,
         reliability::reliability,
         outbox::admin::list_failed,
         outbox::admin::replay_all,
@@ -72,6 +80,8 @@ pub fn router(state: AppState) -> Router {
         state.config.breakers.database.name.clone(),
     );
     let router = orders::router()
+        .merge(cancellation::router())
+        .merge(review::router())
         .merge(outbox::admin::router())
         .route("/health/reliability", get(reliability::reliability))
         .with_state(state.clone())
@@ -168,6 +178,7 @@ impl Application {
             delivery: DeliveryClient::new(delivery),
             breakers,
             config: Arc::new(config),
+            started_at: chrono::Utc::now(),
         };
         let router = router(state.clone());
         let addr = state.config.server.listen_addr;
@@ -195,6 +206,24 @@ impl Application {
         }
     }
 
+    /// The reconciliation worker of this instance (tests drive it step by step).
+    pub fn reconciliation_worker(&self) -> reconciliation::Worker {
+        reconciliation::Worker {
+            db: self.state.db.clone(),
+            delivery: self.state.delivery.clone(),
+            config: self.state.config.reconciliation.clone(),
+        }
+    }
+
+    /// The availability re-check worker of this instance (tests drive it step by step).
+    pub fn availability_recheck_worker(&self) -> availability_recheck::Worker {
+        availability_recheck::Worker {
+            db: self.state.db.clone(),
+            product: self.state.product.clone(),
+            config: self.state.config.availability_recheck.clone(),
+        }
+    }
+
     /// The outbox relay of this instance, if the broker is enabled.
     pub fn relay(&self) -> Option<&Relay> {
         self.relay.as_ref()
@@ -204,6 +233,8 @@ impl Application {
     pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         tracker.spawn(self.delivery_retry_worker().run(token.clone()));
+        tracker.spawn(self.reconciliation_worker().run(token.clone()));
+        tracker.spawn(self.availability_recheck_worker().run(token.clone()));
         if let Some(relay) = self.relay.clone() {
             tracker.spawn(relay.run(token.clone()));
         }

@@ -12,7 +12,7 @@ pub struct Config {
     pub server: ServerConfig,
     /// `SALES_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/sales`) and pool settings.
     pub database: DatabaseConfig,
-    /// `SALES_STAFF_TOKEN` (no default): bearer token for staff endpoints.
+    /// `SALES_STAFF_TOKEN` (no default): bearer token(s) for staff endpoints, comma-separated.
     pub staff_token: Option<String>,
     /// `SALES_PRODUCT_URL` (default `http://127.0.0.1:8081`).
     pub product_url: String,
@@ -28,6 +28,38 @@ pub struct Config {
     pub delivery_retry: DeliveryRetryConfig,
     /// The outbox relay to SNS, see [`OutboxConfig`].
     pub outbox: OutboxConfig,
+    /// The reconciliation job, see [`ReconciliationConfig`].
+    pub reconciliation: ReconciliationConfig,
+    /// The availability re-check of fallback orders, see [`AvailabilityRecheckConfig`].
+    pub availability_recheck: AvailabilityRecheckConfig,
+}
+
+/// The job comparing orders with delivery's authoritative status.
+#[derive(Debug, Clone)]
+pub struct ReconciliationConfig {
+    /// `SALES_RECONCILIATION_INTERVAL_MS` (default 300000 = 5 min): time between runs.
+    /// `/health/reliability` reports DEGRADED when no run finished for two intervals.
+    pub interval: Duration,
+    /// `SALES_RECONCILIATION_STALE_AFTER_MS` (default 86400000 = 24 h; 0 allowed): an order
+    /// pending shipment or shipped is checked once it has not changed for this long
+    /// (flagged orders are checked every run).
+    pub stale_after: Duration,
+    /// `SALES_RECONCILIATION_BATCH` (default 100): most orders checked per run, least
+    /// recently checked first.
+    pub batch: i64,
+    /// `SALES_RECONCILIATION_RUN_RETENTION_MS` (default 2592000000 = 30 days): run records
+    /// older than this are deleted.
+    pub run_retention: Duration,
+}
+
+/// The worker reserving, once product answers again, the items of orders
+/// accepted on the availability fallback.
+#[derive(Debug, Clone)]
+pub struct AvailabilityRecheckConfig {
+    /// `SALES_AVAILABILITY_RECHECK_INTERVAL_MS` (default 10000): time between rounds.
+    pub interval: Duration,
+    /// `SALES_AVAILABILITY_RECHECK_BATCH` (default 20): most orders per round, oldest first.
+    pub batch: i64,
 }
 
 /// The outbox relay publishing sales' events to SNS. Endpoint, region and
@@ -177,6 +209,18 @@ impl Config {
                     env.parse("OUTBOX_FAULT_PAUSE_BEFORE_MARK_MS", 0)?,
                 ),
             },
+            reconciliation: ReconciliationConfig {
+                interval: env.millis("RECONCILIATION_INTERVAL_MS", 300_000)?,
+                stale_after: Duration::from_millis(
+                    env.parse("RECONCILIATION_STALE_AFTER_MS", 86_400_000)?,
+                ),
+                batch: env.positive("RECONCILIATION_BATCH", 100)?,
+                run_retention: env.millis("RECONCILIATION_RUN_RETENTION_MS", 30 * 86_400_000)?,
+            },
+            availability_recheck: AvailabilityRecheckConfig {
+                interval: env.millis("AVAILABILITY_RECHECK_INTERVAL_MS", 10_000)?,
+                batch: env.positive("AVAILABILITY_RECHECK_BATCH", 20)?,
+            },
             delivery_retry: DeliveryRetryConfig {
                 poll_interval: env.millis("DELIVERY_RETRY_POLL_INTERVAL_MS", 5_000)?,
                 first_delay: env.millis("DELIVERY_RETRY_FIRST_DELAY_MS", 60_000)?,
@@ -235,6 +279,34 @@ mod tests {
         assert_eq!(b.product.name, "product-service");
         assert_eq!(config.delivery_retry.first_delay, Duration::from_secs(60));
         assert_eq!(config.delivery_retry.max_delay, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn workers_default_to_the_design_numbers_and_accept_zero_staleness() {
+        let config = Config::from(&env(&[])).expect("defaults are valid");
+        assert_eq!(config.reconciliation.interval, Duration::from_secs(300));
+        assert_eq!(
+            config.reconciliation.stale_after,
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(config.reconciliation.batch, 100);
+        assert_eq!(
+            config.availability_recheck.interval,
+            Duration::from_secs(10)
+        );
+        let config = Config::from(&env(&[
+            ("SALES_RECONCILIATION_STALE_AFTER_MS", "0"),
+            ("SALES_RECONCILIATION_INTERVAL_MS", "250"),
+        ]))
+        .expect("valid");
+        assert_eq!(config.reconciliation.stale_after, Duration::ZERO);
+        assert_eq!(config.reconciliation.interval, Duration::from_millis(250));
+        let err = Config::from(&env(&[("SALES_AVAILABILITY_RECHECK_INTERVAL_MS", "0")]))
+            .expect_err("an interval must be positive");
+        assert_eq!(err.variable, "SALES_AVAILABILITY_RECHECK_INTERVAL_MS");
+        let err = Config::from(&env(&[("SALES_RECONCILIATION_STALE_AFTER_MS", "-1")]))
+            .expect_err("not a number of ms");
+        assert_eq!(err.variable, "SALES_RECONCILIATION_STALE_AFTER_MS");
     }
 
     #[test]

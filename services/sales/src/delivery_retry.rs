@@ -11,7 +11,10 @@
 //! never makes a second delivery.
 
 use chrono::{DateTime, Utc};
-use contracts::{delivery::DeliveryRequest, orders::Order};
+use contracts::{
+    delivery::DeliveryRequest,
+    orders::{Order, OrderStatus},
+};
 use serde_json::json;
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
@@ -90,6 +93,20 @@ pub async fn attempt(
             mark(&mut tx, order.id, "DONE", None, now).await?;
             tx.commit().await?;
             tracing::info!(order_id = %order.id, delivery_id = %created.id, attempts = due.attempts + 1, "delivery initiated");
+            if updated
+                .as_ref()
+                .is_some_and(|o| o.status == OrderStatus::Cancelled)
+            {
+                // The order was cancelled while this delivery was being made: undo it.
+                match delivery.cancel(created.id).await {
+                    Ok(outcome) => {
+                        tracing::warn!(order_id = %order.id, delivery_id = %created.id, ?outcome, "delivery of a cancelled order cancelled")
+                    }
+                    Err(e) => {
+                        tracing::error!(order_id = %order.id, delivery_id = %created.id, error = %e, "could not cancel the delivery of a cancelled order; it must be cancelled at delivery")
+                    }
+                }
+            }
             Ok(Attempted::Initiated(Box::new(
                 updated.unwrap_or_else(|| order.clone()),
             )))
@@ -128,6 +145,12 @@ async fn failed(
     let too_old = now - due.created_at
         >= chrono::Duration::from_std(config.max_age).unwrap_or(chrono::Duration::MAX);
     let mut tx = db.pool.begin().await?;
+    // The order before its retry row and reviews, like every writer (a
+    // cancellation holds the order and then stops the retry row).
+    sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(order.id)
+        .execute(&mut *tx)
+        .await?;
     let result = if attempts >= config.max_attempts || too_old {
         sqlx::query(
             "UPDATE delivery_retries SET status = 'EXHAUSTED', attempts = $2, last_error = $3, updated_at = now()
@@ -138,14 +161,6 @@ async fn failed(
         .bind(error)
         .execute(&mut *tx)
         .await?;
-        let details = json!({"attempts": attempts, "last_error": error});
-        reviews::open(
-            &mut tx,
-            order.id,
-            ReviewReason::DeliveryRetriesExhausted,
-            &details,
-        )
-        .await?;
         let payload =
             json!({"order_id": order.id, "attempts": attempts, "error": error, "exhausted": true});
         outbox::enqueue(
@@ -154,6 +169,14 @@ async fn failed(
             order.version,
             events::DELIVERY_INITIATION_FAILED,
             &payload,
+        )
+        .await?;
+        let details = json!({"attempts": attempts, "last_error": error});
+        reviews::open_flagged(
+            &mut tx,
+            order.id,
+            ReviewReason::DeliveryRetriesExhausted,
+            &details,
         )
         .await?;
         tracing::error!(order_id = %order.id, attempts, error, "delivery retries exhausted; order sent to manual review");
@@ -258,7 +281,10 @@ impl Worker {
             let mut conn = self.db.pool.acquire().await?;
             let order = store::load(&mut conn, order_id).await?;
             drop(conn);
-            let Some(order) = order.filter(|o| o.delivery_id.is_none()) else {
+            // A cancelled (or otherwise moved on) order needs no delivery any more.
+            let Some(order) = order
+                .filter(|o| o.delivery_id.is_none() && o.status == OrderStatus::PendingShipment)
+            else {
                 let mut conn = self.db.pool.acquire().await?;
                 mark(&mut conn, order_id, "DONE", None, now).await?;
                 continue;

@@ -11,19 +11,28 @@
 //! - [`peers`]: HTTP clients of product and delivery behind their breakers.
 //! - [`db`]: the database behind its breaker (503 + `Retry-After` when open).
 //! - [`orders`]: the order endpoints: placing (the write path), reading, listing.
+//! - [`orders::status`]: the order status state machine; every status change goes through it.
+//! - [`cancellation`]: cancelling an order before shipment (its compensations).
 //! - [`delivery_retry`]: durable delivery initiation and its background worker.
-//! - [`reviews`]: opening manual reviews.
+//! - [`reconciliation`]: the job comparing orders with delivery's status, and its run records.
+//! - [`availability_recheck`]: reserving fallback orders' items once product answers again.
+//! - [`reviews`]: opening, flagging and resolving manual reviews.
+//! - [`review`]: the staff review queue (list, detail, approve, reject).
 //! - [`reliability`]: `/health/reliability` and the readiness details.
 //! - [`outbox`]: writing events in the caller's transaction.
 
 pub mod app;
+pub mod availability_recheck;
+pub mod cancellation;
 pub mod config;
 pub mod db;
 pub mod delivery_retry;
 pub mod orders;
 pub mod outbox;
 pub mod peers;
+pub mod reconciliation;
 pub mod reliability;
+pub mod review;
 pub mod reviews;
 
 pub use app::{Application, MIGRATOR};

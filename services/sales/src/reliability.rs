@@ -10,7 +10,13 @@ use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
-use crate::{app::AppState, delivery_retry, outbox::relay, reviews};
+use crate::{
+    app::AppState,
+    delivery_retry,
+    outbox::relay,
+    reconciliation::{self, JobsStatus},
+    reviews,
+};
 
 /// The seed's `ReliabilityMetrics`, growing as capabilities land.
 #[derive(Debug, Serialize, ToSchema)]
@@ -28,6 +34,10 @@ pub struct ReliabilityMetrics {
     pub delivery_retries_pending: Option<i64>,
     /// Open manual reviews (null when the database is unavailable).
     pub manual_review_queue_length: Option<i64>,
+    /// `HEALTHY` (the last reconciliation run succeeded, recently), `DEGRADED` (it had
+    /// errors, or no run finished for two intervals) or `FAILED` (it failed entirely);
+    /// null when the database is unavailable.
+    pub reconciliation_jobs_status: Option<JobsStatus>,
     /// Each breaker's window counts and settings.
     #[schema(value_type = Vec<Object>)]
     pub breakers: Vec<BreakerSnapshot>,
@@ -38,19 +48,27 @@ pub struct ReliabilityMetrics {
     responses((status = 200, body = ReliabilityMetrics)))]
 pub async fn reliability(State(state): State<AppState>) -> Json<ReliabilityMetrics> {
     let breakers = state.breakers.snapshots();
+    let now = chrono::Utc::now();
     let counts = async {
         let mut conn = state.db.pool.acquire().await?;
         let pending = delivery_retry::pending_count(&mut conn).await?;
         let reviews = reviews::open_count(&mut conn).await?;
-        let outbox = relay::backlog(&state.db.pool, chrono::Utc::now()).await?;
-        Ok::<_, sqlx::Error>((pending, reviews, outbox))
+        let jobs = reconciliation::jobs_status(
+            &mut conn,
+            now,
+            state.config.reconciliation.interval,
+            state.started_at,
+        )
+        .await?;
+        let outbox = relay::backlog(&state.db.pool, now).await?;
+        Ok::<_, sqlx::Error>((pending, reviews, jobs, outbox))
     };
-    let (pending, reviews, outbox) = if state.db.is_open() {
-        (None, None, None)
+    let (pending, reviews, jobs, outbox) = if state.db.is_open() {
+        (None, None, None, None)
     } else {
         match counts.await {
-            Ok((p, r, o)) => (Some(p), Some(r), Some(o)),
-            Err(_) => (None, None, None),
+            Ok((p, r, j, o)) => (Some(p), Some(r), Some(j), Some(o)),
+            Err(_) => (None, None, None, None),
         }
     };
     Json(ReliabilityMetrics {
@@ -63,6 +81,7 @@ pub async fn reliability(State(state): State<AppState>) -> Json<ReliabilityMetri
         oldest_pending_age_seconds: outbox.and_then(|o| o.2),
         delivery_retries_pending: pending,
         manual_review_queue_length: reviews,
+        reconciliation_jobs_status: jobs,
         breakers,
     })
 }

@@ -111,6 +111,15 @@ async fn couriers_move_deliveries_along_valid_transitions_only(pool: PgPool) {
         )
         .await;
     expect_problem(anon, 401).await;
+    let customer = app
+        .api
+        .request(Method::POST, &format!("/deliveries/{}/status", d.id))
+        .bearer_auth("a-customer-token")
+        .json(&json!({"status": "PICKED_UP"}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(customer, 403).await;
     let skip = expect_problem(set_status(&app.api, d.id, "DELIVERED").await, 409).await;
     assert_eq!(skip.kind, "/problems/invalid-transition");
     for status in ["PICKED_UP", "IN_TRANSIT", "IN_TRANSIT", "DELIVERED"] {

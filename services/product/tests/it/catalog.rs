@@ -34,7 +34,7 @@ async fn adding_products_needs_staff_and_valid_fields(pool: PgPool) {
         .send()
         .await
         .unwrap();
-    expect_problem(wrong, 401).await;
+    expect_problem(wrong, 403).await;
     let bad = json!({"id": " ", "name": "x", "price_cents": -1, "stock_on_hand": -2});
     let problem = expect_problem(
         app.api.staff(Method::POST, "/products", Some(&bad)).await,

@@ -4,6 +4,7 @@
 pub mod idempotency;
 pub mod place;
 pub mod read;
+pub mod status;
 pub mod store;
 
 use axum::{Router, routing::get};

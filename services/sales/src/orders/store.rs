@@ -106,6 +106,38 @@ pub async fn insert(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result<Order
     Ok(order)
 }
 
+/// Records a change of an order that keeps its status (a review flag set or
+/// cleared, availability confirmed…), in the caller's transaction: sets
+/// `requires_manual_review` when given, bumps the version, appends a history row
+/// (status unchanged, `reason`) and enqueues `event_type` with the full order.
+/// `None` if the order does not exist.
+pub async fn record_change(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    requires_manual_review: Option<bool>,
+    reason: &str,
+    event_type: &str,
+) -> Result<Option<Order>, sqlx::Error> {
+    let status: Option<String> = sqlx::query_scalar(
+        "UPDATE orders SET requires_manual_review = COALESCE($2, requires_manual_review),
+                version = version + 1, updated_at = now()
+         WHERE id = $1 RETURNING status",
+    )
+    .bind(order_id)
+    .bind(requires_manual_review)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(status) = status.as_deref().and_then(OrderStatus::parse) else {
+        return Ok(None);
+    };
+    record_status(&mut *conn, order_id, Some(status), status, reason).await?;
+    let order = load(&mut *conn, order_id).await?;
+    if let Some(order) = &order {
+        outbox::enqueue(&mut *conn, order.id, order.version, event_type, order).await?;
+    }
+    Ok(order)
+}
+
 /// Appends a row to the order's status history.
 pub async fn record_status(
     conn: &mut PgConnection,

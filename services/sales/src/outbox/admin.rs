@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use contracts::{FieldError, Problem};
 use platform::{
     ApiResult,
-    auth::Staff,
+    auth::{Staff, staff_member as actor},
     ensure_valid,
     extract::{Json, Path},
 };
@@ -55,17 +55,6 @@ pub struct Discard {
     pub reason: String,
 }
 
-/// Who acts: `X-Staff-Member` if given, else `staff`.
-fn actor(headers: &HeaderMap) -> String {
-    headers
-        .get("x-staff-member")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty() && v.len() <= 100)
-        .unwrap_or("staff")
-        .to_owned()
-}
-
 async fn audit(
     conn: &mut PgConnection,
     ids: &[Uuid],
@@ -87,7 +76,7 @@ async fn audit(
 
 /// FAILED events (dead letters), oldest first.
 #[utoipa::path(get, path = "/outbox/failed", tag = "outbox", security(("staff" = [])),
-    responses((status = 200, body = Vec<FailedEvent>), (status = 401, body = Problem)))]
+    responses((status = 200, body = Vec<FailedEvent>), (status = 401, body = Problem), (status = 403, body = Problem)))]
 pub async fn list_failed(
     State(state): State<AppState>,
     _staff: Staff,
@@ -127,7 +116,7 @@ async fn replay(state: &AppState, only: Option<Uuid>, actor: &str) -> ApiResult<
 
 /// Replay every FAILED event (back to PENDING).
 #[utoipa::path(post, path = "/outbox/failed/replay", tag = "outbox", security(("staff" = [])),
-    responses((status = 200, body = Moved), (status = 401, body = Problem)))]
+    responses((status = 200, body = Moved), (status = 401, body = Problem), (status = 403, body = Problem)))]
 pub async fn replay_all(
     State(state): State<AppState>,
     _staff: Staff,
@@ -147,7 +136,7 @@ pub async fn replay_all(
 /// Replay one FAILED event.
 #[utoipa::path(post, path = "/outbox/failed/{id}/replay", tag = "outbox", security(("staff" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = Moved), (status = 401, body = Problem),
+    responses((status = 200, body = Moved), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem, description = "No FAILED event with this id")))]
 pub async fn replay_one(
     State(state): State<AppState>,
@@ -170,7 +159,7 @@ pub async fn replay_one(
 /// Discard one FAILED event, with a reason; it is kept as DISCARDED.
 #[utoipa::path(post, path = "/outbox/failed/{id}/discard", tag = "outbox", security(("staff" = [])),
     params(("id" = Uuid, Path)), request_body = Discard,
-    responses((status = 200, body = Moved), (status = 401, body = Problem),
+    responses((status = 200, body = Moved), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn discard_one(
     State(state): State<AppState>,

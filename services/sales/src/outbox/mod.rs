@@ -25,6 +25,18 @@ pub mod events {
     pub const DELIVERY_INITIATED: &str = "DELIVERY_INITIATED";
     pub const DELIVERY_INITIATION_FAILED: &str = "DELIVERY_INITIATION_FAILED";
     pub const AVAILABILITY_CHECK_FALLBACK_USED: &str = "AVAILABILITY_CHECK_FALLBACK_USED";
+    /// A status transition other than cancellation (payload: the full order).
+    pub const ORDER_STATUS_CHANGED: &str = "ORDER_STATUS_CHANGED";
+    /// The order was cancelled (payload: the full order); product releases the reservation.
+    pub const ORDER_CANCELLED: &str = "ORDER_CANCELLED";
+    /// The order now waits for a person (payload: the full order).
+    pub const ORDER_FLAGGED_FOR_REVIEW: &str = "ORDER_FLAGGED_FOR_REVIEW";
+    /// Staff approved the order's open reviews (payload: the full order).
+    pub const ORDER_REVIEW_APPROVED: &str = "ORDER_REVIEW_APPROVED";
+    /// Staff rejected the open reviews of an order already cancelled (payload: the full order).
+    pub const ORDER_REVIEW_REJECTED: &str = "ORDER_REVIEW_REJECTED";
+    /// The availability re-check reserved an order accepted on the fallback (payload: the full order).
+    pub const AVAILABILITY_CONFIRMED: &str = "AVAILABILITY_CONFIRMED";
 }
 
 /// Appends one PENDING event; returns its id (the event id consumers dedup on).

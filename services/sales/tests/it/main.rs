@@ -3,11 +3,16 @@
 //! fresh PostgreSQL database per test (`#[sqlx::test]`), talking real HTTP.
 #![allow(clippy::unwrap_used)]
 
+mod cancelling;
 mod faults;
 mod http;
 mod listing;
 mod placing;
+mod rechecking;
+mod reconciling;
 mod retries;
+mod reviewing;
+mod transitions;
 
 use std::collections::HashMap;
 
@@ -30,8 +35,14 @@ pub struct Stack {
     pub delivery_db: PgPool,
     /// The port sales calls delivery on (nothing listens there while delivery is down).
     pub delivery_port: u16,
+    /// The port sales calls product on (nothing listens there while product is down).
+    pub product_port: u16,
     /// Sales' delivery retry worker, to drive step by step with a chosen clock.
     pub retry_worker: sales::delivery_retry::Worker,
+    /// Sales' reconciliation job, to drive run by run.
+    pub reconciliation: sales::reconciliation::Worker,
+    /// Sales' availability re-check, to drive round by round.
+    pub recheck: sales::availability_recheck::Worker,
 }
 
 fn vars(pairs: &[(&str, String)]) -> HashMap<String, String> {
@@ -127,23 +138,24 @@ impl Stack {
 
         let port_of = |up: bool, port: u16| if up { port } else { closed_port() };
         let delivery_port = port_of(delivery.is_some(), delivery_port);
+        let product_port = port_of(product.is_some(), product_port);
         let mut sales_vars_map = vars(&[
             ("SALES_LISTEN_ADDR", "127.0.0.1:0".into()),
             ("SALES_STAFF_TOKEN", STAFF_TOKEN.into()),
             (
                 "SALES_PRODUCT_URL",
-                format!(
-                    "http://127.0.0.1:{}",
-                    port_of(product.is_some(), product_port)
-                ),
+                format!("http://127.0.0.1:{product_port}"),
             ),
             (
                 "SALES_DELIVERY_URL",
                 format!("http://127.0.0.1:{delivery_port}"),
             ),
             ("SALES_HTTP_REQUEST_TIMEOUT_MS", "2000".into()),
-            // Tests drive the retry worker themselves.
+            // Tests drive the workers themselves.
             ("SALES_DELIVERY_RETRY_POLL_INTERVAL_MS", "3600000".into()),
+            ("SALES_RECONCILIATION_INTERVAL_MS", "3600000".into()),
+            ("SALES_RECONCILIATION_STALE_AFTER_MS", "0".into()),
+            ("SALES_AVAILABILITY_RECHECK_INTERVAL_MS", "3600000".into()),
         ]);
         for (k, v) in sales_vars {
             sales_vars_map.insert((*k).to_owned(), (*v).to_owned());
@@ -154,6 +166,8 @@ impl Stack {
             .unwrap();
         let sales_port = sales_app.port();
         let retry_worker = sales_app.delivery_retry_worker();
+        let reconciliation = sales_app.reconciliation_worker();
+        let recheck = sales_app.availability_recheck_worker();
         let sales = Running::spawn(sales_port, |t| sales_app.run(t));
 
         let stack = Self {
@@ -164,7 +178,10 @@ impl Stack {
             product_db,
             delivery_db,
             delivery_port,
+            product_port,
             retry_worker,
+            reconciliation,
+            recheck,
         };
         for (id, stock) in [("SKU-A", 10), ("SKU-B", 3)] {
             stack.add_product(id, stock).await;
@@ -189,6 +206,105 @@ impl Stack {
             .await
             .unwrap();
         self.delivery = Some(Running::spawn(self.delivery_port, |t| app.run(t)));
+    }
+
+    /// Starts product on the port sales calls (after [`Peers::ProductDown`]).
+    pub async fn start_product(&mut self) {
+        let config = product::Config::from(&Env::from_map(
+            "PRODUCT_",
+            vars(&[
+                (
+                    "PRODUCT_LISTEN_ADDR",
+                    format!("127.0.0.1:{}", self.product_port),
+                ),
+                ("PRODUCT_STAFF_TOKEN", STAFF_TOKEN.into()),
+            ]),
+        ))
+        .unwrap();
+        let app = product::Application::with_pool(config, self.product_db.clone())
+            .await
+            .unwrap();
+        self.product = Some(Running::spawn(self.product_port, |t| app.run(t)));
+    }
+
+    /// Delivery's API (panics while delivery is down).
+    pub fn delivery_api(&self) -> &Api {
+        &self.delivery.as_ref().unwrap().api
+    }
+
+    /// Moves a delivery along the courier's path, through delivery's staff endpoint.
+    pub async fn courier(&self, delivery_id: uuid::Uuid, statuses: &[&str]) {
+        for status in statuses {
+            let response = self
+                .delivery_api()
+                .staff(
+                    Method::POST,
+                    &format!("/deliveries/{delivery_id}/status"),
+                    Some(&json!({"status": status})),
+                )
+                .await;
+            assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        }
+    }
+
+    /// Relays the order's pending outbox events of `event_type` to product's
+    /// consumer, as the outbox relay and SQS would (the broker is off here).
+    pub async fn relay_to_product(&self, order_id: uuid::Uuid, event_type: &str) -> usize {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            id: uuid::Uuid,
+            aggregate_version: i32,
+            payload: Value,
+            created_at: chrono::DateTime<chrono::Utc>,
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, aggregate_version, payload, created_at FROM outbox_events
+             WHERE aggregate_id = $1 AND event_type = $2 ORDER BY created_at",
+        )
+        .bind(order_id)
+        .bind(event_type)
+        .fetch_all(&self.sales_db)
+        .await
+        .unwrap();
+        for row in &rows {
+            let envelope = messaging::Envelope {
+                event_id: row.id,
+                event_type: event_type.to_owned(),
+                aggregate_type: "order".into(),
+                aggregate_id: order_id,
+                aggregate_version: row.aggregate_version,
+                occurred_at: row.created_at,
+                schema_version: 1,
+                payload: row.payload.clone(),
+                trace: Default::default(),
+            };
+            product::order_events::apply(&self.product_db, &envelope, chrono::Utc::now())
+                .await
+                .unwrap();
+        }
+        rows.len()
+    }
+
+    /// Event types of an order's outbox rows, oldest first.
+    pub async fn events_of(&self, order_id: uuid::Uuid) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT event_type FROM outbox_events WHERE aggregate_id = $1 ORDER BY created_at, id",
+        )
+        .bind(order_id)
+        .fetch_all(&self.sales_db)
+        .await
+        .unwrap()
+    }
+
+    /// (reason, status) of an order's reviews, oldest first.
+    pub async fn reviews_of(&self, order_id: uuid::Uuid) -> Vec<(String, String)> {
+        sqlx::query_as(
+            "SELECT reason, status FROM manual_reviews WHERE order_id = $1 ORDER BY created_at, id",
+        )
+        .bind(order_id)
+        .fetch_all(&self.sales_db)
+        .await
+        .unwrap()
     }
 
     pub fn api(&self) -> &Api {

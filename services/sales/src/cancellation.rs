@@ -1,0 +1,341 @@
+//! Cancelling an order before it ships: the compensations of placing it, in
+//! reverse order. The delivery is cancelled at delivery (a delivery already
+//! picked up makes the cancellation a 409); the order becomes CANCELLED through
+//! the state machine with an `ORDER_CANCELLED` event, its pending delivery retry
+//! is stopped and its open reviews are closed, all in one transaction; then the
+//! reservation is released at product, best effort: product also releases it
+//! when it consumes `ORDER_CANCELLED` (the only way for a committed one).
+//!
+//! The order row stays locked from the first read to the commit, delivery call
+//! included, so a cancellation, a staff decision and reconciliation never
+//! interleave on one order. Cancelling a cancelled order changes nothing and
+//! answers the order again, so a retried request is safe.
+
+use axum::{Router, body::Bytes, extract::State, http::StatusCode, routing::post};
+use contracts::{
+    FieldError, Problem,
+    orders::{Order, OrderStatus},
+};
+use platform::{
+    ApiError, ApiResult, ensure_valid,
+    extract::{Json, Path, parse_json},
+};
+use serde::Deserialize;
+use sqlx::PgConnection;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    orders::{
+        status::{self, TransitionError},
+        store,
+    },
+    outbox::events,
+    peers::{
+        PeerError,
+        delivery::{CancelOutcome, DeliveryClient},
+    },
+    reviews::{self, Resolution, ReviewStatus},
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/orders/{id}/cancel", post(cancel))
+}
+
+/// Why an order was not cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// 404.
+    #[error("order {0} not found")]
+    NotFound(Uuid),
+    /// 409: shipped already (here or at delivery), or in a final status.
+    #[error("order {order_id} cannot be cancelled: {detail}")]
+    NotCancellable {
+        order_id: Uuid,
+        status: OrderStatus,
+        detail: String,
+    },
+    /// 409: a staff rejection found no open review (resolved meanwhile).
+    #[error("order {0} has no open review")]
+    NoOpenReview(Uuid),
+    /// 503 with `Retry-After`: delivery could not be asked to stop the
+    /// delivery; nothing changed.
+    #[error("the delivery could not be cancelled: {error}")]
+    DeliveryUnavailable {
+        error: PeerError,
+        retry_after_secs: u64,
+    },
+    /// 503 or 500.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<CancelError> for ApiError {
+    fn from(e: CancelError) -> Self {
+        match e {
+            CancelError::NotFound(id) => Problem::not_found(&format!("order {id}")).into(),
+            CancelError::NotCancellable { status, detail, .. } => {
+                Problem::conflict("order-not-cancellable", detail)
+                    .with_extension("order_status", status)
+                    .into()
+            }
+            CancelError::NoOpenReview(id) => Problem::conflict(
+                "review-already-resolved",
+                format!("order {id} has no open review: it was resolved already"),
+            )
+            .into(),
+            CancelError::DeliveryUnavailable {
+                retry_after_secs, ..
+            } => Problem::unavailable(
+                "the delivery could not be cancelled right now; nothing was changed, try again",
+                retry_after_secs,
+            )
+            .into(),
+            CancelError::Database(e) => e.into(),
+        }
+    }
+}
+
+/// What happens to the order's open reviews when it is cancelled.
+#[derive(Debug, Clone, Copy)]
+pub enum OpenReviews<'a> {
+    /// They are moot: RESOLVED, resolution `ORDER_CANCELLED`.
+    Resolve,
+    /// A staff rejection: REJECTED with the note; none open is a 409.
+    Reject { note: &'a str },
+}
+
+/// Cancels `order_id` (see the module docs); `reason` goes to the status
+/// history, `actor` names who asked (`customer`, a staff member, `system`).
+pub async fn cancel_order(
+    state: &AppState,
+    order_id: Uuid,
+    reason: &str,
+    actor: &str,
+) -> Result<Order, CancelError> {
+    cancel_with(state, order_id, reason, actor, OpenReviews::Resolve).await
+}
+
+/// [`cancel_order`], saying what becomes of the order's open reviews.
+pub async fn cancel_with(
+    state: &AppState,
+    order_id: Uuid,
+    reason: &str,
+    actor: &str,
+    open_reviews: OpenReviews<'_>,
+) -> Result<Order, CancelError> {
+    // Dropping `tx` without commit (any early return) rolls back and unlocks.
+    let mut tx = state.db.pool.begin().await?;
+    let row: Option<(String, Option<Uuid>)> =
+        sqlx::query_as("SELECT status, delivery_id FROM orders WHERE id = $1 FOR UPDATE")
+            .bind(order_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let (current, delivery_id) = row.ok_or(CancelError::NotFound(order_id))?;
+    let current = OrderStatus::parse(&current).ok_or(CancelError::NotFound(order_id))?;
+    if matches!(open_reviews, OpenReviews::Reject { .. })
+        && reviews::open_count_of(&mut tx, order_id).await? == 0
+    {
+        return Err(CancelError::NoOpenReview(order_id));
+    }
+    match current {
+        OrderStatus::Cancelled => {
+            // A repeat: the compensations ran when it was cancelled.
+            let order = if close_reviews(&mut tx, order_id, actor, open_reviews).await? {
+                store::record_change(
+                    &mut tx,
+                    order_id,
+                    Some(false),
+                    &format!("open reviews closed: order cancelled (by {actor})"),
+                    events::ORDER_REVIEW_REJECTED,
+                )
+                .await?
+            } else {
+                store::load(&mut tx, order_id).await?
+            };
+            let order = order.ok_or(CancelError::NotFound(order_id))?;
+            tx.commit().await?;
+            return Ok(order);
+        }
+        OrderStatus::PendingShipment => {}
+        other => {
+            return Err(CancelError::NotCancellable {
+                order_id,
+                status: other,
+                detail: format!(
+                    "the order is {}; only an order pending shipment can be cancelled",
+                    other.as_str()
+                ),
+            });
+        }
+    }
+
+    stop_delivery(&state.delivery, order_id, delivery_id).await?;
+
+    // Reviews first, so the ORDER_CANCELLED event carries the final order.
+    if close_reviews(&mut tx, order_id, actor, open_reviews).await? {
+        sqlx::query("UPDATE orders SET requires_manual_review = false WHERE id = $1")
+            .bind(order_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let history = format!("{reason} (by {actor})");
+    let order = match status::transition(&mut tx, order_id, OrderStatus::Cancelled, &history).await
+    {
+        Ok(done) => done.into_order(),
+        Err(TransitionError::NotFound(id)) => return Err(CancelError::NotFound(id)),
+        Err(TransitionError::Invalid(invalid)) => {
+            return Err(CancelError::NotCancellable {
+                order_id,
+                status: invalid.from,
+                detail: invalid.to_string(),
+            });
+        }
+        Err(TransitionError::Database(e)) => return Err(e.into()),
+    };
+    // The retry worker must not initiate a delivery for a cancelled order.
+    sqlx::query(
+        "UPDATE delivery_retries SET status = 'DONE', last_error = 'order cancelled', updated_at = now()
+         WHERE order_id = $1 AND status = 'PENDING'",
+    )
+    .bind(order_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(%order_id, actor, reason, "order cancelled");
+
+    release_reservation(state, order_id).await;
+    Ok(order)
+}
+
+/// Closes the order's open reviews; returns whether there were any.
+async fn close_reviews(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    actor: &str,
+    open_reviews: OpenReviews<'_>,
+) -> Result<bool, CancelError> {
+    let how = match open_reviews {
+        OpenReviews::Resolve => Resolution {
+            status: ReviewStatus::Resolved,
+            by: actor,
+            resolution: "ORDER_CANCELLED",
+            note: None,
+        },
+        OpenReviews::Reject { note } => Resolution {
+            status: ReviewStatus::Rejected,
+            by: actor,
+            resolution: "ORDER_CANCELLED",
+            note: Some(note),
+        },
+    };
+    let closed = reviews::resolve_open(&mut *conn, order_id, None, &how).await?;
+    if closed.is_empty() && matches!(open_reviews, OpenReviews::Reject { .. }) {
+        return Err(CancelError::NoOpenReview(order_id));
+    }
+    Ok(!closed.is_empty())
+}
+
+/// Cancels the order's delivery at delivery. Without a recorded delivery id,
+/// asks delivery whether one was made anyway (a crash between making it and
+/// recording it), best effort: the retry worker is stopped in any case.
+async fn stop_delivery(
+    delivery: &DeliveryClient,
+    order_id: Uuid,
+    delivery_id: Option<Uuid>,
+) -> Result<(), CancelError> {
+    let delivery_id = match delivery_id {
+        Some(id) => id,
+        None => match delivery.find_for_order(order_id).await {
+            Ok(Some(found)) => found.id,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(%order_id, error = %e, "could not ask delivery for an unrecorded delivery; cancelling without");
+                return Ok(());
+            }
+        },
+    };
+    match delivery.cancel(delivery_id).await {
+        Ok(CancelOutcome::Cancelled(_) | CancelOutcome::Unknown) => Ok(()),
+        Ok(CancelOutcome::TooLate { status }) => Err(CancelError::NotCancellable {
+            order_id,
+            status: OrderStatus::PendingShipment,
+            detail: format!(
+                "the delivery is {}: the order has shipped",
+                status.map_or("past pickup", |s| s.as_str())
+            ),
+        }),
+        Err(error) => {
+            tracing::warn!(%order_id, %delivery_id, %error, "cancelling the delivery failed; the order is not cancelled");
+            let retry_after = delivery.breaker().remaining_open().unwrap_or_default();
+            Err(CancelError::DeliveryUnavailable {
+                error,
+                retry_after_secs: retry_after.as_millis().div_ceil(1000).max(1) as u64,
+            })
+        }
+    }
+}
+
+/// Releases the order's reservation; a failure is left to `ORDER_CANCELLED`,
+/// which product consumes, and to the reservation's TTL.
+async fn release_reservation(state: &AppState, order_id: Uuid) {
+    match state.product.release(order_id).await {
+        Ok(()) => tracing::info!(%order_id, "reservation released"),
+        Err(PeerError::Rejected { problem, .. })
+            if problem.status == StatusCode::CONFLICT.as_u16() =>
+        {
+            tracing::info!(%order_id, "the reservation was committed; product restocks it on ORDER_CANCELLED");
+        }
+        Err(e) => {
+            tracing::warn!(%order_id, error = %e, "releasing the reservation failed; product releases it on ORDER_CANCELLED");
+        }
+    }
+}
+
+/// Why the customer cancels (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct CancelRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Cancel an order before it ships: the delivery is cancelled, the reservation
+/// released, the order CANCELLED. Repeating it is harmless.
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", params(("id" = Uuid, Path)),
+    request_body(content = Option<CancelRequest>, description = "Optional: why"),
+    responses(
+        (status = 200, body = Order, description = "Cancelled (now or before)"),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "Shipped already, or in a final status (`order_status`)"),
+        (status = 422, body = Problem),
+        (status = 503, body = Problem, description = "Delivery or the database unavailable; nothing changed")))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    body: Bytes,
+) -> ApiResult<Json<Order>> {
+    let request: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CancelRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let reason = request
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty());
+    let mut errors = Vec::new();
+    if reason.is_some_and(|r| r.chars().count() > 500) {
+        errors.push(FieldError::new("reason", "must be at most 500 characters"));
+    }
+    ensure_valid(errors)?;
+    let reason = reason.map_or_else(
+        || "cancelled by the customer".to_owned(),
+        |r| format!("cancelled by the customer: {r}"),
+    );
+    state
+        .db
+        .guard(async { Ok(Json(cancel_order(&state, id, &reason, "customer").await?)) })
+        .await
+}

@@ -1,0 +1,467 @@
+//! Reconciliation with delivery (DESIGN §4, §7): orders whose status may lag
+//! behind their delivery are compared with delivery's authoritative status.
+//!
+//! A run takes, least recently checked first, orders with a delivery that are
+//! pending shipment or shipped and have not changed for `stale_after`, plus
+//! flagged orders (`requires_manual_review`) in any status. For each it reads
+//! the delivery through the delivery breaker and maps its status
+//! ([`crate::orders::status::from_delivery`]):
+//! - the same status → nothing to do;
+//! - reachable along valid transitions → applied step by step (e.g.
+//!   PENDING_SHIPMENT → SHIPPED → DELIVERED), logged `Order status reconciled`;
+//!   a failed delivery also opens a `DELIVERY_FAILED` review;
+//! - not reachable → never applied: an `INVALID_STATUS_TRANSITION` review
+//!   with `from`/`to` in its details.
+//!
+//! An error on one order is logged and counted, and the run goes on (an open
+//! delivery breaker ends it early: every further call would be refused). Each
+//! run is a row of `reconciliation_runs`; [`jobs_status`] turns the latest into
+//! the `reconciliationJobsStatus` of `/health/reliability`.
+//!
+//! Several sales instances: a run holds a transaction-level advisory lock, so
+//! runs never overlap (another instance's attempt meanwhile is skipped), and a
+//! run that dies releases it with its connection. Each order is changed under
+//! its row lock, so a customer's cancellation cannot interleave.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use contracts::orders::OrderStatus;
+use serde::Serialize;
+use serde_json::json;
+use sqlx::PgConnection;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{
+    config::ReconciliationConfig,
+    db::Db,
+    orders::status::{self, TransitionError},
+    peers::{PeerError, delivery::DeliveryClient},
+    reviews::{self, ReviewReason},
+};
+
+/// Key of the advisory lock held by the running reconciliation.
+pub const LOCK_KEY: i64 = 0x5a1e_54ec;
+
+fn after(at: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    at + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+fn before(at: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    at - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Running,
+    /// Every order checked without error.
+    Succeeded,
+    /// The run finished, but some orders failed.
+    Partial,
+    /// The run itself failed (e.g. the candidates could not be read).
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "RUNNING",
+            Self::Succeeded => "SUCCEEDED",
+            Self::Partial => "PARTIAL",
+            Self::Failed => "FAILED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Running, Self::Succeeded, Self::Partial, Self::Failed]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+/// What one run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    /// The run's row in `reconciliation_runs` (none when skipped).
+    pub run_id: Option<Uuid>,
+    /// Another instance was running, or the database breaker is open: nothing done.
+    pub skipped: bool,
+    pub status: Option<RunStatus>,
+    /// Orders compared with delivery (errors included).
+    pub checked: u32,
+    /// Orders whose status was corrected.
+    pub fixed: u32,
+    /// Reviews opened (invalid transitions, failed deliveries).
+    pub flagged: u32,
+    /// Orders that could not be checked.
+    pub errors: u32,
+}
+
+impl RunReport {
+    fn skipped() -> Self {
+        Self {
+            run_id: None,
+            skipped: true,
+            status: None,
+            checked: 0,
+            fixed: 0,
+            flagged: 0,
+            errors: 0,
+        }
+    }
+}
+
+/// What checking one order came to.
+enum Checked {
+    Consistent,
+    Fixed { flagged: bool },
+    Flagged { opened: bool },
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CheckError {
+    #[error(transparent)]
+    Delivery(#[from] PeerError),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// The reconciliation worker.
+#[derive(Clone)]
+pub struct Worker {
+    pub db: Db,
+    pub delivery: DeliveryClient,
+    pub config: ReconciliationConfig,
+}
+
+impl Worker {
+    /// One run at `now` (see the module docs). `Err` only when not even the
+    /// run's record could be written.
+    pub async fn run_once(&self, now: DateTime<Utc>) -> Result<RunReport, sqlx::Error> {
+        if self.db.is_open() {
+            return Ok(RunReport::skipped());
+        }
+        // Held until the run's end: dropping it (any early return) unlocks.
+        let mut lock = self.db.pool.begin().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(LOCK_KEY)
+            .fetch_one(&mut *lock)
+            .await?;
+        if !locked {
+            tracing::debug!("another instance is reconciling; skipped");
+            return Ok(RunReport::skipped());
+        }
+        // Holding the lock, no other run is alive: one still RUNNING died.
+        sqlx::query(
+            "UPDATE reconciliation_runs SET status = 'FAILED', finished_at = $1,
+                    error = 'interrupted: the instance running it stopped'
+             WHERE status = 'RUNNING'",
+        )
+        .bind(now)
+        .execute(&self.db.pool)
+        .await?;
+        let run_id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO reconciliation_runs (id, started_at, status) VALUES ($1, $2, 'RUNNING')",
+        )
+        .bind(run_id)
+        .bind(now)
+        .execute(&self.db.pool)
+        .await?;
+
+        let clock = Instant::now();
+        let mut report = RunReport {
+            run_id: Some(run_id),
+            skipped: false,
+            status: Some(RunStatus::Running),
+            checked: 0,
+            fixed: 0,
+            flagged: 0,
+            errors: 0,
+        };
+        let mut first_error = None;
+        let result = self.reconcile(now, &mut report, &mut first_error).await;
+        let (status, error) = match result {
+            Ok(()) if report.errors == 0 => (RunStatus::Succeeded, None),
+            Ok(()) => (RunStatus::Partial, first_error),
+            Err(e) => {
+                tracing::error!(error = %e, "reconciliation run failed");
+                (RunStatus::Failed, Some(e.to_string()))
+            }
+        };
+        report.status = Some(status);
+        let finished_at = after(now, clock.elapsed());
+        sqlx::query(
+            "UPDATE reconciliation_runs SET finished_at = $2, checked = $3, fixed = $4, flagged = $5,
+                    errors = $6, status = $7, error = $8
+             WHERE id = $1",
+        )
+        .bind(run_id)
+        .bind(finished_at)
+        .bind(report.checked as i32)
+        .bind(report.fixed as i32)
+        .bind(report.flagged as i32)
+        .bind(report.errors as i32)
+        .bind(status.as_str())
+        .bind(error)
+        .execute(&self.db.pool)
+        .await?;
+        sqlx::query("DELETE FROM reconciliation_runs WHERE started_at < $1")
+            .bind(before(now, self.config.run_retention))
+            .execute(&self.db.pool)
+            .await?;
+        lock.commit().await?;
+        tracing::info!(%run_id, status = status.as_str(), checked = report.checked, fixed = report.fixed,
+            flagged = report.flagged, errors = report.errors, "reconciliation run finished");
+        Ok(report)
+    }
+
+    async fn reconcile(
+        &self,
+        now: DateTime<Utc>,
+        report: &mut RunReport,
+        first_error: &mut Option<String>,
+    ) -> Result<(), sqlx::Error> {
+        let candidates: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "SELECT id, delivery_id FROM orders
+             WHERE delivery_id IS NOT NULL
+               AND (status IN ('PENDING_SHIPMENT', 'SHIPPED') OR requires_manual_review)
+               AND ((status IN ('PENDING_SHIPMENT', 'SHIPPED') AND updated_at <= $1) OR requires_manual_review)
+             ORDER BY last_reconciled_at NULLS FIRST, updated_at, id
+             LIMIT $2",
+        )
+        .bind(before(now, self.config.stale_after))
+        .bind(self.config.batch)
+        .fetch_all(&self.db.pool)
+        .await?;
+        for (order_id, delivery_id) in candidates {
+            report.checked += 1;
+            match self.check(order_id, delivery_id, now).await {
+                Ok(Checked::Consistent) => {}
+                Ok(Checked::Fixed { flagged }) => {
+                    report.fixed += 1;
+                    report.flagged += u32::from(flagged);
+                }
+                Ok(Checked::Flagged { opened }) => report.flagged += u32::from(opened),
+                Err(e) => {
+                    report.errors += 1;
+                    tracing::error!(%order_id, %delivery_id, error = %e, "Reconciliation failed for order");
+                    first_error.get_or_insert_with(|| format!("order {order_id}: {e}"));
+                    if matches!(
+                        e,
+                        CheckError::Delivery(PeerError::Unavailable {
+                            breaker_open: true,
+                            ..
+                        })
+                    ) {
+                        // Every further call would be refused: leave the rest for the next run.
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares one order with its delivery and settles the difference.
+    async fn check(
+        &self,
+        order_id: Uuid,
+        delivery_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Checked, CheckError> {
+        let delivery = self.delivery.get(delivery_id).await?;
+        let target = status::from_delivery(delivery.status);
+        // Dropping `tx` without commit (any early return) rolls back.
+        let mut tx = self.db.pool.begin().await?;
+        // Locks the order (its status is read after any concurrent writer committed).
+        let current: Option<String> = sqlx::query_scalar(
+            "UPDATE orders SET last_reconciled_at = $2 WHERE id = $1 RETURNING status",
+        )
+        .bind(order_id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let current = current
+            .as_deref()
+            .and_then(OrderStatus::parse)
+            .ok_or(TransitionError::NotFound(order_id))?;
+        let checked = if current == target {
+            Checked::Consistent
+        } else {
+            settle(&mut tx, order_id, current, target, &delivery).await?
+        };
+        tx.commit().await?;
+        Ok(checked)
+    }
+
+    /// Runs [`Worker::run_once`] every interval until `token` is cancelled
+    /// (the first run one interval after start).
+    pub async fn run(self, token: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = token.cancelled() => break,
+                () = tokio::time::sleep(self.config.interval) => {}
+            }
+            if let Err(e) = self.run_once(Utc::now()).await {
+                tracing::warn!(error = %e, "reconciliation run could not be recorded");
+            }
+        }
+        tracing::info!("reconciliation worker stopped");
+    }
+}
+
+/// Applies the path from `current` to `target`, or flags the order when there
+/// is none, in the caller's transaction (the order row is locked).
+async fn settle(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    current: OrderStatus,
+    target: OrderStatus,
+    delivery: &contracts::delivery::Delivery,
+) -> Result<Checked, CheckError> {
+    let Some(steps) = status::path(current, target) else {
+        tracing::warn!(%order_id, current = current.as_str(), expected = target.as_str(),
+            delivery_status = delivery.status.as_str(), "Order status inconsistency detected; flagged for manual review");
+        let details = json!({
+            "from": current, "to": target,
+            "delivery_id": delivery.id, "delivery_status": delivery.status,
+        });
+        let opened = reviews::open_flagged(
+            conn,
+            order_id,
+            ReviewReason::InvalidStatusTransition,
+            &details,
+        )
+        .await?;
+        return Ok(Checked::Flagged { opened });
+    };
+    let reason = format!(
+        "reconciled with delivery {} ({})",
+        delivery.id,
+        delivery.status.as_str()
+    );
+    for step in steps {
+        status::transition(&mut *conn, order_id, step, &reason).await?;
+    }
+    tracing::info!(%order_id, from = current.as_str(), to = target.as_str(),
+        delivery_status = delivery.status.as_str(), "Order status reconciled");
+    let flagged = if target == OrderStatus::DeliveryFailed {
+        let details = json!({"delivery_id": delivery.id, "delivery_status": delivery.status});
+        reviews::open_flagged(conn, order_id, ReviewReason::DeliveryFailed, &details).await?
+    } else {
+        false
+    };
+    Ok(Checked::Fixed { flagged })
+}
+
+/// The seed's `reconciliationJobsStatus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobsStatus {
+    /// The last run succeeded, recently.
+    Healthy,
+    /// The last run had errors, or no run finished for two intervals.
+    Degraded,
+    /// The last run failed entirely.
+    Failed,
+}
+
+/// The status given the last finished run (its status and start), `now`, the
+/// configured interval and when this instance started.
+pub fn classify(
+    last: Option<(RunStatus, DateTime<Utc>)>,
+    now: DateTime<Utc>,
+    interval: std::time::Duration,
+    since: DateTime<Utc>,
+) -> JobsStatus {
+    let overdue = |at: DateTime<Utc>| now > after(after(at, interval), interval);
+    match last {
+        None if overdue(since) => JobsStatus::Degraded,
+        None => JobsStatus::Healthy,
+        Some((RunStatus::Failed, _)) => JobsStatus::Failed,
+        Some((RunStatus::Partial, _)) => JobsStatus::Degraded,
+        Some((_, at)) if overdue(at.max(since)) => JobsStatus::Degraded,
+        Some(_) => JobsStatus::Healthy,
+    }
+}
+
+/// [`classify`] on the latest finished run recorded (by any instance).
+pub async fn jobs_status(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    interval: std::time::Duration,
+    since: DateTime<Utc>,
+) -> Result<JobsStatus, sqlx::Error> {
+    let last: Option<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT status, started_at FROM reconciliation_runs WHERE status <> 'RUNNING'
+         ORDER BY started_at DESC LIMIT 1",
+    )
+    .fetch_optional(conn)
+    .await?;
+    let last = last.and_then(|(s, at)| RunStatus::parse(&s).map(|s| (s, at)));
+    Ok(classify(last, now, interval, since))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_jobs_status_follows_the_last_run_and_its_age() {
+        let interval = Duration::from_secs(300);
+        let now = Utc::now();
+        let ago = |secs: i64| now - chrono::Duration::seconds(secs);
+        let started = ago(3600);
+        assert_eq!(
+            classify(None, now, interval, ago(10)),
+            JobsStatus::Healthy,
+            "just started"
+        );
+        assert_eq!(classify(None, now, interval, started), JobsStatus::Degraded);
+        assert_eq!(
+            classify(
+                Some((RunStatus::Succeeded, ago(60))),
+                now,
+                interval,
+                started
+            ),
+            JobsStatus::Healthy
+        );
+        assert_eq!(
+            classify(Some((RunStatus::Partial, ago(60))), now, interval, started),
+            JobsStatus::Degraded
+        );
+        assert_eq!(
+            classify(Some((RunStatus::Failed, ago(60))), now, interval, started),
+            JobsStatus::Failed
+        );
+        assert_eq!(
+            classify(
+                Some((RunStatus::Succeeded, ago(601))),
+                now,
+                interval,
+                started
+            ),
+            JobsStatus::Degraded,
+            "no run for two intervals"
+        );
+        assert_eq!(
+            classify(
+                Some((RunStatus::Succeeded, ago(601))),
+                now,
+                interval,
+                ago(5)
+            ),
+            JobsStatus::Healthy,
+            "an old run, but this instance just started"
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! Staff decisions on an order's open reviews: approve (the order proceeds)
+//! or reject (the order is cancelled through its compensations).
+
+use axum::{body::Bytes, extract::State, http::HeaderMap};
+use contracts::{FieldError, Problem, orders::OrderStatus};
+use platform::{
+    ApiResult,
+    auth::{Staff, staff_member},
+    ensure_valid,
+    extract::{Json, Path, parse_json},
+};
+use uuid::Uuid;
+
+use super::{Decision, ReviewedOrder, queue};
+use crate::{
+    app::AppState,
+    cancellation::{self, OpenReviews},
+    orders::store,
+    outbox::events,
+    reviews::{self, Resolution, ReviewStatus},
+};
+
+/// Longest note.
+pub const MAX_NOTE: usize = 2000;
+
+/// The note of a decision: required, 1–2000 characters (an empty body is a 422 too).
+fn note(body: &Bytes) -> ApiResult<String> {
+    let decision: Decision = if body.iter().all(u8::is_ascii_whitespace) {
+        Decision::default()
+    } else {
+        parse_json(body)?
+    };
+    let note = decision.note.trim().to_owned();
+    let mut errors = Vec::new();
+    if note.is_empty() || note.chars().count() > MAX_NOTE {
+        errors.push(FieldError::new(
+            "note",
+            "is required: 1 to 2000 characters saying why",
+        ));
+    }
+    ensure_valid(errors)?;
+    Ok(note)
+}
+
+fn already_resolved(id: Uuid) -> Problem {
+    Problem::conflict(
+        "review-already-resolved",
+        format!("order {id} has no open review: it was resolved already"),
+    )
+}
+
+async fn reviewed(state: &AppState, id: Uuid) -> ApiResult<Json<ReviewedOrder>> {
+    let mut conn = state.db.pool.acquire().await?;
+    queue::load(&mut conn, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found(&format!("order {id}")).into())
+}
+
+/// Approve an order's open reviews: the flag is cleared and the order proceeds
+/// (a delivery whose retries were exhausted is retried again).
+#[utoipa::path(post, path = "/review/orders/{id}/approve", tag = "review",
+    params(("id" = Uuid, Path), ("X-Staff-Member" = Option<String>, Header, description = "Who decides (default `staff`)")),
+    request_body = Decision, security(("staff" = [])),
+    responses((status = 200, body = ReviewedOrder), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "No open review: resolved already"),
+        (status = 422, body = Problem, description = "No note"), (status = 503, body = Problem)))]
+pub async fn approve(
+    State(state): State<AppState>,
+    _staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+    body: Bytes,
+) -> ApiResult<Json<ReviewedOrder>> {
+    let note = note(&body)?;
+    let actor = staff_member(&headers);
+    state
+        .db
+        .guard(async {
+            // Dropping `tx` without commit (any early return) rolls back.
+            let mut tx = state.db.pool.begin().await?;
+            let row: Option<(String, Option<Uuid>)> =
+                sqlx::query_as("SELECT status, delivery_id FROM orders WHERE id = $1 FOR UPDATE")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let (status, delivery_id) =
+                row.ok_or_else(|| Problem::not_found(&format!("order {id}")))?;
+            let how = Resolution {
+                status: ReviewStatus::Approved,
+                by: &actor,
+                resolution: "APPROVED",
+                note: Some(&note),
+            };
+            let closed = reviews::resolve_open(&mut tx, id, None, &how).await?;
+            if closed.is_empty() {
+                return Err(already_resolved(id).into());
+            }
+            if status == OrderStatus::PendingShipment.as_str() && delivery_id.is_none() {
+                // Retries gave up: approving asks for them again, with fresh limits.
+                sqlx::query(
+                    "UPDATE delivery_retries SET status = 'PENDING', attempts = 0, next_attempt_at = now(),
+                            created_at = now(), updated_at = now()
+                     WHERE order_id = $1 AND status = 'EXHAUSTED'",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            store::record_change(
+                &mut tx,
+                id,
+                Some(false),
+                &format!("review approved (by {actor}): {note}"),
+                events::ORDER_REVIEW_APPROVED,
+            )
+            .await?;
+            tx.commit().await?;
+            tracing::info!(order_id = %id, actor, reviews = closed.len(), "manual review approved");
+            reviewed(&state, id).await
+        })
+        .await
+}
+
+/// Reject an order in review: it is cancelled (delivery cancelled, reservation
+/// released, status CANCELLED, `ORDER_CANCELLED`) and its reviews REJECTED.
+#[utoipa::path(post, path = "/review/orders/{id}/reject", tag = "review",
+    params(("id" = Uuid, Path), ("X-Staff-Member" = Option<String>, Header, description = "Who decides (default `staff`)")),
+    request_body = Decision, security(("staff" = [])),
+    responses((status = 200, body = ReviewedOrder), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "No open review, or the order has shipped and cannot be cancelled"),
+        (status = 422, body = Problem, description = "No note"),
+        (status = 503, body = Problem, description = "Delivery or the database unavailable; nothing changed")))]
+pub async fn reject(
+    State(state): State<AppState>,
+    _staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+    body: Bytes,
+) -> ApiResult<Json<ReviewedOrder>> {
+    let note = note(&body)?;
+    let actor = staff_member(&headers);
+    state
+        .db
+        .guard(async {
+            cancellation::cancel_with(
+                &state,
+                id,
+                &format!("rejected in review: {note}"),
+                &actor,
+                OpenReviews::Reject { note: &note },
+            )
+            .await?;
+            tracing::info!(order_id = %id, actor, "manual review rejected; order cancelled");
+            reviewed(&state, id).await
+        })
+        .await
+}

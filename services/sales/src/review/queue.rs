@@ -1,0 +1,218 @@
+//! Reading the queue: a page of reviews with their orders, oldest first
+//! (keyset pagination on the review's `(created_at, id)`), and one order's
+//! complete picture.
+
+use axum::{extract::State, http::StatusCode};
+use chrono::{DateTime, Utc};
+use contracts::{FieldError, Problem, orders::OrderStatus};
+use platform::{
+    ApiResult,
+    auth::Staff,
+    extract::{Json, Path, Query},
+};
+use serde::Deserialize;
+use sqlx::PgConnection;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use super::{
+    DeliveryRetry, OrderSummary, QueueEntry, Review, ReviewPage, ReviewedOrder, StatusChange,
+};
+use crate::{
+    app::AppState,
+    orders::{
+        read::{DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor},
+        store,
+    },
+    reviews::{ReviewReason, ReviewStatus},
+};
+
+/// Filters and paging of the queue.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct QueueQuery {
+    /// `open` (default), `approved`, `rejected` or `resolved`.
+    pub status: Option<String>,
+    /// Only this reason, e.g. `AVAILABILITY_UNVERIFIED`.
+    pub reason: Option<String>,
+    /// Page size, 1–100 (default 20).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+fn bad_query(field: &str, message: &str) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "bad-query",
+        "Invalid query parameters",
+    )
+    .with_errors(vec![FieldError::new(field, message)])
+}
+
+#[derive(sqlx::FromRow)]
+struct EntryRow {
+    #[sqlx(flatten)]
+    review: Review,
+    customer_id: String,
+    order_status: String,
+    requires_manual_review: bool,
+    fallback_used: bool,
+    delivery_id: Option<Uuid>,
+    version: i32,
+    order_created_at: DateTime<Utc>,
+    order_updated_at: DateTime<Utc>,
+}
+
+impl From<EntryRow> for QueueEntry {
+    fn from(row: EntryRow) -> Self {
+        let order = OrderSummary {
+            id: row.review.order_id,
+            customer_id: row.customer_id,
+            // The column's CHECK constraint admits only known statuses.
+            status: OrderStatus::parse(&row.order_status).unwrap_or(OrderStatus::PendingShipment),
+            requires_manual_review: row.requires_manual_review,
+            fallback_used: row.fallback_used,
+            delivery_id: row.delivery_id,
+            version: row.version,
+            created_at: row.order_created_at,
+            updated_at: row.order_updated_at,
+        };
+        Self {
+            review: row.review,
+            order,
+        }
+    }
+}
+
+const REVIEW_COLUMNS: &str = "r.id, r.order_id, r.reason, r.status, r.details, r.created_at, \
+                              r.resolved_at, r.resolved_by, r.resolution, r.note";
+
+/// The review queue, oldest first (staff).
+#[utoipa::path(get, path = "/review/orders", tag = "review", params(QueueQuery),
+    security(("staff" = [])),
+    responses((status = 200, body = ReviewPage), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 503, body = Problem)))]
+pub async fn list_reviews(
+    State(state): State<AppState>,
+    _staff: Staff,
+    Query(query): Query<QueueQuery>,
+) -> ApiResult<Json<ReviewPage>> {
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(bad_query("limit", "must be between 1 and 100").into());
+    }
+    let status = match query.status.as_deref() {
+        None => ReviewStatus::Open,
+        Some(s) => ReviewStatus::parse(s.trim()).ok_or_else(|| {
+            bad_query(
+                "status",
+                "must be one of open, approved, rejected, resolved",
+            )
+        })?,
+    };
+    let reason = match query.reason.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(r) => Some(
+            ReviewReason::parse(&r.to_ascii_uppercase())
+                .ok_or_else(|| bad_query("reason", "is not a review reason"))?,
+        ),
+    };
+    let after = match query.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(
+            decode_cursor(c).ok_or_else(|| bad_query("cursor", "is not a cursor this API made"))?,
+        ),
+    };
+    let mut rows: Vec<EntryRow> = state
+        .db
+        .guard(async {
+            Ok(sqlx::query_as(&format!(
+                "SELECT {REVIEW_COLUMNS}, o.customer_id, o.status AS order_status,
+                        o.requires_manual_review, o.fallback_used, o.delivery_id, o.version,
+                        o.created_at AS order_created_at, o.updated_at AS order_updated_at
+                 FROM manual_reviews r JOIN orders o ON o.id = r.order_id
+                 WHERE r.status = $1 AND ($2::text IS NULL OR r.reason = $2)
+                   AND ($3::timestamptz IS NULL OR (r.created_at, r.id) > ($3, $4::uuid))
+                 ORDER BY r.created_at, r.id LIMIT $5"
+            ))
+            .bind(status.as_str())
+            .bind(reason.map(ReviewReason::as_str))
+            .bind(after.map(|a| a.0))
+            .bind(after.map(|a| a.1))
+            .bind(limit + 1)
+            .fetch_all(&state.db.pool)
+            .await?)
+        })
+        .await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last()
+            .map(|r| encode_cursor(r.review.created_at, r.review.id))
+    } else {
+        None
+    };
+    Ok(Json(ReviewPage {
+        items: rows.into_iter().map(QueueEntry::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// An order with its reviews, status history and delivery retry row.
+pub async fn load(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<ReviewedOrder>, sqlx::Error> {
+    let Some(order) = store::load(&mut *conn, order_id).await? else {
+        return Ok(None);
+    };
+    let reviews: Vec<Review> = sqlx::query_as(&format!(
+        "SELECT {REVIEW_COLUMNS} FROM manual_reviews r WHERE r.order_id = $1 ORDER BY r.created_at, r.id"
+    ))
+    .bind(order_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let history: Vec<StatusChange> = sqlx::query_as(
+        "SELECT from_status, to_status, reason, changed_at FROM order_status_history
+         WHERE order_id = $1 ORDER BY id",
+    )
+    .bind(order_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let delivery_retry: Option<DeliveryRetry> = sqlx::query_as(
+        "SELECT status, attempts, next_attempt_at, last_error, created_at, updated_at
+         FROM delivery_retries WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(Some(ReviewedOrder {
+        order,
+        reviews,
+        history,
+        delivery_retry,
+    }))
+}
+
+/// An order's reviews, status history and delivery retry (staff).
+#[utoipa::path(get, path = "/review/orders/{id}", tag = "review", params(("id" = Uuid, Path)),
+    security(("staff" = [])),
+    responses((status = 200, body = ReviewedOrder), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 503, body = Problem)))]
+pub async fn review_detail(
+    State(state): State<AppState>,
+    _staff: Staff,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<ReviewedOrder>> {
+    state
+        .db
+        .guard(async {
+            let mut conn = state.db.pool.acquire().await?;
+            load(&mut conn, id)
+                .await?
+                .map(Json)
+                .ok_or_else(|| Problem::not_found(&format!("order {id}")).into())
+        })
+        .await
+}
