@@ -16,7 +16,9 @@ use crate::{
     availability_recheck, cancellation,
     config::Config,
     db::Db,
-    delivery_retry, orders,
+    delivery_retry,
+    order_saga::{self, OrderSagas},
+    orders,
     outbox::{self, relay::Relay},
     peers::{HttpPeer, delivery::DeliveryClient, product::ProductClient},
     reconciliation, reliability, review,
@@ -36,6 +38,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// When this instance started (the reconciliation status counts its grace from it).
     pub started_at: chrono::DateTime<chrono::Utc>,
+    /// The saga engine and the order saga.
+    pub sagas: order_saga::OrderSagas,
 }
 
 impl FromRef<AppState> for StaffToken {
@@ -57,6 +61,7 @@ impl FromRef<AppState> for StaffToken {
         review::decide::approve,
         review::decide::reject,
         reliability::reliability,
+        order_saga::get_saga,
         outbox::admin::list_failed,
         outbox::admin::replay_all,
         outbox::admin::replay_one,
@@ -84,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .merge(review::router())
         .merge(outbox::admin::router())
         .route("/health/reliability", get(reliability::reliability))
+        .route("/sagas/{id}", get(order_saga::get_saga))
         .with_state(state.clone())
         .merge(platform::health::router_with(
             state.db.pool,
@@ -168,17 +174,31 @@ impl Application {
             breakers.register(config.breakers.delivery.clone()),
         )?;
         let relay = relay(&config, &pool, &breakers).await?;
-        let state = AppState {
-            db: Db {
-                pool,
-                breaker: breakers.register(config.breakers.database.clone()),
+        let db = Db {
+            pool,
+            breaker: breakers.register(config.breakers.database.clone()),
+        };
+        let (product, delivery) = (ProductClient::new(product), DeliveryClient::new(delivery));
+        let config = Arc::new(config);
+        let sagas = OrderSagas::new(
+            order_saga::Deps {
+                db: db.clone(),
+                product: product.clone(),
+                delivery: delivery.clone(),
+                config: config.clone(),
             },
+            format!("sales-{}-{}", std::process::id(), uuid::Uuid::now_v7()),
+            config.saga_lease,
+        );
+        let state = AppState {
+            db,
             staff_token: StaffToken::new(config.staff_token.clone()),
-            product: ProductClient::new(product),
-            delivery: DeliveryClient::new(delivery),
+            product,
+            delivery,
             breakers,
-            config: Arc::new(config),
+            config,
             started_at: chrono::Utc::now(),
+            sagas,
         };
         let router = router(state.clone());
         let addr = state.config.server.listen_addr;
@@ -203,6 +223,7 @@ impl Application {
             db: self.state.db.clone(),
             delivery: self.state.delivery.clone(),
             config: self.state.config.delivery_retry.clone(),
+            sagas: Some(self.state.sagas.clone()),
         }
     }
 
@@ -232,6 +253,11 @@ impl Application {
     /// Serves and runs the workers until `token` is cancelled, then drains.
     pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
+        tracker.spawn(order_saga::run_recovery(
+            self.state.sagas.clone(),
+            self.state.config.saga_recovery_interval,
+            token.clone(),
+        ));
         tracker.spawn(self.delivery_retry_worker().run(token.clone()));
         tracker.spawn(self.reconciliation_worker().run(token.clone()));
         tracker.spawn(self.availability_recheck_worker().run(token.clone()));

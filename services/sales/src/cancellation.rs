@@ -206,6 +206,8 @@ pub async fn cancel_with(
     tracing::info!(%order_id, actor, reason, "order cancelled");
 
     release_reservation(state, order_id).await;
+    // The order saga's compensations are what this did; record it as compensated.
+    state.sagas.compensated_by_cancel(order_id, reason).await;
     Ok(order)
 }
 

@@ -28,6 +28,12 @@ pub struct Config {
     pub delivery_retry: DeliveryRetryConfig,
     /// The outbox relay to SNS, see [`OutboxConfig`].
     pub outbox: OutboxConfig,
+    /// `SALES_SAGA_LEASE_MS` (default 30000): how long a running saga is held by its
+    /// instance before another may recover it (renewed while it runs).
+    pub saga_lease: Duration,
+    /// `SALES_SAGA_RECOVERY_INTERVAL_MS` (default 30000): how often sagas left running by a
+    /// crashed instance are looked for (also once at start-up).
+    pub saga_recovery_interval: Duration,
     /// The reconciliation job, see [`ReconciliationConfig`].
     pub reconciliation: ReconciliationConfig,
     /// The availability re-check of fallback orders, see [`AvailabilityRecheckConfig`].
@@ -192,6 +198,8 @@ impl Config {
                 database: breaker(env, "DATABASE", "database", (60, 20_000, 10, 5_000))?,
                 broker: breaker(env, "BROKER", "broker", (50, 30_000, 5, 5_000))?,
             },
+            saga_lease: env.millis("SAGA_LEASE_MS", 30_000)?,
+            saga_recovery_interval: env.millis("SAGA_RECOVERY_INTERVAL_MS", 30_000)?,
             outbox: OutboxConfig {
                 enabled: env.flag("BROKER_ENABLED", false)?,
                 provision: env.flag("BROKER_PROVISION", false)?,

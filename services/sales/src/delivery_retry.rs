@@ -249,6 +249,8 @@ pub struct Worker {
     pub db: Db,
     pub delivery: DeliveryClient,
     pub config: DeliveryRetryConfig,
+    /// Order sagas waiting for their delivery are resumed once it is initiated.
+    pub sagas: Option<crate::order_saga::OrderSagas>,
 }
 
 impl Worker {
@@ -290,7 +292,12 @@ impl Worker {
                 continue;
             };
             match attempt(&self.db, &self.delivery, &self.config, &order, due, now).await? {
-                Attempted::Initiated(_) => report.initiated += 1,
+                Attempted::Initiated(_) => {
+                    report.initiated += 1;
+                    if let Some(sagas) = &self.sagas {
+                        sagas.resume_waiting(order_id).await;
+                    }
+                }
                 Attempted::Rescheduled { .. } => report.rescheduled += 1,
                 Attempted::Exhausted => report.exhausted += 1,
                 // The breaker opened during this step: leave the rest for later.

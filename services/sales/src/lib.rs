@@ -10,6 +10,8 @@
 //! - [`app`]: `Application` (bind, serve), the router and the OpenAPI document.
 //! - [`peers`]: HTTP clients of product and delivery behind their breakers.
 //! - [`db`]: the database behind its breaker (503 + `Retry-After` when open).
+//! - [`order_saga`]: order placement as a persisted saga (reserve → record → deliver), its
+//!   recovery worker and `GET /sagas/{id}`.
 //! - [`orders`]: the order endpoints: placing (the write path), reading, listing.
 //! - [`orders::status`]: the order status state machine; every status change goes through it.
 //! - [`cancellation`]: cancelling an order before shipment (its compensations).
@@ -27,6 +29,7 @@ pub mod cancellation;
 pub mod config;
 pub mod db;
 pub mod delivery_retry;
+pub mod order_saga;
 pub mod orders;
 pub mod outbox;
 pub mod peers;

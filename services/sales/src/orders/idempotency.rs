@@ -48,6 +48,11 @@ impl IdempotencyKey {
         Ok(Some(Self(key.to_owned())))
     }
 
+    /// A key validated earlier (e.g. stored in a saga's context).
+    pub fn from_validated(key: &str) -> Self {
+        Self(key.to_owned())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

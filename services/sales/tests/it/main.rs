@@ -12,6 +12,7 @@ mod rechecking;
 mod reconciling;
 mod retries;
 mod reviewing;
+mod sagas;
 mod transitions;
 
 use std::collections::HashMap;
