@@ -118,6 +118,10 @@ pub struct ReviewedOrder {
     pub history: Vec<StatusChange>,
     /// The delivery initiation retry row, if the order has one.
     pub delivery_retry: Option<DeliveryRetry>,
+    /// The order's saga (steps, attempts, compensations), if it has one.
+    /// (the `GET /sagas/{id}` document)
+    #[schema(value_type = Option<Object>)]
+    pub saga: Option<serde_json::Value>,
 }
 
 /// A staff decision.

@@ -191,6 +191,7 @@ pub async fn load(
         reviews,
         history,
         delivery_retry,
+        saga: None,
     }))
 }
 
@@ -209,10 +210,20 @@ pub async fn review_detail(
         .db
         .guard(async {
             let mut conn = state.db.pool.acquire().await?;
-            load(&mut conn, id)
+            let mut detail = load(&mut conn, id)
                 .await?
-                .map(Json)
-                .ok_or_else(|| Problem::not_found(&format!("order {id}")).into())
+                .ok_or_else(|| Problem::not_found(&format!("order {id}")))?;
+            drop(conn);
+            if let Ok(Some(saga_id)) = state.sagas.saga_of(id).await {
+                match saga::store::load(&state.db.pool, saga_id).await {
+                    Ok(view) => detail.saga = view.and_then(|v| serde_json::to_value(v).ok()),
+                    Err(saga::Error::Database(e)) => return Err(e.into()),
+                    Err(e) => {
+                        tracing::warn!(order_id = %id, error = %e, "the order's saga is unreadable")
+                    }
+                }
+            }
+            Ok(Json(detail))
         })
         .await
 }

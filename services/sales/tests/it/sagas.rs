@@ -70,6 +70,18 @@ async fn an_order_is_a_completed_saga(_pool: PgPoolOptions, options: PgConnectOp
         serde_json::json!(order.delivery_id)
     );
     let id = saga["id"].as_str().unwrap();
+    let detail: Value = expect_json(
+        stack
+            .api()
+            .staff(Method::GET, &format!("/review/orders/{}", order.id), None)
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(
+        detail["saga"]["id"], saga["id"],
+        "staff see the saga with the order"
+    );
     let anonymous = stack.api().get(&format!("/sagas/{id}")).await;
     expect_problem(anonymous, 401).await;
     expect_problem(
