@@ -148,9 +148,12 @@ async fn delivery_down_every_order_gets_exactly_one_delivery_once_it_returns() {
     .fetch_one(&sales)
     .await
     .unwrap();
+    // Attempts made before the delivery breaker opened are recorded as events
+    // (the retry worker's attempts count toward opening it too); the rest were
+    // refused by the open breaker without a call. All 8 wait in retry rows.
     assert!(
-        failed_events >= 5,
-        "inline failures are recorded as events ({failed_events})"
+        (1..=8).contains(&failed_events),
+        "failed initiations are recorded as events ({failed_events})"
     );
 
     stack.delivery.start().await;
