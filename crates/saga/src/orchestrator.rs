@@ -356,12 +356,7 @@ impl Orchestrator {
     }
 
     fn held(&self, id: Uuid) -> Held<'_> {
-        Held {
-            pool: &self.inner.pool,
-            id,
-            owner: &self.inner.owner,
-            lease_ms: self.lease_ms(),
-        }
+        Held::new(&self.inner.pool, id, &self.inner.owner, self.lease_ms())
     }
 
     async fn claim<C: SagaContext>(
@@ -427,11 +422,14 @@ impl Orchestrator {
         row: InstanceRow,
     ) -> Result<SagaOutcome<C>> {
         let span = info_span!("saga", saga_id = %id, saga_type = definition.saga_type());
+        // One `Held` for the run and its lease keeper: the keeper must know when the run has
+        // begun releasing the lease itself.
+        let held = self.held(id);
         async {
             tokio::select! {
                 biased;
-                outcome = self.run(definition, id, row) => outcome,
-                lost = self.keep_lease(id) => Err(lost),
+                outcome = self.run(definition, &held, row) => outcome,
+                lost = self.keep_lease(&held) => Err(lost),
             }
         }
         .instrument(span)
@@ -439,13 +437,17 @@ impl Orchestrator {
     }
 
     /// Renews the lease every third of its length; returns only when it was lost.
-    async fn keep_lease(&self, id: Uuid) -> Error {
+    async fn keep_lease(&self, held: &Held<'_>) -> Error {
         let period = (self.inner.lease / 3).max(Duration::from_millis(10));
-        let held = self.held(id);
+        let id = held.id;
         loop {
             tokio::time::sleep(period).await;
             match held.renew().await {
                 Ok(true) => {}
+                // The run's final write released the lease (possibly while this renewal was in
+                // flight, its answer arriving before the run's): not a loss. Should that write
+                // find the lease taken, it fails with `LeaseLost` itself.
+                Ok(false) if held.releasing() => std::future::pending::<()>().await,
                 Ok(false) => {
                     warn!(saga_id = %id, "saga lease lost to another owner; stopping this run");
                     return Error::LeaseLost(id);
@@ -458,10 +460,10 @@ impl Orchestrator {
     async fn run<C: SagaContext>(
         &self,
         definition: &SagaDefinition<C>,
-        id: Uuid,
+        held: &Held<'_>,
         row: InstanceRow,
     ) -> Result<SagaOutcome<C>> {
-        let held = self.held(id);
+        let id = held.id;
         let status: SagaStatus = row.status.parse()?;
         let mut state = RunState {
             id,
@@ -478,7 +480,7 @@ impl Orchestrator {
         }
 
         if status == SagaStatus::Running {
-            match self.forward(definition, &held, &mut state).await? {
+            match self.forward(definition, held, &mut state).await? {
                 Forward::Completed => {
                     held.complete().await?;
                     info!(saga_id = %id, saga_type = state.saga_type, "saga completed");
@@ -498,7 +500,7 @@ impl Orchestrator {
             }
         }
 
-        match self.compensate_all(definition, &held, &mut state).await? {
+        match self.compensate_all(definition, held, &mut state).await? {
             None => {
                 held.compensated().await?;
                 info!(saga_id = %id, saga_type = state.saga_type, "saga compensated");

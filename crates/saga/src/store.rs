@@ -6,7 +6,11 @@
 //! `WHERE locked_by = <this owner>`: if the lease passed to someone else, nothing is written and
 //! the run stops with [`Error::LeaseLost`]. The same update renews the lease.
 
-use std::{fmt, str::FromStr};
+use std::{
+    fmt,
+    str::FromStr,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -425,6 +429,8 @@ pub(crate) struct Held<'a> {
     pub id: Uuid,
     pub owner: &'a str,
     pub lease_ms: i64,
+    /// Set when the write that ends the run and releases the lease begins (see [`Held::end`]).
+    releasing: AtomicBool,
 }
 
 /// Renews the lease and sets `current_step` if given; the guard of every write.
@@ -436,7 +442,23 @@ const TOUCH: &str = "UPDATE saga_instances SET updated_at = now(), \
 const RELEASE: &str =
     "UPDATE saga_instances SET locked_by = NULL, locked_until = NULL WHERE id = $1";
 
-impl Held<'_> {
+impl<'a> Held<'a> {
+    pub fn new(pool: &'a PgPool, id: Uuid, owner: &'a str, lease_ms: i64) -> Self {
+        Self {
+            pool,
+            id,
+            owner,
+            lease_ms,
+            releasing: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether this run has begun releasing the lease itself: from then on, finding the lease
+    /// not ours may mean our own release committed, not that another owner took it.
+    pub fn releasing(&self) -> bool {
+        self.releasing.load(Ordering::SeqCst)
+    }
+
     /// Begins a transaction and renews the lease in it; [`Error::LeaseLost`] if this owner no
     /// longer holds it. Dropping the transaction rolls it back.
     async fn begin(&self, current_step: Option<&str>) -> Result<Transaction<'static, Postgres>> {
@@ -610,6 +632,9 @@ impl Held<'_> {
 
     /// A status change that ends this run: applied and the lease released in one transaction.
     async fn end(&self, current_step: Option<&str>, set: &str, text: Option<&str>) -> Result<()> {
+        // Before anything is sent: a renewal that finds the lease released after this point
+        // may have run after our commit, so it must not be taken for a loss.
+        self.releasing.store(true, Ordering::SeqCst);
         let mut tx = self.begin(current_step).await?;
         let sql = format!("UPDATE saga_instances SET {set} WHERE id = $1");
         let mut query = sqlx::query(&sql).bind(self.id);

@@ -124,8 +124,13 @@ pub fn par(
     .compensation_retry(quick(1))
 }
 
+/// The lease of [`orchestrator`]s: long enough that no lease runs out by itself during a test,
+/// however loaded the machine. Tests of expiry pass a later `now` to `recover`
+/// ([`lease_expired`]) or write `locked_until`; tests of renewal choose their own lease.
+pub const LEASE: Duration = Duration::from_secs(600);
+
 pub fn orchestrator(pool: &PgPool, owner: &str) -> Orchestrator {
-    Orchestrator::new(pool.clone(), owner, Duration::from_secs(5))
+    Orchestrator::new(pool.clone(), owner, LEASE)
 }
 
 pub async fn view(pool: &PgPool, id: Uuid) -> SagaView {
@@ -149,9 +154,31 @@ pub fn row(
     (step.to_owned(), kind, attempt, status)
 }
 
-/// A recovery clock far enough ahead that every lease counts as expired.
+/// A recovery clock far enough ahead that every lease counts as expired (well past [`LEASE`]).
 pub fn lease_expired() -> DateTime<Utc> {
     Utc::now() + chrono::Duration::hours(1)
+}
+
+/// Waits for `condition` on saga `id`'s view, checking every 10 ms; panics with `what` after
+/// a minute (a bound that only a hang reaches, not a slow machine).
+pub async fn eventually(
+    pool: &PgPool,
+    id: Uuid,
+    what: &str,
+    condition: impl Fn(&SagaView) -> bool,
+) -> SagaView {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = view(pool, id).await;
+        if condition(&view) {
+            return view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 pub fn strings(items: &[&str]) -> Vec<String> {

@@ -13,7 +13,8 @@ use crate::common::*;
 async fn a_parallel_group_runs_concurrently_and_stores_each_output(pool: PgPool) {
     let journal = Journal::default();
     // Each branch waits for the other at a barrier: the saga only gets through if both run at
-    // the same time.
+    // the same time (run one after the other, the first would time out). The timeout is far
+    // beyond any scheduling delay.
     let barrier = Arc::new(Barrier::new(2));
     let branch = |name: &'static str| {
         let barrier = barrier.clone();
@@ -24,7 +25,7 @@ async fn a_parallel_group_runs_concurrently_and_stores_each_output(pool: PgPool)
                 Ok(json!({ "checked_by": name }))
             }
         })
-        .timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
         .retry(quick(1))
     };
     let definition = SagaDefinition::new("parallel")
