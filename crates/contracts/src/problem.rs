@@ -108,6 +108,16 @@ impl Problem {
         Self::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request").with_detail(detail)
     }
 
+    /// 400 for a query parameter that cannot be used.
+    pub fn bad_query(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-query",
+            "Invalid query parameters",
+        )
+        .with_errors(vec![FieldError::new(field, message)])
+    }
+
     /// 404 for a resource that does not exist.
     pub fn not_found(what: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not-found", "Not found")

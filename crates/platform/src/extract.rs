@@ -140,15 +140,10 @@ where
             Ok(v) => Ok(Query(v)),
             Err(err) => {
                 let field = err.path().to_string();
-                Err(Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad-query",
-                    "Invalid query parameters",
-                )
-                .with_errors(vec![FieldError::new(
+                Err(Problem::bad_query(
                     if field == "." { "query".into() } else { field },
                     err.into_inner().to_string(),
-                )]))
+                ))
             }
         }
     }

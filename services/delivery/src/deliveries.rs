@@ -160,16 +160,7 @@ pub async fn list_deliveries(
 ) -> ApiResult<Json<Vec<Delivery>>> {
     let limit = query.limit.unwrap_or(50);
     if !(1..=100).contains(&limit) {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "bad-query",
-            "Invalid query parameters",
-        )
-        .with_errors(vec![contracts::FieldError::new(
-            "limit",
-            "must be between 1 and 100",
-        )])
-        .into());
+        return Err(Problem::bad_query("limit", "must be between 1 and 100").into());
     }
     let rows: Vec<DeliveryRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM deliveries WHERE ($1::uuid IS NULL OR order_id = $1)

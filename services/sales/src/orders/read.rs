@@ -1,11 +1,11 @@
 //! Reading orders: one by id, or a page of them newest first (keyset pagination
 //! on `(created_at, id)`, with an opaque cursor).
 
-use axum::{extract::State, http::StatusCode};
+use axum::extract::State;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use contracts::{
-    FieldError, Problem,
+    Problem,
     orders::{Order, OrderPage, OrderStatus},
 };
 use platform::{
@@ -57,15 +57,6 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
-fn bad_query(field: &str, message: &str) -> Problem {
-    Problem::new(
-        StatusCode::BAD_REQUEST,
-        "bad-query",
-        "Invalid query parameters",
-    )
-    .with_errors(vec![FieldError::new(field, message)])
-}
-
 /// Encodes a position in the listing.
 pub fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}.{id}", created_at.timestamp_micros()))
@@ -91,12 +82,12 @@ pub async fn list_orders(
 ) -> ApiResult<Json<OrderPage>> {
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(bad_query("limit", "must be between 1 and 100").into());
+        return Err(Problem::bad_query("limit", "must be between 1 and 100").into());
     }
     let status = match query.status.as_deref() {
         None => None,
         Some(s) => Some(OrderStatus::parse(s).ok_or_else(|| {
-            bad_query(
+            Problem::bad_query(
                 "status",
                 "must be one of PENDING_SHIPMENT, SHIPPED, DELIVERED, CANCELLED, DELIVERY_FAILED",
             )
@@ -105,7 +96,8 @@ pub async fn list_orders(
     let before = match query.cursor.as_deref() {
         None => None,
         Some(c) => Some(
-            decode_cursor(c).ok_or_else(|| bad_query("cursor", "is not a cursor this API made"))?,
+            decode_cursor(c)
+                .ok_or_else(|| Problem::bad_query("cursor", "is not a cursor this API made"))?,
         ),
     };
     let filter = ListFilter {

@@ -2,9 +2,9 @@
 //! (keyset pagination on the review's `(created_at, id)`), and one order's
 //! complete picture.
 
-use axum::{extract::State, http::StatusCode};
+use axum::extract::State;
 use chrono::{DateTime, Utc};
-use contracts::{FieldError, Problem, orders::OrderStatus};
+use contracts::{Problem, orders::OrderStatus};
 use platform::{
     ApiResult,
     auth::Staff,
@@ -38,15 +38,6 @@ pub struct QueueQuery {
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
-}
-
-fn bad_query(field: &str, message: &str) -> Problem {
-    Problem::new(
-        StatusCode::BAD_REQUEST,
-        "bad-query",
-        "Invalid query parameters",
-    )
-    .with_errors(vec![FieldError::new(field, message)])
 }
 
 #[derive(sqlx::FromRow)]
@@ -100,12 +91,12 @@ pub async fn list_reviews(
 ) -> ApiResult<Json<ReviewPage>> {
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(bad_query("limit", "must be between 1 and 100").into());
+        return Err(Problem::bad_query("limit", "must be between 1 and 100").into());
     }
     let status = match query.status.as_deref() {
         None => ReviewStatus::Open,
         Some(s) => ReviewStatus::parse(s.trim()).ok_or_else(|| {
-            bad_query(
+            Problem::bad_query(
                 "status",
                 "must be one of open, approved, rejected, resolved",
             )
@@ -115,13 +106,14 @@ pub async fn list_reviews(
         None | Some("") => None,
         Some(r) => Some(
             ReviewReason::parse(&r.to_ascii_uppercase())
-                .ok_or_else(|| bad_query("reason", "is not a review reason"))?,
+                .ok_or_else(|| Problem::bad_query("reason", "is not a review reason"))?,
         ),
     };
     let after = match query.cursor.as_deref() {
         None => None,
         Some(c) => Some(
-            decode_cursor(c).ok_or_else(|| bad_query("cursor", "is not a cursor this API made"))?,
+            decode_cursor(c)
+                .ok_or_else(|| Problem::bad_query("cursor", "is not a cursor this API made"))?,
         ),
     };
     let mut rows: Vec<EntryRow> = state
