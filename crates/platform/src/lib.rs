@@ -11,6 +11,7 @@
 //! - [`health`]: `/health/live` and `/health/ready` (database reachable, migrations applied).
 //! - [`db`]: pool set-up, create-if-missing, migrations, and mapping database errors to 503.
 //! - [`error`]: `ApiError`, the handlers' error (problem, or database → 503/500).
+//! - [`worker`]: the loop around a background worker's single step.
 //! - [`auth`]: the staff credential (`Authorization: Bearer …`).
 
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod health;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod worker;
 
 pub use contracts::{FieldError, Problem};
 pub use error::{ApiError, ApiResult, ensure_valid};

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use contracts::catalog::ReservationStatus;
 use platform::ApiError;
+use platform::worker::{Next, Start, run_every};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -43,16 +44,19 @@ pub async fn run_once(pool: &PgPool, now: DateTime<Utc>) -> anyhow::Result<usize
 
 /// Runs [`run_once`] every `interval` until `token` is cancelled.
 pub async fn run(pool: PgPool, interval: Duration, token: CancellationToken) {
-    loop {
-        match run_once(&pool, Utc::now()).await {
-            Ok(n) if n as i64 >= BATCH => continue,
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "reservation expiry step failed"),
-        }
-        tokio::select! {
-            () = token.cancelled() => break,
-            () = tokio::time::sleep(interval) => {}
-        }
-    }
-    tracing::info!("reservation expiry worker stopped");
+    run_every(
+        "reservation-expiry",
+        interval,
+        Start::Immediately,
+        token,
+        || async {
+            let expired = run_once(&pool, Utc::now()).await?;
+            anyhow::Ok(if expired as i64 >= BATCH {
+                Next::Again
+            } else {
+                Next::Wait
+            })
+        },
+    )
+    .await;
 }

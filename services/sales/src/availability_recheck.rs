@@ -158,16 +158,18 @@ impl Worker {
 
     /// Runs [`Worker::run_once`] every interval until `token` is cancelled.
     pub async fn run(self, token: CancellationToken) {
-        loop {
-            tokio::select! {
-                () = token.cancelled() => break,
-                () = tokio::time::sleep(self.config.interval) => {}
-            }
-            if let Err(e) = self.run_once(Utc::now()).await {
-                tracing::warn!(error = %e, "availability re-check round failed");
-            }
-        }
-        tracing::info!("availability re-check worker stopped");
+        let interval = self.config.interval;
+        platform::worker::run_every(
+            "availability-recheck",
+            interval,
+            platform::worker::Start::AfterInterval,
+            token,
+            || async {
+                self.run_once(Utc::now()).await?;
+                Ok::<_, sqlx::Error>(platform::worker::Next::Wait)
+            },
+        )
+        .await;
     }
 }
 

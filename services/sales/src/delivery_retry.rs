@@ -15,6 +15,7 @@ use contracts::{
     delivery::DeliveryRequest,
     orders::{Order, OrderStatus},
 };
+use platform::worker::{Next, Start, run_every};
 use serde_json::json;
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
@@ -309,19 +310,20 @@ impl Worker {
 
     /// Runs [`Worker::run_once`] every poll interval until `token` is cancelled.
     pub async fn run(self, token: CancellationToken) {
-        loop {
-            match self.run_once(Utc::now()).await {
-                // A full batch: there may be more due right now.
-                Ok(r) if r.claimed as i64 >= self.config.batch && r.initiated > 0 => continue,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "delivery retry step failed"),
-            }
-            tokio::select! {
-                () = token.cancelled() => break,
-                () = tokio::time::sleep(self.config.poll_interval) => {}
-            }
-        }
-        tracing::info!("delivery retry worker stopped");
+        let interval = self.config.poll_interval;
+        run_every(
+            "delivery-retry",
+            interval,
+            Start::Immediately,
+            token,
+            || async {
+                let r = self.run_once(Utc::now()).await?;
+                // A full batch with progress: there may be more due right now.
+                let more = r.claimed as i64 >= self.config.batch && r.initiated > 0;
+                Ok::<_, sqlx::Error>(if more { Next::Again } else { Next::Wait })
+            },
+        )
+        .await;
     }
 }
 

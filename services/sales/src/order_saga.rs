@@ -458,21 +458,24 @@ pub async fn run_recovery(
     interval: Duration,
     token: tokio_util::sync::CancellationToken,
 ) {
-    loop {
-        match sagas
-            .orchestrator
-            .recover(&[&sagas.definition], Utc::now())
-            .await
-        {
-            Ok(report) if report.found > 0 => tracing::info!(?report, "order sagas recovered"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "saga recovery failed"),
-        }
-        tokio::select! {
-            () = token.cancelled() => break,
-            () = tokio::time::sleep(interval) => {}
-        }
-    }
+    use platform::worker::{Next, Start, run_every};
+    run_every(
+        "saga-recovery",
+        interval,
+        Start::Immediately,
+        token,
+        || async {
+            let report = sagas
+                .orchestrator
+                .recover(&[&sagas.definition], Utc::now())
+                .await?;
+            if report.found > 0 {
+                tracing::info!(?report, "order sagas recovered");
+            }
+            Ok::<_, saga::Error>(Next::Wait)
+        },
+    )
+    .await;
 }
 
 /// A saga with its steps (staff).

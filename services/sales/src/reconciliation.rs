@@ -303,16 +303,18 @@ impl Worker {
     /// Runs [`Worker::run_once`] every interval until `token` is cancelled
     /// (the first run one interval after start).
     pub async fn run(self, token: CancellationToken) {
-        loop {
-            tokio::select! {
-                () = token.cancelled() => break,
-                () = tokio::time::sleep(self.config.interval) => {}
-            }
-            if let Err(e) = self.run_once(Utc::now()).await {
-                tracing::warn!(error = %e, "reconciliation run could not be recorded");
-            }
-        }
-        tracing::info!("reconciliation worker stopped");
+        let interval = self.config.interval;
+        platform::worker::run_every(
+            "reconciliation",
+            interval,
+            platform::worker::Start::AfterInterval,
+            token,
+            || async {
+                self.run_once(Utc::now()).await?;
+                Ok::<_, sqlx::Error>(platform::worker::Next::Wait)
+            },
+        )
+        .await;
     }
 }
 

@@ -3,6 +3,7 @@
 //! operator replays or discards them.
 
 use chrono::{DateTime, Utc};
+use platform::worker::{Next, Start, run_every};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -34,16 +35,22 @@ pub async fn run_once(
 
 /// Cleans up every `cleanup_interval` until `token` is cancelled.
 pub async fn run(pool: PgPool, config: OutboxConfig, token: CancellationToken) {
-    loop {
-        match run_once(&pool, &config, Utc::now()).await {
-            Ok(n) if n as i64 == BATCH => continue,
-            Ok(n) if n > 0 => tracing::info!(deleted = n, "old SENT outbox rows deleted"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "outbox cleanup failed"),
-        }
-        tokio::select! {
-            () = token.cancelled() => break,
-            () = tokio::time::sleep(config.cleanup_interval) => {}
-        }
-    }
+    run_every(
+        "outbox-cleanup",
+        config.cleanup_interval,
+        Start::Immediately,
+        token,
+        || async {
+            let deleted = run_once(&pool, &config, Utc::now()).await?;
+            if deleted > 0 {
+                tracing::info!(deleted, "old SENT outbox rows deleted");
+            }
+            Ok::<_, sqlx::Error>(if deleted as i64 == BATCH {
+                Next::Again
+            } else {
+                Next::Wait
+            })
+        },
+    )
+    .await;
 }

@@ -1,0 +1,115 @@
+//! The loop around a background worker's single step: run the step, run it
+//! again at once while it says there is more to do, else wait the interval; stop
+//! when the token is cancelled (between steps, never in the middle of one).
+
+use std::{fmt::Display, future::Future, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+
+/// What a step found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// More is due right now (e.g. a full batch): step again without waiting.
+    Again,
+    /// Nothing more for now: wait the interval.
+    Wait,
+}
+
+/// When the first step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Immediately,
+    /// After one interval (for jobs whose first run should not race start-up).
+    AfterInterval,
+}
+
+/// Runs `step` until `token` is cancelled; a failed step is logged and retried after the interval.
+pub async fn run_every<F, Fut, E>(
+    name: &'static str,
+    interval: Duration,
+    start: Start,
+    token: CancellationToken,
+    mut step: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Next, E>>,
+    E: Display,
+{
+    let mut wait = start == Start::AfterInterval;
+    loop {
+        if wait {
+            tokio::select! {
+                () = token.cancelled() => break,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+        if token.is_cancelled() {
+            break;
+        }
+        wait = match step().await {
+            Ok(Next::Again) => false,
+            Ok(Next::Wait) => true,
+            Err(e) => {
+                tracing::warn!(worker = name, error = %e, "worker step failed");
+                true
+            }
+        };
+    }
+    tracing::info!(worker = name, "worker stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn steps_again_while_there_is_more_and_stops_when_cancelled() {
+        let token = CancellationToken::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (c, t) = (calls.clone(), token.clone());
+        let worker = tokio::spawn(run_every(
+            "test",
+            Duration::from_secs(60),
+            Start::Immediately,
+            token.clone(),
+            move || {
+                let n = c.fetch_add(1, Ordering::SeqCst);
+                let t = t.clone();
+                async move {
+                    if n == 4 {
+                        t.cancel();
+                    }
+                    Ok::<_, std::convert::Infallible>(if n < 2 { Next::Again } else { Next::Wait })
+                }
+            },
+        ));
+        worker.await.expect("worker ends");
+        // 3 steps back to back, then one per (auto-advanced) interval until the 5th cancels.
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_token_stops_a_worker_waiting_to_start() {
+        let token = CancellationToken::new();
+        token.cancel();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        run_every(
+            "test",
+            Duration::from_secs(60),
+            Start::AfterInterval,
+            token,
+            move || {
+                c.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, std::convert::Infallible>(Next::Wait) }
+            },
+        )
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+}
