@@ -45,6 +45,7 @@ pub struct ApiDoc;
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(platform::health::HealthApi::openapi());
+    doc.merge(platform::metrics::MetricsApi::openapi());
     doc
 }
 
@@ -53,7 +54,8 @@ pub fn router(state: AppState, config: &Config) -> Router {
     let router = deliveries::router()
         .with_state(state.clone())
         .merge(platform::health::router(state.pool, &MIGRATOR))
-        .merge(platform::server::openapi_router(openapi()));
+        .merge(platform::server::openapi_router(openapi()))
+        .merge(platform::metrics::router());
     platform::server::with_common_layers(router, &config.server)
 }
 
@@ -74,6 +76,7 @@ impl Application {
 
     /// Same as [`Application::build`] with a pool whose database is already migrated.
     pub async fn with_pool(config: Config, pool: PgPool) -> anyhow::Result<Self> {
+        platform::metrics::install();
         let staff_token = StaffToken::new(config.staff_token.clone());
         if !staff_token.is_set() {
             tracing::warn!("DELIVERY_STAFF_TOKEN is not set: status updates refuse every caller");

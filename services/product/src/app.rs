@@ -52,6 +52,7 @@ pub struct ApiDoc;
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(platform::health::HealthApi::openapi());
+    doc.merge(platform::metrics::MetricsApi::openapi());
     doc
 }
 
@@ -63,7 +64,8 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .with_state(state.clone());
     let router = api
         .merge(platform::health::router(state.pool, &MIGRATOR))
-        .merge(platform::server::openapi_router(openapi()));
+        .merge(platform::server::openapi_router(openapi()))
+        .merge(platform::metrics::router());
     platform::server::with_common_layers(router, &config.server)
 }
 
@@ -132,6 +134,7 @@ impl Application {
 
     /// Same as [`Application::build`] with a pool whose database is already migrated.
     pub async fn with_pool(config: Config, pool: PgPool) -> anyhow::Result<Self> {
+        platform::metrics::install();
         if config.seed_demo_catalog {
             let n = demo_catalog::seed(&pool)
                 .await

@@ -144,6 +144,7 @@ impl Worker {
     /// run's record could be written.
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<RunReport, sqlx::Error> {
         if self.db.is_open() {
+            count_run("skipped");
             return Ok(RunReport::skipped());
         }
         // Held until the run's end: dropping it (any early return) unlocks.
@@ -154,6 +155,7 @@ impl Worker {
             .await?;
         if !locked {
             tracing::debug!("another instance is reconciling; skipped");
+            count_run("skipped");
             return Ok(RunReport::skipped());
         }
         // Holding the lock, no other run is alive: one still RUNNING died.
@@ -216,6 +218,11 @@ impl Worker {
             .execute(&self.db.pool)
             .await?;
         lock.commit().await?;
+        count_run(match status {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Partial => "partial",
+            RunStatus::Failed | RunStatus::Running => "failed",
+        });
         tracing::info!(%run_id, status = status.as_str(), checked = report.checked, fixed = report.fixed,
             flagged = report.flagged, errors = report.errors, "reconciliation run finished");
         Ok(report)
@@ -297,6 +304,10 @@ impl Worker {
             settle(&mut tx, order_id, current, target, &delivery).await?
         };
         tx.commit().await?;
+        if !matches!(checked, Checked::Consistent) {
+            // Status or flag changed: the cached order follows before the next read.
+            self.db.cache.reload(&self.db.pool, order_id).await;
+        }
         Ok(checked)
     }
 
@@ -310,12 +321,20 @@ impl Worker {
             platform::worker::Start::AfterInterval,
             token,
             || async {
-                self.run_once(Utc::now()).await?;
+                // A run whose record could not even be written is a failed run too.
+                self.run_once(Utc::now())
+                    .await
+                    .inspect_err(|_| count_run("failed"))?;
                 Ok::<_, sqlx::Error>(platform::worker::Next::Wait)
             },
         )
         .await;
     }
+}
+
+/// `reconciliation_runs_total{result}`: succeeded, partial, failed or skipped.
+fn count_run(result: &'static str) {
+    metrics::counter!("reconciliation_runs_total", "result" => result).increment(1);
 }
 
 /// Applies the path from `current` to `target`, or flags the order when there

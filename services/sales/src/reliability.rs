@@ -1,16 +1,22 @@
 //! The reliability view: `GET /health/reliability` (breaker states and the
 //! figures of the eventual-consistency machinery), and the readiness details
 //! (an open database breaker makes the service not ready).
+//!
+//! [`snapshot`] takes the figures once; the endpoint, the `/metrics` refresh
+//! ([`refresh_metrics`]) and the alert checker ([`crate::alerts`]) all use it, so a
+//! new figure is added in one place.
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{Json, extract::State};
+use chrono::{DateTime, Utc};
 use resilience::{BreakerSnapshot, Registry};
 use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::{
+    alerts::ActiveAlert,
     app::AppState,
     delivery_retry,
     outbox::relay,
@@ -41,14 +47,22 @@ pub struct ReliabilityMetrics {
     /// Each breaker's window counts and settings.
     #[schema(value_type = Vec<Object>)]
     pub breakers: Vec<BreakerSnapshot>,
+    /// Reliability alerts of this instance whose episode is open (as of the alert
+    /// checker's last evaluation).
+    pub active_alerts: Vec<ActiveAlert>,
 }
 
 /// Breakers, retries and reviews at a glance.
 #[utoipa::path(get, path = "/health/reliability", tag = "health",
     responses((status = 200, body = ReliabilityMetrics)))]
 pub async fn reliability(State(state): State<AppState>) -> Json<ReliabilityMetrics> {
+    Json(snapshot(&state, Utc::now()).await)
+}
+
+/// The figures at `now`: breakers always; the database's figures unless its breaker is open
+/// or a query fails (then null).
+pub async fn snapshot(state: &AppState, now: DateTime<Utc>) -> ReliabilityMetrics {
     let breakers = state.breakers.snapshots();
-    let now = chrono::Utc::now();
     let counts = async {
         let mut conn = state.db.pool.acquire().await?;
         let pending = delivery_retry::pending_count(&mut conn).await?;
@@ -71,7 +85,7 @@ pub async fn reliability(State(state): State<AppState>) -> Json<ReliabilityMetri
             Err(_) => (None, None, None, None),
         }
     };
-    Json(ReliabilityMetrics {
+    ReliabilityMetrics {
         circuit_breaker_states: breakers
             .iter()
             .map(|b| (b.name.clone(), b.state.as_str().to_owned()))
@@ -83,7 +97,47 @@ pub async fn reliability(State(state): State<AppState>) -> Json<ReliabilityMetri
         manual_review_queue_length: reviews,
         reconciliation_jobs_status: jobs,
         breakers,
-    })
+        active_alerts: state.alerts.active(),
+    }
+}
+
+/// Sets the gauges derived from the database (`outbox_events_pending`, `outbox_events_failed`,
+/// `outbox_oldest_pending_age_seconds`, `delivery_retries_pending`,
+/// `manual_review_queue_length`); a figure that is unknown keeps its last value.
+pub fn record_gauges(figures: &ReliabilityMetrics) {
+    let set = |name: &'static str, value: Option<f64>| {
+        if let Some(value) = value {
+            metrics::gauge!(name).set(value);
+        }
+    };
+    set(
+        "outbox_events_pending",
+        figures.outbox_events_pending.map(|n| n as f64),
+    );
+    set(
+        "outbox_events_failed",
+        figures.failed_event_count.map(|n| n as f64),
+    );
+    // No pending row: age 0 (known), unlike an unknown count.
+    set(
+        "outbox_oldest_pending_age_seconds",
+        figures
+            .outbox_events_pending
+            .map(|_| figures.oldest_pending_age_seconds.unwrap_or(0.0)),
+    );
+    set(
+        "delivery_retries_pending",
+        figures.delivery_retries_pending.map(|n| n as f64),
+    );
+    set(
+        "manual_review_queue_length",
+        figures.manual_review_queue_length.map(|n| n as f64),
+    );
+}
+
+/// Takes a snapshot and sets the gauges from it (the `/metrics` refresh hook).
+pub async fn refresh_metrics(state: &AppState) {
+    record_gauges(&snapshot(state, Utc::now()).await);
 }
 
 /// Readiness check: not ready while the database breaker is open; details list every breaker.

@@ -8,7 +8,9 @@
 //! - half-open lets exactly one trial call through (failsafe lets every call through): a gate
 //!   lock around the state machine hands out a single trial permit, and only that permit's
 //!   outcome may close or re-open the breaker;
-//! - a per-call timeout, a caller-supplied classifier, counters and the observable state.
+//! - a per-call timeout, a caller-supplied classifier, counters and the observable state (also
+//!   exported through the `metrics` facade: `circuit_breaker_state{breaker}` and
+//!   `circuit_breaker_calls_total{breaker,outcome}`; install a recorder before building breakers).
 //!
 //! Time comes from `failsafe::clock::now()`, which tests freeze and advance.
 
@@ -240,6 +242,7 @@ impl CircuitBreaker {
             // Half-open with the trial still running (failsafe itself would let this through).
             BreakerState::HalfOpen | BreakerState::Open => {
                 shared.rejected_total.fetch_add(1, Ordering::Relaxed);
+                shared.meters.rejections.increment(1);
                 Err(self.rejected(HALF_OPEN_BUSY_RETRY_AFTER))
             }
         }
@@ -316,6 +319,11 @@ impl fmt::Debug for CircuitBreaker {
 
 impl Inner {
     fn record(&self, kind: PermitKind, outcome: Outcome) {
+        // Every finished call is counted by outcome, even one the window ignores (stale epoch).
+        match outcome {
+            Outcome::Success => self.shared.meters.successes.increment(1),
+            Outcome::Failure => self.shared.meters.failures.increment(1),
+        }
         let mut gate = self.gate.lock();
         let state = self.shared.state();
         let counts = match kind {

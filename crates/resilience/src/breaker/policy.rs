@@ -3,6 +3,10 @@
 //!
 //! Both run while the breaker's gate lock is held (see `super::Inner`), so the state they publish
 //! is the state machine's state whenever the gate is taken.
+//!
+//! [`Meters`] are the breaker's Prometheus series (`circuit_breaker_state{breaker}`,
+//! `circuit_breaker_calls_total{breaker,outcome}`), registered once per breaker so a call
+//! costs an atomic add, not a lookup by name.
 
 use std::{
     sync::{
@@ -34,11 +38,46 @@ pub(crate) struct Shared {
     open_until: Mutex<Option<Instant>>,
     pub(crate) rejected_total: AtomicU64,
     pub(crate) opened_total: AtomicU64,
+    pub(crate) meters: Meters,
+}
+
+/// The breaker's metric handles. Taken from the global `metrics` recorder when the breaker is
+/// built: without one (or before one is installed) they are no-ops.
+#[derive(Debug)]
+pub(crate) struct Meters {
+    state: metrics::Gauge,
+    pub(crate) successes: metrics::Counter,
+    pub(crate) failures: metrics::Counter,
+    pub(crate) rejections: metrics::Counter,
+}
+
+impl Meters {
+    fn new(breaker: &str) -> Self {
+        let calls = |outcome: &'static str| metrics::counter!("circuit_breaker_calls_total", "breaker" => breaker.to_owned(), "outcome" => outcome);
+        let meters = Meters {
+            state: metrics::gauge!("circuit_breaker_state", "breaker" => breaker.to_owned()),
+            successes: calls("success"),
+            failures: calls("failure"),
+            rejections: calls("rejected"),
+        };
+        meters.set_state(BreakerState::Closed);
+        meters
+    }
+
+    /// 0 closed, 1 open, 2 half-open.
+    fn set_state(&self, state: BreakerState) {
+        self.state.set(match state {
+            BreakerState::Closed => 0.0,
+            BreakerState::Open => 1.0,
+            BreakerState::HalfOpen => 2.0,
+        });
+    }
 }
 
 impl Shared {
     pub(crate) fn new(config: BreakerConfig, now: Instant) -> Self {
         Shared {
+            meters: Meters::new(&config.name),
             reset_timeout: config.reset_timeout.min(MAX_RESET_TIMEOUT),
             window: Mutex::new(RollingWindow::new(
                 config.rolling_count_timeout,
@@ -76,6 +115,7 @@ impl Shared {
         if previous != state as u8 {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
+        self.meters.set_state(state);
         match previous {
             p if p == BreakerState::Open as u8 => BreakerState::Open,
             p if p == BreakerState::HalfOpen as u8 => BreakerState::HalfOpen,
@@ -133,6 +173,7 @@ pub(crate) struct Observer(pub(crate) Arc<Shared>);
 impl Instrument for Observer {
     fn on_call_rejected(&self) {
         self.0.rejected_total.fetch_add(1, Ordering::Relaxed);
+        self.0.meters.rejections.increment(1);
     }
 
     fn on_open(&self) {

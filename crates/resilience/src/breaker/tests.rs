@@ -440,3 +440,54 @@ fn clones_share_state_and_permits_are_send() {
     assert_eq!(cb.config().volume_threshold, 1);
     assert_eq!(BreakerState::HalfOpen.as_str(), "HALF_OPEN");
 }
+
+/// The value of `name{…labels…}` in a Prometheus text rendering.
+fn series(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn state_and_calls_by_outcome_are_exported_as_metrics() {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    // The breaker takes its metric handles when built; they keep recording into this recorder.
+    clock::freeze(|clock| {
+        let cb = metrics::with_local_recorder(&recorder, || breaker(50, 2, 30 * SEC));
+        let state = || {
+            series(
+                &handle.render(),
+                "circuit_breaker_state",
+                &[r#"breaker="delivery""#],
+            )
+        };
+        let calls = |outcome: &str| {
+            series(
+                &handle.render(),
+                "circuit_breaker_calls_total",
+                &[r#"breaker="delivery""#, &format!(r#"outcome="{outcome}""#)],
+            )
+        };
+        assert_eq!(state(), Some(0.0), "closed from the start");
+        succeed(&cb, 1);
+        fail(&cb, 2);
+        assert_eq!(cb.state(), BreakerState::Open);
+        assert_eq!(state(), Some(1.0));
+        rejected(&cb);
+        rejected(&cb);
+        clock.advance(30 * SEC + MS);
+        let trial = acquire(&cb);
+        assert_eq!(state(), Some(2.0), "half-open");
+        rejected(&cb); // the trial is still running
+        trial.success();
+        assert_eq!(state(), Some(0.0), "closed again");
+        assert_eq!(calls("success"), Some(2.0));
+        assert_eq!(calls("failure"), Some(2.0));
+        assert_eq!(calls("rejected"), Some(3.0));
+    });
+}
