@@ -7,6 +7,7 @@
 //! visible again after the visibility timeout and, after the queue's `maxReceiveCount` receives,
 //! moves to the dead-letter queue.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -23,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::aws::queue_name_from_url;
-use crate::envelope::{ATTR_EVENT_TYPE, Envelope};
+use crate::envelope::{ATTR_EVENT_TYPE, Envelope, TRACE_ATTRIBUTE_KEYS};
+use crate::trace_context;
 
 /// Shortest interval between two visibility extensions of one message.
 const MIN_EXTEND_AFTER: Duration = Duration::from_millis(100);
@@ -323,9 +325,17 @@ impl Consumer {
             queue = %self.queue,
             event_id = %envelope.event_id,
             event_type = %envelope.event_type,
+            aggregate_id = %envelope.aggregate_id,
             receive_count,
+            otel.name = format!("{} process", envelope.event_type),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "aws_sqs",
+            messaging.destination.name = %self.queue,
         );
-        async {
+        trace_context::set_parent(&span, carried_context(message, &envelope));
+        let failed = span.clone();
+        let outcome = async {
             let handled = AssertUnwindSafe(handler.handle(envelope)).catch_unwind();
             let result = tokio::select! {
                 result = handled => result,
@@ -349,7 +359,11 @@ impl Consumer {
             }
         }
         .instrument(span)
-        .await
+        .await;
+        if matches!(outcome, Outcome::Failed) {
+            failed.record("otel.status_code", "error");
+        }
+        outcome
     }
 
     /// Extends the message's visibility every `extend_after`, for as long as it is polled.
@@ -430,6 +444,24 @@ impl Consumer {
                 ),
             }
         }
+    }
+}
+
+/// The trace context a message continues: the publisher's, from the message attributes, or
+/// else the one stored in the envelope.
+fn carried_context(message: &Message, envelope: &Envelope) -> opentelemetry::Context {
+    let attributes: BTreeMap<String, String> = TRACE_ATTRIBUTE_KEYS
+        .iter()
+        .filter_map(|key| {
+            let value = message.message_attributes()?.get(*key)?.string_value()?;
+            Some(((*key).to_owned(), value.to_owned()))
+        })
+        .collect();
+    let cx = trace_context::from_map(&attributes);
+    if trace_context::is_valid(&cx) {
+        cx
+    } else {
+        trace_context::from_map(&envelope.trace)
     }
 }
 

@@ -18,12 +18,16 @@
 //! - [`consume`]: [`Consumer`] with a single step ([`Consumer::poll_once`]) and a loop
 //!   ([`Consumer::run`]) that extends visibility for slow handlers and backs off while the
 //!   broker is down.
+//! - `trace_context`: the order's trace continued through the broker: each event is published in
+//!   a `publish` span (parent: the context stored with the event) whose context travels as the
+//!   `traceparent`/`tracestate` attributes; the consumer handles it in a child span.
 
 pub mod aws;
 pub mod consume;
 pub mod envelope;
 pub mod provision;
 pub mod publish;
+mod trace_context;
 
 pub use consume::{
     Consumer, ConsumerConfig, Handler, HandlerError, HandlerFn, PollReport, handler_fn,

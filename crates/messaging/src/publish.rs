@@ -9,7 +9,8 @@ use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use futures_util::StreamExt;
 use uuid::Uuid;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, TRACE_ATTRIBUTE_KEYS};
+use crate::trace_context;
 
 /// Most entries SNS accepts in one `PublishBatch` call.
 pub const MAX_BATCH_ENTRIES: usize = 10;
@@ -78,9 +79,14 @@ impl Publisher {
     ///
     /// Batches also stay under SNS's 256 KiB per call, and never hold the same `event_id` twice
     /// (a repeated event goes in a later batch, so it is published twice).
+    ///
+    /// Each event is published in a `publish` span (a child of the context stored in
+    /// [`Envelope::trace`]), and that span's context is sent as the `traceparent`/`tracestate`
+    /// attributes, so the consumer continues the event's trace.
     pub async fn publish(&self, events: &[Envelope]) -> Vec<(Uuid, Result<(), PublishError>)> {
+        let spans: Vec<tracing::Span> = events.iter().map(|e| self.publish_span(e)).collect();
         let mut results: Vec<Option<Result<(), PublishError>>> = vec![None; events.len()];
-        let batches = plan_batches(prepare(events));
+        let batches = plan_batches(prepare(events, &spans));
         let mut outcomes = futures_util::stream::iter(batches)
             .map(|batch| self.send_batch(events, batch))
             .buffer_unordered(self.max_in_flight);
@@ -92,11 +98,34 @@ impl Publisher {
         events
             .iter()
             .zip(results)
-            .map(|(e, r)| {
+            .zip(&spans)
+            .map(|((e, r), span)| {
                 let r = r.unwrap_or_else(|| Err(PublishError("not attempted".into())));
+                if let Err(error) = &r {
+                    span.record("otel.status_code", "error");
+                    span.record("error", tracing::field::display(error));
+                }
                 (e.event_id, r)
             })
             .collect()
+    }
+
+    /// The producer span of one event: a child of the context the event was written in.
+    fn publish_span(&self, event: &Envelope) -> tracing::Span {
+        let span = tracing::info_span!(
+            "publish",
+            event_id = %event.event_id,
+            event_type = %event.event_type,
+            aggregate_id = %event.aggregate_id,
+            error = tracing::field::Empty,
+            otel.name = format!("{} publish", event.event_type),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "aws_sns",
+            messaging.destination.name = %self.topic_arn,
+        );
+        trace_context::set_parent(&span, trace_context::from_map(&event.trace));
+        span
     }
 
     async fn send_batch(
@@ -178,13 +207,26 @@ impl Publisher {
     }
 }
 
-fn prepare(events: &[Envelope]) -> Vec<Prepared> {
+/// The entries of `events`, whose trace attributes are the context of their publish `spans`
+/// (the envelope's own when a span carries none).
+fn prepare(events: &[Envelope], spans: &[tracing::Span]) -> Vec<Prepared> {
     events
         .iter()
+        .zip(spans)
         .enumerate()
-        .map(|(index, e)| {
+        .map(|(index, (e, span))| {
             let body = e.to_json();
-            let attributes = e.attributes();
+            let mut attributes = e.attributes();
+            let publish_trace = trace_context::span_map(span);
+            // The propagator writes nothing for a span without a valid context.
+            if publish_trace.contains_key("traceparent") {
+                attributes.retain(|(k, _)| !TRACE_ATTRIBUTE_KEYS.contains(k));
+                for key in TRACE_ATTRIBUTE_KEYS {
+                    if let Some(value) = publish_trace.get(key).filter(|v| !v.is_empty()) {
+                        attributes.push((key, value.clone()));
+                    }
+                }
+            }
             // SNS counts attribute names, types and values towards the message size.
             let size = body.len()
                 + attributes

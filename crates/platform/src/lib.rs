@@ -4,11 +4,13 @@
 //!
 //! # Layout
 //! - [`config`]: reading typed settings from environment variables (errors name the variable).
-//! - [`telemetry`]: `tracing` set-up (JSON logs when not on a terminal).
+//! - [`telemetry`]: logs (JSON when not on a terminal, with `trace_id`) and OTLP trace export.
+//! - [`trace_context`]: W3C trace context in and out of HTTP headers and message attributes.
 //! - [`shutdown`]: ctrl-c / SIGTERM into a `CancellationToken`.
 //! - [`extract`]: `Json`, `Path` and `Query` extractors whose rejections are problem+json.
 //! - [`server`]: the common middleware stack, 404/405 as problems, serving until cancelled.
 //! - [`health`]: `/health/live` and `/health/ready` (database reachable, migrations applied).
+//! - [`metrics`]: the Prometheus recorder, `GET /metrics` and the HTTP request metrics middleware.
 //! - [`db`]: pool set-up, create-if-missing, migrations, and mapping database errors to 503.
 //! - [`error`]: `ApiError`, the handlers' error (problem, or database → 503/500).
 //! - [`worker`]: the loop around a background worker's single step.
@@ -20,9 +22,11 @@ pub mod db;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod metrics;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace_context;
 pub mod worker;
 
 pub use contracts::{FieldError, Problem};

@@ -18,7 +18,7 @@ use tower_http::{
     limit::RequestBodyLimitLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     timeout::TimeoutLayer,
-    trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer},
+    trace::{DefaultOnResponse, TraceLayer},
 };
 use tracing::Level;
 
@@ -38,13 +38,41 @@ pub fn with_common_layers(router: Router, config: &ServerConfig) -> Router {
         ))
         .layer(axum::middleware::map_response(problem_for_bare_errors))
         .layer(CatchPanicLayer::custom(panic_response))
+        // Outside timeout, panic and problem mapping: records the status the client gets.
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .make_span_with(request_span)
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// The span of one request: a child of the caller's `traceparent` when there is
+/// one (so a trace continues across services), named `METHOD /route/{template}`.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let method = request.method();
+    let name = match request.extensions().get::<axum::extract::MatchedPath>() {
+        Some(route) => format!("{method} {}", route.as_str()),
+        None => method.to_string(),
+    };
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        %method,
+        uri = %request.uri(),
+        version = ?request.version(),
+        request_id,
+        otel.name = name,
+        otel.kind = "server",
+    );
+    crate::trace_context::set_parent(&span, crate::trace_context::from_headers(request.headers()));
+    span
 }
 
 /// Serves `/openapi.json`.
@@ -118,9 +146,13 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     let shutdown = token.clone();
-    let server = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .into_future();
+    // Handlers and middleware may extract `ConnectInfo<SocketAddr>` (sales' rate limits).
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .into_future();
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result,

@@ -4,10 +4,15 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    platform::telemetry::init("sales");
+    let telemetry = platform::telemetry::init("sales")?;
     let config = Config::from_env().context("reading SALES_* configuration")?;
     let token = CancellationToken::new();
     platform::shutdown::cancel_on_signal(token.clone());
-    let app = Application::build(config).await?;
-    app.run(token).await
+    let result = match Application::build(config).await {
+        Ok(app) => app.run(token).await,
+        Err(e) => Err(e),
+    };
+    // Exports the spans of the last requests.
+    telemetry.shutdown().await;
+    result
 }

@@ -40,6 +40,7 @@ pub mod events {
 }
 
 /// Appends one PENDING event; returns its id (the event id consumers dedup on).
+/// The current span's trace context is stored with it, for the relay to continue.
 pub async fn enqueue(
     conn: &mut PgConnection,
     aggregate_id: Uuid,
@@ -49,9 +50,10 @@ pub async fn enqueue(
 ) -> Result<Uuid, sqlx::Error> {
     let id = Uuid::now_v7();
     let payload = serde_json::to_value(payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let trace = sqlx::types::Json(platform::trace_context::current_map());
     sqlx::query(
-        "INSERT INTO outbox_events (id, aggregate_type, aggregate_id, aggregate_version, event_type, payload)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO outbox_events (id, aggregate_type, aggregate_id, aggregate_version, event_type, payload, trace)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(id)
     .bind(ORDER)
@@ -59,6 +61,7 @@ pub async fn enqueue(
     .bind(aggregate_version)
     .bind(event_type)
     .bind(payload)
+    .bind(trace)
     .execute(conn)
     .await?;
     Ok(id)

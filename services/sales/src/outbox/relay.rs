@@ -11,7 +11,7 @@
 //! The relay is woken by `LISTEN outbox_events` (a trigger notifies on commit) and
 //! polls as a safety net. While the breaker is open, rows wait: no retry storm.
 
-use std::{convert::Infallible, time::Duration};
+use std::{collections::BTreeMap, convert::Infallible, time::Duration};
 
 use chrono::{DateTime, Utc};
 use messaging::{Envelope, Publisher};
@@ -36,6 +36,8 @@ struct Row {
     payload: serde_json::Value,
     retry_count: i32,
     created_at: DateTime<Utc>,
+    /// Trace context of the writer; the publisher continues it.
+    trace: sqlx::types::Json<BTreeMap<String, String>>,
 }
 
 impl Row {
@@ -49,7 +51,7 @@ impl Row {
             occurred_at: self.created_at,
             schema_version: self.schema_version,
             payload: self.payload.clone(),
-            trace: Default::default(),
+            trace: self.trace.0.clone(),
         }
     }
 }
@@ -94,7 +96,7 @@ impl Relay {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT id, aggregate_type, aggregate_id, aggregate_version, event_type, schema_version,
-                    payload, retry_count, created_at
+                    payload, retry_count, created_at, trace
              FROM outbox_events WHERE status = 'PENDING' AND next_attempt_at <= $1
              ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
@@ -137,6 +139,7 @@ impl Relay {
                 .collect(),
             Err(CallError::Inner(never)) => match never {},
         };
+        let published_at = Utc::now();
         if !self.pause_before_mark.is_zero() {
             tokio::time::sleep(self.pause_before_mark).await;
         }
@@ -146,6 +149,7 @@ impl Relay {
             .filter(|(_, r)| r.is_ok())
             .map(|(id, _)| *id)
             .collect();
+        record_published(&rows, &sent, published_at);
         sqlx::query("UPDATE outbox_events SET status = 'SENT', sent_at = $2, last_error = NULL WHERE id = ANY($1)")
             .bind(&sent)
             .bind(Utc::now())
@@ -257,6 +261,22 @@ impl Relay {
             }
         }
         tracing::info!("outbox relay stopped");
+    }
+}
+
+/// `outbox_events_published_total` and `outbox_relay_lag_seconds` (commit to publish, i.e.
+/// `published_at - created_at`) of the rows in `sent`.
+fn record_published(rows: &[Row], sent: &[Uuid], published_at: DateTime<Utc>) {
+    if sent.is_empty() {
+        return;
+    }
+    metrics::counter!("outbox_events_published_total").increment(sent.len() as u64);
+    let lag = metrics::histogram!("outbox_relay_lag_seconds");
+    let created: std::collections::HashMap<Uuid, DateTime<Utc>> =
+        rows.iter().map(|r| (r.id, r.created_at)).collect();
+    for at in sent.iter().filter_map(|id| created.get(id)) {
+        let seconds = (published_at - *at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
+        lag.record(seconds.max(0.0));
     }
 }
 

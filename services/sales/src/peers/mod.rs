@@ -14,6 +14,7 @@ use contracts::Problem;
 use reqwest::{Method, StatusCode};
 use resilience::{CallError, CircuitBreaker, Outcome};
 use serde::{Serialize, de::DeserializeOwned};
+use tracing::Instrument;
 
 /// Why a call to a peer did not give the answer asked for.
 #[derive(Debug, thiserror::Error)]
@@ -119,13 +120,48 @@ impl HttpPeer {
         }
     }
 
+    /// One call in a client span whose context goes out as `traceparent`, so the
+    /// peer's request span continues this trace.
     async fn send_unguarded<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<&(impl Serialize + Sync)>,
     ) -> Result<(StatusCode, T), PeerError> {
-        let mut request = self.http.request(method, format!("{}{}", self.base, path));
+        let span = tracing::info_span!(
+            "peer_call",
+            peer = self.name,
+            %method,
+            path,
+            status = tracing::field::Empty,
+            otel.name = format!("{method} {}", self.name),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = self
+            .send_traced(method, path, body)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok((status, _)) => span.record("status", status.as_u16()),
+            Err(PeerError::Rejected { problem, .. }) => span.record("status", problem.status),
+            Err(PeerError::Unavailable { .. }) => span.record("otel.status_code", "error"),
+        };
+        result
+    }
+
+    async fn send_traced<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + Sync)>,
+    ) -> Result<(StatusCode, T), PeerError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        platform::trace_context::inject_current_headers(&mut headers);
+        let mut request = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .headers(headers);
         if let Some(body) = body {
             request = request.json(body);
         }
