@@ -6,7 +6,10 @@
 //! - [`Api`]: a `reqwest` client with a base URL and an optional staff token.
 //! - [`expect_json`] / [`expect_problem`]: status + body assertions.
 //! - [`Running`]: a service task cancelled when the handle drops.
+//! - [`proxy`]: a TCP proxy that cuts and refuses connections to a dependency.
 #![allow(clippy::unwrap_used)]
+
+pub mod proxy;
 
 use std::future::Future;
 

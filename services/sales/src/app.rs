@@ -13,7 +13,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use utoipa::OpenApi;
 
 use crate::{
-    availability_recheck, cancellation,
+    alerts, availability_recheck, cancellation,
     config::Config,
     db::Db,
     delivery_retry,
@@ -40,6 +40,10 @@ pub struct AppState {
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// The saga engine and the order saga.
     pub sagas: order_saga::OrderSagas,
+    /// Per-client limits of the customer endpoints.
+    pub rate_limiter: crate::cache::RateLimiter,
+    /// Open reliability alert episodes (the alert checker's, shown by `/health/reliability`).
+    pub alerts: alerts::Alerts,
 }
 
 impl FromRef<AppState> for StaffToken {
@@ -75,6 +79,7 @@ pub struct ApiDoc;
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(platform::health::HealthApi::openapi());
+    doc.merge(platform::metrics::MetricsApi::openapi());
     doc
 }
 
@@ -84,8 +89,22 @@ pub fn router(state: AppState) -> Router {
         state.breakers.clone(),
         state.config.breakers.database.name.clone(),
     );
-    let router = orders::router()
-        .merge(cancellation::router())
+    // Each scrape first refreshes the gauges taken from the database.
+    let metrics_refresh = {
+        let state = state.clone();
+        platform::metrics::refresh_hook(move || {
+            let state = state.clone();
+            async move { reliability::refresh_metrics(&state).await }
+        })
+    };
+    // Only the customer endpoints are rate limited (route_layer: matched routes only).
+    let customer = orders::router().merge(cancellation::router()).route_layer(
+        axum::middleware::from_fn_with_state(
+            state.rate_limiter.clone(),
+            crate::cache::rate_limit::enforce,
+        ),
+    );
+    let router = customer
         .merge(review::router())
         .merge(outbox::admin::router())
         .route("/health/reliability", get(reliability::reliability))
@@ -96,7 +115,8 @@ pub fn router(state: AppState) -> Router {
             &MIGRATOR,
             Some(readiness),
         ))
-        .merge(platform::server::openapi_router(openapi()));
+        .merge(platform::server::openapi_router(openapi()))
+        .merge(platform::metrics::router_with(Some(metrics_refresh)));
     platform::server::with_common_layers(router, &state.config.server)
 }
 
@@ -153,6 +173,8 @@ impl Application {
 
     /// Same as [`Application::build`] with a pool whose database is already migrated.
     pub async fn with_pool(config: Config, pool: PgPool) -> anyhow::Result<Self> {
+        // Before the breakers: they take their metric handles when built.
+        platform::metrics::install();
         let breakers = Registry::new();
         let peer = |name, url: &str, breaker| {
             HttpPeer::new(
@@ -174,10 +196,13 @@ impl Application {
             breakers.register(config.breakers.delivery.clone()),
         )?;
         let relay = relay(&config, &pool, &breakers).await?;
+        let redis = crate::cache::Redis::connect(&config.cache).await?;
         let db = Db {
             pool,
             breaker: breakers.register(config.breakers.database.clone()),
+            cache: crate::cache::OrderCache::new(redis.clone(), config.cache.order_ttl),
         };
+        let rate_limiter = crate::cache::RateLimiter::new(&config.rate_limit, redis);
         let (product, delivery) = (ProductClient::new(product), DeliveryClient::new(delivery));
         let config = Arc::new(config);
         let sagas = OrderSagas::new(
@@ -199,6 +224,8 @@ impl Application {
             config,
             started_at: chrono::Utc::now(),
             sagas,
+            alerts: alerts::Alerts::default(),
+            rate_limiter,
         };
         let router = router(state.clone());
         let addr = state.config.server.listen_addr;
@@ -245,6 +272,11 @@ impl Application {
         }
     }
 
+    /// The reliability alert checker of this instance (tests drive it step by step).
+    pub fn alert_checker(&self) -> alerts::Checker {
+        alerts::Checker::new(self.state.clone())
+    }
+
     /// The outbox relay of this instance, if the broker is enabled.
     pub fn relay(&self) -> Option<&Relay> {
         self.relay.as_ref()
@@ -261,6 +293,7 @@ impl Application {
         tracker.spawn(self.delivery_retry_worker().run(token.clone()));
         tracker.spawn(self.reconciliation_worker().run(token.clone()));
         tracker.spawn(self.availability_recheck_worker().run(token.clone()));
+        tracker.spawn(self.alert_checker().run(token.clone()));
         if let Some(relay) = self.relay.clone() {
             tracker.spawn(relay.run(token.clone()));
         }

@@ -100,6 +100,7 @@ impl Worker {
                 Answer::Confirmed => {
                     confirmed(&mut tx, order_id, review_id).await?;
                     tx.commit().await?;
+                    self.db.cache.reload(&self.db.pool, order_id).await;
                     report.confirmed += 1;
                     tracing::info!(%order_id, "availability confirmed after fallback; review resolved");
                 }

@@ -156,6 +156,7 @@ pub async fn cancel_with(
             };
             let order = order.ok_or(CancelError::NotFound(order_id))?;
             tx.commit().await?;
+            state.db.cache.updated(&order).await;
             return Ok(order);
         }
         OrderStatus::PendingShipment => {}
@@ -204,6 +205,8 @@ pub async fn cancel_with(
     .await?;
     tx.commit().await?;
     tracing::info!(%order_id, actor, reason, "order cancelled");
+    // Before anything slower: a read right after the answer sees CANCELLED.
+    state.db.cache.updated(&order).await;
 
     release_reservation(state, order_id).await;
     // The order saga's compensations are what this did; record it as compensated.
@@ -311,6 +314,7 @@ pub struct CancelRequest {
         (status = 404, body = Problem),
         (status = 409, body = Problem, description = "Shipped already, or in a final status (`order_status`)"),
         (status = 422, body = Problem),
+        (status = 429, body = Problem, description = "Over the client's rate limit; retry after `Retry-After`"),
         (status = 503, body = Problem, description = "Delivery or the database unavailable; nothing changed")))]
 pub async fn cancel(
     State(state): State<AppState>,

@@ -38,6 +38,99 @@ pub struct Config {
     pub reconciliation: ReconciliationConfig,
     /// The availability re-check of fallback orders, see [`AvailabilityRecheckConfig`].
     pub availability_recheck: AvailabilityRecheckConfig,
+    /// Redis and the order cache, see [`CacheConfig`].
+    pub cache: CacheConfig,
+    /// Per-client rate limits of the customer endpoints, see [`RateLimitConfig`].
+    pub rate_limit: RateLimitConfig,
+    /// The reliability alert checker, see [`AlertsConfig`].
+    pub alerts: AlertsConfig,
+}
+
+/// The reliability alert checker ([`crate::alerts`]).
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    /// `SALES_ALERTS_INTERVAL_MS` (default 30000): time between evaluations.
+    pub interval: Duration,
+    /// `SALES_ALERTS_OUTBOX_BACKLOG_THRESHOLD` (default 100): `OUTBOX_BACKLOG` while more
+    /// outbox rows than this are pending.
+    pub outbox_backlog: i64,
+    /// `SALES_ALERTS_REVIEW_BACKLOG_THRESHOLD` (default 50): `MANUAL_REVIEW_BACKLOG` while
+    /// more manual reviews than this are open.
+    pub review_backlog: i64,
+    /// `SALES_ALERTS_OUTBOX_STALLED_SECS` (default 300): `OUTBOX_STALLED` while the oldest
+    /// pending outbox row is older than this, however few rows are pending.
+    pub outbox_stalled: Duration,
+    /// `SALES_ALERTS_WEBHOOK_URL` (default unset): alerts raised and resolved are also POSTed
+    /// here as JSON, best-effort.
+    pub webhook_url: Option<String>,
+    /// `SALES_ALERTS_WEBHOOK_TIMEOUT_MS` (default 2000): longest wait for the webhook.
+    pub webhook_timeout: Duration,
+}
+
+/// Redis ([`crate::cache`]): the order cache, and the rate limits' shared store.
+#[derive(Clone)]
+pub struct CacheConfig {
+    /// `SALES_REDIS_URL` (default unset: no cache, rate limits per instance), e.g.
+    /// `redis://127.0.0.1:6379`. May hold a password: never logged.
+    pub url: Option<String>,
+    /// `SALES_REDIS_KEY_PREFIX` (default `sales:`): prefix of every key this service writes.
+    pub key_prefix: String,
+    /// `SALES_REDIS_ORDER_TTL_SECS` (default 300): life of a cached order.
+    pub order_ttl: Duration,
+    /// `SALES_REDIS_TIMEOUT_MS` (default 200): connecting to Redis, and each answer.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheConfig")
+            .field("url", &self.url.as_ref().map(|_| "<set>"))
+            .field("key_prefix", &self.key_prefix)
+            .field("order_ttl", &self.order_ttl)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Per-client rate limits ([`crate::cache::rate_limit`]).
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    /// `SALES_RATE_LIMIT_PER_SECOND` (default 50; decimals allowed, e.g. 0.5): sustained
+    /// requests per second per client; `0` turns rate limiting off.
+    pub per_second: f64,
+    /// `SALES_RATE_LIMIT_BURST` (default 100): requests a client may send at once.
+    pub burst: u32,
+}
+
+impl RateLimitConfig {
+    pub fn enabled(&self) -> bool {
+        self.per_second > 0.0
+    }
+}
+
+fn redis_url(env: &Env) -> Result<Option<String>, ConfigError> {
+    let Some(url) = env.optional("REDIS_URL") else {
+        return Ok(None);
+    };
+    match redis::Client::open(url.as_str()) {
+        Ok(_) if url.starts_with("redis://") || url.starts_with("redis+unix://") => Ok(Some(url)),
+        // The value is not echoed: it may hold a password.
+        _ => Err(ConfigError {
+            variable: env.name("REDIS_URL"),
+            message: "must be a redis:// URL, e.g. redis://127.0.0.1:6379".into(),
+        }),
+    }
+}
+
+fn per_second(env: &Env) -> Result<f64, ConfigError> {
+    let rate: f64 = env.parse("RATE_LIMIT_PER_SECOND", 50.0)?;
+    if !rate.is_finite() || rate < 0.0 {
+        return Err(ConfigError {
+            variable: env.name("RATE_LIMIT_PER_SECOND"),
+            message: format!("must be 0 (off) or a positive number, got {rate}"),
+        });
+    }
+    Ok(rate)
 }
 
 /// The job comparing orders with delivery's authoritative status.
@@ -229,6 +322,31 @@ impl Config {
                 interval: env.millis("AVAILABILITY_RECHECK_INTERVAL_MS", 10_000)?,
                 batch: env.positive("AVAILABILITY_RECHECK_BATCH", 20)?,
             },
+            cache: CacheConfig {
+                url: redis_url(env)?,
+                key_prefix: env.string("REDIS_KEY_PREFIX", "sales:"),
+                order_ttl: Duration::from_secs(env.positive("REDIS_ORDER_TTL_SECS", 300)?),
+                timeout: env.millis("REDIS_TIMEOUT_MS", 200)?,
+            },
+            rate_limit: RateLimitConfig {
+                per_second: per_second(env)?,
+                burst: env.positive("RATE_LIMIT_BURST", 100)?,
+            },
+            alerts: AlertsConfig {
+                interval: env.millis("ALERTS_INTERVAL_MS", 30_000)?,
+                outbox_backlog: env
+                    .parse::<u32>("ALERTS_OUTBOX_BACKLOG_THRESHOLD", 100)?
+                    .into(),
+                review_backlog: env
+                    .parse::<u32>("ALERTS_REVIEW_BACKLOG_THRESHOLD", 50)?
+                    .into(),
+                outbox_stalled: Duration::from_secs(env.parse("ALERTS_OUTBOX_STALLED_SECS", 300)?),
+                webhook_url: match env.optional("ALERTS_WEBHOOK_URL") {
+                    Some(_) => Some(env.http_url("ALERTS_WEBHOOK_URL", "")?),
+                    None => None,
+                },
+                webhook_timeout: env.millis("ALERTS_WEBHOOK_TIMEOUT_MS", 2_000)?,
+            },
             delivery_retry: DeliveryRetryConfig {
                 poll_interval: env.millis("DELIVERY_RETRY_POLL_INTERVAL_MS", 5_000)?,
                 first_delay: env.millis("DELIVERY_RETRY_FIRST_DELAY_MS", 60_000)?,
@@ -315,6 +433,32 @@ mod tests {
         let err = Config::from(&env(&[("SALES_RECONCILIATION_STALE_AFTER_MS", "-1")]))
             .expect_err("not a number of ms");
         assert_eq!(err.variable, "SALES_RECONCILIATION_STALE_AFTER_MS");
+    }
+
+    #[test]
+    fn alert_settings_default_to_the_design_numbers_and_are_validated() {
+        let alerts = Config::from(&env(&[])).expect("defaults are valid").alerts;
+        assert_eq!(alerts.interval, Duration::from_secs(30));
+        assert_eq!((alerts.outbox_backlog, alerts.review_backlog), (100, 50));
+        assert_eq!(alerts.outbox_stalled, Duration::from_secs(300));
+        assert_eq!(alerts.webhook_url, None);
+        let alerts = Config::from(&env(&[
+            ("SALES_ALERTS_OUTBOX_BACKLOG_THRESHOLD", "0"),
+            ("SALES_ALERTS_WEBHOOK_URL", "http://127.0.0.1:9/hook/"),
+        ]))
+        .expect("valid")
+        .alerts;
+        assert_eq!(alerts.outbox_backlog, 0);
+        assert_eq!(
+            alerts.webhook_url.as_deref(),
+            Some("http://127.0.0.1:9/hook")
+        );
+        let err = Config::from(&env(&[("SALES_ALERTS_WEBHOOK_URL", "not a url")]))
+            .expect_err("a bad URL");
+        assert_eq!(err.variable, "SALES_ALERTS_WEBHOOK_URL");
+        let err = Config::from(&env(&[("SALES_ALERTS_REVIEW_BACKLOG_THRESHOLD", "-1")]))
+            .expect_err("negative");
+        assert_eq!(err.variable, "SALES_ALERTS_REVIEW_BACKLOG_THRESHOLD");
     }
 
     #[test]

@@ -10,11 +10,14 @@ use platform::{ApiError, ApiResult};
 use resilience::{CircuitBreaker, Outcome, Rejected};
 use sqlx::PgPool;
 
-/// The pool and its breaker.
+/// The pool and its breaker, and the order cache every writer updates after
+/// committing a change of an order.
 #[derive(Clone)]
 pub struct Db {
     pub pool: PgPool,
     pub breaker: CircuitBreaker,
+    /// The order cache ([`crate::cache::orders`]); disabled without Redis.
+    pub cache: crate::cache::OrderCache,
 }
 
 /// 503 for a request refused by the open database breaker.

@@ -93,6 +93,10 @@ pub async fn attempt(
             let updated = store::record_delivery(&mut tx, order.id, created.id).await?;
             mark(&mut tx, order.id, "DONE", None, now).await?;
             tx.commit().await?;
+            if let Some(updated) = &updated {
+                // Only the delivery id changed: no status read waits on it.
+                db.cache.updated_in_background(updated);
+            }
             tracing::info!(order_id = %order.id, delivery_id = %created.id, attempts = due.attempts + 1, "delivery initiated");
             if updated
                 .as_ref()
@@ -212,6 +216,10 @@ async fn failed(
         Attempted::Rescheduled { attempts }
     };
     tx.commit().await?;
+    if matches!(result, Attempted::Exhausted) {
+        // The order may have been flagged for review.
+        db.cache.reload(&db.pool, order.id).await;
+    }
     Ok(result)
 }
 

@@ -10,6 +10,7 @@
 //! - [`app`]: `Application` (bind, serve), the router and the OpenAPI document.
 //! - [`peers`]: HTTP clients of product and delivery behind their breakers.
 //! - [`db`]: the database behind its breaker (503 + `Retry-After` when open).
+//! - [`cache`]: Redis (optional): the order cache of `GET /orders/{id}` and per-client rate limits.
 //! - [`order_saga`]: order placement as a persisted saga (reserve → record → deliver), its
 //!   recovery worker and `GET /sagas/{id}`.
 //! - [`orders`]: the order endpoints: placing (the write path), reading, listing.
@@ -20,11 +21,14 @@
 //! - [`availability_recheck`]: reserving fallback orders' items once product answers again.
 //! - [`reviews`]: opening, flagging and resolving manual reviews.
 //! - [`review`]: the staff review queue (list, detail, approve, reject).
-//! - [`reliability`]: `/health/reliability` and the readiness details.
+//! - [`reliability`]: `/health/reliability`, the readiness details and the database-derived gauges.
+//! - [`alerts`]: the reliability alert checker (episodes logged, gauged and POSTed to a webhook).
 //! - [`outbox`]: writing events in the caller's transaction.
 
+pub mod alerts;
 pub mod app;
 pub mod availability_recheck;
+pub mod cache;
 pub mod cancellation;
 pub mod config;
 pub mod db;

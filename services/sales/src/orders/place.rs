@@ -38,6 +38,7 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
         (status = 400, body = Problem, description = "Unreadable body or bad Idempotency-Key"),
         (status = 409, body = Problem, description = "Insufficient stock (`short_items`), or a request with this key is in progress"),
         (status = 422, body = Problem, description = "Invalid fields, unknown products, or a reused Idempotency-Key with another body"),
+        (status = 429, body = Problem, description = "Over the client's rate limit; retry after `Retry-After`"),
         (status = 503, body = Problem, description = "The database is unavailable; retry after `Retry-After`")))]
 pub async fn place_order(
     State(state): State<AppState>,
@@ -92,6 +93,8 @@ async fn place(
             let order = store::load(&mut conn, order_id)
                 .await?
                 .ok_or(sqlx::Error::RowNotFound)?;
+            // Best effort and off this request's path: a dead Redis never slows it.
+            state.db.cache.updated_in_background(&order);
             Ok(created(order, StatusCode::CREATED, false))
         }
         SagaEnd::Compensated { error, .. } => match Rejection::parse(error) {

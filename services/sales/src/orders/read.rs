@@ -24,24 +24,28 @@ pub const DEFAULT_LIMIT: i64 = 20;
 /// Largest page size.
 pub const MAX_LIMIT: i64 = 100;
 
-/// Read an order.
+/// Read an order: from the order cache when Redis is configured, else (or on a
+/// miss) from the database ([`crate::cache::orders`]).
 #[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(("id" = Uuid, Path)),
     responses((status = 200, body = Order), (status = 404, body = Problem),
+        (status = 429, body = Problem, description = "Over the client's rate limit; retry after `Retry-After`"),
         (status = 503, body = Problem)))]
 pub async fn get_order(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Order>> {
+    // Only a cache miss touches the database (and its breaker).
+    let load = state.db.guard(async {
+        let mut conn = state.db.pool.acquire().await?;
+        Ok(store::load(&mut conn, id).await?)
+    });
     state
         .db
-        .guard(async {
-            let mut conn = state.db.pool.acquire().await?;
-            store::load(&mut conn, id)
-                .await?
-                .map(Json)
-                .ok_or_else(|| Problem::not_found(&format!("order {id}")).into())
-        })
-        .await
+        .cache
+        .read(id, load)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found(&format!("order {id}")).into())
 }
 
 /// Filters and paging of the order list.
@@ -75,6 +79,7 @@ pub fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
 /// List orders, newest first, optionally by customer and status.
 #[utoipa::path(get, path = "/orders", tag = "orders", params(ListQuery),
     responses((status = 200, body = OrderPage), (status = 400, body = Problem),
+        (status = 429, body = Problem, description = "Over the client's rate limit; retry after `Retry-After`"),
         (status = 503, body = Problem)))]
 pub async fn list_orders(
     State(state): State<AppState>,

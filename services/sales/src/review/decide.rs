@@ -108,7 +108,7 @@ pub async fn approve(
                 .execute(&mut *tx)
                 .await?;
             }
-            store::record_change(
+            let changed = store::record_change(
                 &mut tx,
                 id,
                 Some(false),
@@ -117,6 +117,9 @@ pub async fn approve(
             )
             .await?;
             tx.commit().await?;
+            if let Some(order) = &changed {
+                state.db.cache.updated(order).await;
+            }
             tracing::info!(order_id = %id, actor, reviews = closed.len(), "manual review approved");
             reviewed(&state, id).await
         })

@@ -3,11 +3,14 @@
 //! fresh PostgreSQL database per test (`#[sqlx::test]`), talking real HTTP.
 #![allow(clippy::unwrap_used)]
 
+mod alerting;
+mod caching;
 mod cancelling;
 mod faults;
 mod http;
 mod listing;
 mod placing;
+mod rate_limiting;
 mod rechecking;
 mod reconciling;
 mod retries;
@@ -44,6 +47,8 @@ pub struct Stack {
     pub reconciliation: sales::reconciliation::Worker,
     /// Sales' availability re-check, to drive round by round.
     pub recheck: sales::availability_recheck::Worker,
+    /// Sales' reliability alert checker, to drive evaluation by evaluation.
+    pub alerts: sales::alerts::Checker,
 }
 
 fn vars(pairs: &[(&str, String)]) -> HashMap<String, String> {
@@ -157,6 +162,7 @@ impl Stack {
             ("SALES_RECONCILIATION_INTERVAL_MS", "3600000".into()),
             ("SALES_RECONCILIATION_STALE_AFTER_MS", "0".into()),
             ("SALES_AVAILABILITY_RECHECK_INTERVAL_MS", "3600000".into()),
+            ("SALES_ALERTS_INTERVAL_MS", "3600000".into()),
         ]);
         for (k, v) in sales_vars {
             sales_vars_map.insert((*k).to_owned(), (*v).to_owned());
@@ -169,6 +175,7 @@ impl Stack {
         let retry_worker = sales_app.delivery_retry_worker();
         let reconciliation = sales_app.reconciliation_worker();
         let recheck = sales_app.availability_recheck_worker();
+        let alerts = sales_app.alert_checker();
         let sales = Running::spawn(sales_port, |t| sales_app.run(t));
 
         let stack = Self {
@@ -183,6 +190,7 @@ impl Stack {
             retry_worker,
             reconciliation,
             recheck,
+            alerts,
         };
         for (id, stock) in [("SKU-A", 10), ("SKU-B", 3)] {
             stack.add_product(id, stock).await;
