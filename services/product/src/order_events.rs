@@ -5,8 +5,11 @@
 //!
 //! - `ORDER_CREATED` commits the order's reservation. A reservation that expired
 //!   meanwhile (the broker was down longer than the TTL) is taken again if stock
-//!   allows, else noted as `EXPIRED_OUT_OF_STOCK`; an order accepted without a
-//!   reservation (product was down) is noted as `NO_RESERVATION`. Sales'
+//!   allows, else noted as `EXPIRED_OUT_OF_STOCK`; so is a released one (an
+//!   abandoned attempt's compensation released it while a retry with the same
+//!   Idempotency-Key, hence the same order id, recorded the order; a cancelled
+//!   order's `ORDER_CANCELLED`, newer, restocks what is taken). An order accepted
+//!   without a reservation (product was down) is noted as `NO_RESERVATION`. Sales'
 //!   re-check and reconciliation read those notes (never a silent oversell).
 //! - `ORDER_CANCELLED` releases the reservation (restocking committed units).
 
@@ -171,8 +174,10 @@ async fn on_created(
             Ok(Applied::Committed)
         }
         Some(ReservationStatus::Committed) => Ok(Applied::AlreadyCommitted),
-        Some(ReservationStatus::Expired) => retake(tx, &order, now).await,
-        Some(ReservationStatus::Released) => Ok(Applied::Ignored),
+        // The order exists (this event says so): its units must leave stock once.
+        Some(ReservationStatus::Expired | ReservationStatus::Released) => {
+            retake(tx, &order, now).await
+        }
         None => {
             note_unreserved(tx, &order, "NO_RESERVATION").await?;
             Ok(Applied::NoReservation)
@@ -180,7 +185,7 @@ async fn on_created(
     }
 }
 
-/// An expired reservation of a confirmed order: take the units straight out of
+/// An expired (or released) reservation of a confirmed order: take the units straight out of
 /// stock if every item is available, else note it for sales.
 async fn retake(
     tx: &mut PgConnection,
@@ -275,8 +280,15 @@ pub struct OrderEvents {
 
 impl Handler for OrderEvents {
     async fn handle(&self, envelope: Envelope) -> Result<(), HandlerError> {
-        apply(&self.pool, &envelope, Utc::now())
-            .await
+        let applied = apply(&self.pool, &envelope, Utc::now()).await;
+        // `consumer_messages_total{result}`: a redelivery or an outdated version is a duplicate.
+        let result = match &applied {
+            Ok(Applied::Duplicate | Applied::Stale) => "duplicate",
+            Ok(_) => "processed",
+            Err(_) => "failed",
+        };
+        metrics::counter!("consumer_messages_total", "result" => result).increment(1);
+        applied
             .map(|_| ())
             .map_err(|e| HandlerError::Retry(e.to_string()))
     }

@@ -159,3 +159,33 @@ async fn cancelling_a_committed_order_restocks_it(pool: PgPool) {
     );
     assert_eq!(stock(&pool, "SKU-A").await, (10, 0));
 }
+
+#[sqlx::test(migrations = "../../migrations/product")]
+async fn a_released_reservation_of_a_recorded_order_is_taken_again(pool: PgPool) {
+    // An abandoned attempt's compensation released the reservation while a retry
+    // with the same Idempotency-Key (the same order id) recorded the order.
+    let app = spawn(pool.clone()).await;
+    add_product(&app.api, "SKU-A", 10).await;
+    let order = Uuid::new_v4();
+    reserve(&app, order, "SKU-A", 3).await;
+    let path = format!("/reservations/{order}");
+    assert_eq!(app.api.delete(&path).await.status(), 200);
+    assert_eq!(stock(&pool, "SKU-A").await, (10, 0));
+    let created = event("ORDER_CREATED", order, 1, &[("SKU-A", 3)], false);
+    assert_eq!(
+        apply(&pool, &created, Utc::now()).await.unwrap(),
+        Applied::Retaken
+    );
+    assert_eq!(
+        stock(&pool, "SKU-A").await,
+        (7, 0),
+        "the order's units left stock"
+    );
+    // Had the order been cancelled, its newer ORDER_CANCELLED gives them back.
+    let cancelled = event("ORDER_CANCELLED", order, 3, &[("SKU-A", 3)], false);
+    assert_eq!(
+        apply(&pool, &cancelled, Utc::now()).await.unwrap(),
+        Applied::Released
+    );
+    assert_eq!(stock(&pool, "SKU-A").await, (10, 0));
+}

@@ -190,3 +190,43 @@ async fn a_cancelled_order_is_a_compensated_saga(_pool: PgPoolOptions, options: 
         .unwrap();
     assert_eq!(delivery, "CANCELLED");
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_cancelled_orders_saga_is_compensated_even_if_delivery_went_down_since(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let mut stack = Stack::start(options).await;
+    let order: Order = expect_json(
+        stack.place(&order_body("c", &[("SKU-A", 1)]), None).await,
+        201,
+    )
+    .await;
+    // What a cancellation did: the delivery cancelled at delivery, then the
+    // order CANCELLED; delivery goes down before the saga is marked compensated.
+    let delivery_id = order.delivery_id.unwrap();
+    let path = format!("/deliveries/{delivery_id}/cancel");
+    assert_eq!(
+        stack
+            .delivery_api()
+            .post(&path, &serde_json::json!({}))
+            .await
+            .status(),
+        200
+    );
+    sqlx::query("UPDATE orders SET status = 'CANCELLED' WHERE id = $1")
+        .bind(order.id)
+        .execute(&stack.sales_db)
+        .await
+        .unwrap();
+    stack.delivery = None; // stops delivery
+    let sagas = stack.retry_worker.sagas.clone().unwrap();
+    sagas
+        .compensated_by_cancel(order.id, "cancelled by the customer")
+        .await;
+    let saga = saga_of(&stack, order.id).await;
+    assert_eq!(
+        saga["status"], "COMPENSATED",
+        "nothing was left to undo: not FAILED, waiting for staff: {saga}"
+    );
+}
