@@ -9,9 +9,11 @@
 //! - [`Service`]: one child process with its environment, log file and port.
 //! - [`Stack`]: the three services wired together, and their databases.
 //! - [`proxy`]: a TCP proxy that cuts and refuses connections to a dependency.
+//! - [`chaos`]: the chaos run: order load, scheduled faults, a ledger of invariants.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
-pub mod proxy;
+pub mod chaos;
+pub use testkit::proxy;
 
 use std::{
     collections::BTreeMap,
@@ -233,6 +235,11 @@ pub struct StackOptions {
     pub broker: bool,
     /// Route sales' SNS calls through a [`proxy::Proxy`] (needs `broker`).
     pub broker_proxy: bool,
+    /// Route product's SQS calls through the same proxy as sales' SNS calls
+    /// (needs `broker_proxy`), so cutting it takes the broker away from both.
+    pub product_broker_proxy: bool,
+    /// Extra `DELIVERY_*` settings.
+    pub delivery_env: Vec<(&'static str, String)>,
 }
 
 /// The SQS/SNS emulator the tests use (`AWS_ENDPOINT_URL`, default LocalStack on 4566).
@@ -299,7 +306,7 @@ impl Stack {
         };
         let mut product_env = common("PRODUCT_", product_port, &databases["product"]);
         product_env.insert("PRODUCT_SEED_DEMO_CATALOG".into(), "true".into());
-        let delivery_env = common("DELIVERY_", delivery_port, &databases["delivery"]);
+        let mut delivery_env = common("DELIVERY_", delivery_port, &databases["delivery"]);
         let mut sales_env = common("SALES_", sales_port, &databases["sales"]);
         sales_env.insert(
             "SALES_PRODUCT_URL".into(),
@@ -351,7 +358,12 @@ impl Stack {
             sales_env.insert("SALES_BROKER_PROVISION".into(), "true".into());
             sales_env.insert("SALES_BROKER_TOPIC_NAME".into(), topic_name.clone());
             sales_env.insert("SALES_OUTBOX_POLL_INTERVAL_MS".into(), "200".into());
-            product_env.extend(aws_env(&aws_endpoint()));
+            let product_endpoint = if options.product_broker_proxy && broker_proxy.is_some() {
+                endpoint
+            } else {
+                aws_endpoint()
+            };
+            product_env.extend(aws_env(&product_endpoint));
             for (k, v) in [
                 ("PRODUCT_BROKER_ENABLED", "true".to_owned()),
                 ("PRODUCT_BROKER_PROVISION", "true".to_owned()),
@@ -369,6 +381,9 @@ impl Stack {
         }
         for (k, v) in options.product_env {
             product_env.insert(k.to_owned(), v);
+        }
+        for (k, v) in options.delivery_env {
+            delivery_env.insert(k.to_owned(), v);
         }
 
         let mut stack = Self {
