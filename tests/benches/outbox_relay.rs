@@ -10,7 +10,8 @@
 //!
 //! Run: `cargo build --release --bins && cargo bench -p system-tests --bench outbox_relay`
 //! (with LocalStack up and the AWS variables exported, as `scripts/test` does).
-//! Knobs: BENCH_RATE (rows/s, 200), BENCH_SECS (5), BENCH_DRAIN (2000), BENCH_RUNS (3).
+//! Knobs: BENCH_RATE (rows/s, 200), BENCH_SECS (5), BENCH_DRAIN (2000), BENCH_RUNS (3),
+//! BENCH_MARKDOWN (append a markdown section to this file; `scripts/bench` does).
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -192,17 +193,32 @@ async fn main() {
         );
     }
     let (drain_m, ceiling_m) = (median(drains), median(ceilings));
-    println!(
-        "median lag: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        median(p50s),
-        median(p95s),
-        median(p99s),
-        median(maxs)
-    );
+    let (p50, p95, p99, max) = (median(p50s), median(p95s), median(p99s), median(maxs));
+    println!("median lag: p50 {p50:.1} ms, p95 {p95:.1} ms, p99 {p99:.1} ms, max {max:.1} ms");
     println!(
         "median drain: {drain_m:.0} events/s; raw PublishBatch ceiling: {ceiling_m:.0} events/s; ratio {:.2}",
         drain_m / ceiling_m
     );
+    if let Ok(path) = std::env::var("BENCH_MARKDOWN") {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        writeln!(
+            file,
+            "## Outbox relay\n\nMedian of {runs} runs; lag = commit to SNS publish at {rate} rows/s \
+             for {secs} s; drain of a {drain}-row backlog vs a raw `PublishBatch` loop on the same LocalStack.\n\n\
+             | figure | value |\n|---|---|\n\
+             | lag p50 / p95 / p99 / max | {p50:.1} / {p95:.1} / {p99:.1} / {max:.1} ms |\n\
+             | drain | {drain_m:.0} events/s |\n\
+             | raw PublishBatch | {ceiling_m:.0} events/s |\n\
+             | ratio drain / raw | {:.2} |\n",
+            drain_m / ceiling_m
+        )
+        .unwrap();
+    }
     pool.close().await;
     stack.shutdown().await;
 }

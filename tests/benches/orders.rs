@@ -1,0 +1,401 @@
+//! Order placement benchmark: prints figures, never fails on time.
+//!
+//! With the three release binaries running as processes (and the outbox relayed
+//! to LocalStack), closed-loop clients place orders through `POST /orders` at
+//! several concurrencies. For each concurrency:
+//!
+//! 1. **Orders**: orders/s and latency p50/p95/p99 of the whole placement
+//!    (reservation at product, the order transaction, delivery at delivery).
+//! 2. **Ceiling**: `pgbench` runs `bench/pgbench/place_order.sql`, the same
+//!    transaction sales commits for an order (order, items, history, outbox row,
+//!    delivery retry, idempotency key), with the same number of clients against a
+//!    database migrated like sales' on the same PostgreSQL. The ratio says what
+//!    share of the database's own ceiling an order through the system reaches.
+//!
+//! Then **fail-fast**: product hung (SIGSTOP) with its breaker open, the same load
+//! at one concurrency; orders are accepted with the availability flag, and the
+//! p99 is compared with the all-up run.
+//!
+//! Run: `cargo build --release --bins && cargo bench -p system-tests --bench orders`
+//! (LocalStack up and the AWS variables exported, as `scripts/test` does), or
+//! `scripts/bench` for every benchmark and a results table.
+//! Knobs: BENCH_CONCURRENCY (`1,8,32`), BENCH_SECS (8), BENCH_RUNS (3),
+//! BENCH_FAILFAST_CONCURRENCY (8), BENCH_MARKDOWN (append a markdown section to this file).
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+use sqlx::{Connection, PgConnection};
+use system_tests::{STAFF_TOKEN, Stack, StackOptions, postgres_base};
+use uuid::Uuid;
+
+const PRODUCTS: [&str; 3] = ["SKU-KEYBOARD", "SKU-MOUSE", "SKU-DOCK"];
+
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn concurrencies() -> Vec<usize> {
+    std::env::var("BENCH_CONCURRENCY")
+        .unwrap_or_else(|_| "1,8,32".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect()
+}
+
+/// Latency percentiles and throughput of one run.
+#[derive(Clone, Copy, Debug)]
+struct Figures {
+    per_second: f64,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn percentile(sorted_micros: &[u64], p: f64) -> f64 {
+    if sorted_micros.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted_micros.len() - 1) as f64).round() as usize;
+    sorted_micros[rank] as f64 / 1000.0
+}
+
+fn figures(mut micros: Vec<u64>, elapsed: Duration, errors: u64) -> Figures {
+    micros.sort_unstable();
+    Figures {
+        per_second: micros.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: percentile(&micros, 50.0),
+        p95_ms: percentile(&micros, 95.0),
+        p99_ms: percentile(&micros, 99.0),
+        errors,
+    }
+}
+
+/// The median run by throughput; percentiles are medians of the runs' percentiles.
+fn median(runs: &[Figures]) -> Figures {
+    let med = |f: fn(&Figures) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Figures {
+        per_second: med(|f| f.per_second),
+        p50_ms: med(|f| f.p50_ms),
+        p95_ms: med(|f| f.p95_ms),
+        p99_ms: med(|f| f.p99_ms),
+        errors: runs.iter().map(|f| f.errors).sum(),
+    }
+}
+
+/// `concurrency` closed-loop clients placing orders for `secs`.
+async fn order_load(sales: &str, concurrency: usize, secs: u64) -> Figures {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let until = start + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|client| {
+            let http = http.clone();
+            let url = format!("{sales}/orders");
+            tokio::spawn(async move {
+                let (mut micros, mut errors) = (Vec::new(), 0u64);
+                let mut n = 0usize;
+                while Instant::now() < until {
+                    n += 1;
+                    let body = json!({
+                        "customer_id": format!("bench-{client}"),
+                        "items": [{"product_id": PRODUCTS[(client + n) % PRODUCTS.len()], "quantity": 1}],
+                        "shipping_address": {"recipient": "Bench", "line1": "1 Example Street",
+                                             "city": "Berlin", "postal_code": "10115", "country": "DE"}
+                    });
+                    let sent = Instant::now();
+                    let response = http
+                        .post(&url)
+                        .header("Idempotency-Key", Uuid::new_v4().to_string())
+                        .header("X-API-Key", format!("bench-{client}"))
+                        .json(&body)
+                        .send()
+                        .await;
+                    match response {
+                        Ok(r) if r.status() == 201 => {
+                            let _ = r.bytes().await;
+                            micros.push(sent.elapsed().as_micros() as u64);
+                        }
+                        _ => errors += 1,
+                    }
+                }
+                (micros, errors)
+            })
+        })
+        .collect();
+    let (mut micros, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        let (m, e) = task.await.unwrap();
+        micros.extend(m);
+        errors += e;
+    }
+    figures(micros, start.elapsed(), errors)
+}
+
+/// A fresh database with sales' schema, for pgbench.
+async fn ceiling_database() -> String {
+    let name = format!(
+        "bench_ceiling_{}",
+        &Uuid::new_v4().simple().to_string()[..12]
+    );
+    let mut admin = PgConnection::connect(&format!("{}/postgres", postgres_base()))
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut conn = PgConnection::connect(&format!("{}/{name}", postgres_base()))
+        .await
+        .unwrap();
+    let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/sales");
+    sqlx::migrate::Migrator::new(migrations)
+        .await
+        .unwrap()
+        .run(&mut conn)
+        .await
+        .unwrap();
+    name
+}
+
+async fn drop_database(name: &str) {
+    let mut admin = PgConnection::connect(&format!("{}/postgres", postgres_base()))
+        .await
+        .unwrap();
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await;
+}
+
+/// `pgbench` with the sales transaction; latencies from its per-transaction log.
+fn pgbench(database: &str, concurrency: usize, secs: u64, dir: &Path) -> Figures {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/pgbench/place_order.sql");
+    let prefix = dir.join(format!("pgbench-{concurrency}-{}", Uuid::new_v4().simple()));
+    let url = format!("{}/{database}", postgres_base());
+    let output = Command::new("pgbench")
+        .args(["--no-vacuum", "--protocol=prepared", "--log"])
+        .arg(format!("--log-prefix={}", prefix.display()))
+        .arg(format!("--client={concurrency}"))
+        .arg(format!("--jobs={}", concurrency.min(2)))
+        .arg(format!("--time={secs}"))
+        .arg(format!("--file={}", script.display()))
+        .arg(&url)
+        .output()
+        .expect("pgbench is installed (postgresql-client / postgresql-contrib)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "pgbench failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let failed: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // Log lines: client_id transaction_no time_us script_no time_epoch time_us_part
+    let mut micros = Vec::new();
+    let (mut first, mut last) = (f64::MAX, 0f64);
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&*prefix.file_name().unwrap().to_string_lossy())
+        {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 6 {
+                continue;
+            }
+            let latency: u64 = fields[2].parse().unwrap_or(0);
+            let end = fields[4].parse::<f64>().unwrap_or(0.0)
+                + fields[5].parse::<f64>().unwrap_or(0.0) / 1e6;
+            first = first.min(end - latency as f64 / 1e6);
+            last = last.max(end);
+            micros.push(latency);
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    let elapsed = Duration::from_secs_f64((last - first).max(1e-3));
+    figures(micros, elapsed, failed)
+}
+
+async fn set_stock(stack: &Stack) {
+    let http = reqwest::Client::new();
+    for product in PRODUCTS {
+        let response = http
+            .put(format!(
+                "{}/products/{product}/stock",
+                stack.product.base_url()
+            ))
+            .bearer_auth(STAFF_TOKEN)
+            .json(&json!({"stock_on_hand": 100_000_000}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+}
+
+async fn breaker_state(sales: &str, breaker: &str) -> String {
+    let view: serde_json::Value = reqwest::get(format!("{sales}/health/reliability"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    view["circuitBreakerStates"][breaker]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn row(what: &str, c: usize, f: &Figures) -> String {
+    format!(
+        "| {what} | {c} | {:.0} | {:.1} | {:.1} | {:.1} | {} |",
+        f.per_second, f.p50_ms, f.p95_ms, f.p99_ms, f.errors
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let (secs, runs) = (knob("BENCH_SECS", 8), knob("BENCH_RUNS", 3).max(1) as usize);
+    let failfast_c = knob("BENCH_FAILFAST_CONCURRENCY", 8) as usize;
+    let stack = Stack::start_with(StackOptions {
+        broker: true,
+        sales_env: vec![
+            // Measure the order path, not the limiter.
+            ("SALES_RATE_LIMIT_PER_SECOND", "1000000".into()),
+            ("SALES_RATE_LIMIT_BURST", "1000000".into()),
+            ("SALES_BREAKER_PRODUCT_RESET_TIMEOUT_MS", "30000".into()),
+        ],
+        ..StackOptions::default()
+    })
+    .await;
+    set_stock(&stack).await;
+    let sales = stack.sales.base_url();
+    let ceiling_db = ceiling_database().await;
+    let log_dir = PathBuf::from(&stack.log_dir);
+    println!(
+        "order benchmark: concurrency {:?}, {secs} s per run, {runs} runs (medians)",
+        concurrencies()
+    );
+    // Warm-up: connections, plans, caches.
+    order_load(&sales, 4, 2).await;
+
+    let mut lines = Vec::new();
+    let mut p99_at: Vec<(usize, f64)> = Vec::new();
+    for c in concurrencies() {
+        let (mut orders, mut ceiling) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            orders.push(order_load(&sales, c, secs).await);
+            ceiling.push(pgbench(&ceiling_db, c, secs, &log_dir));
+        }
+        let (o, p) = (median(&orders), median(&ceiling));
+        println!(
+            "c={c:>3}: orders {:.0}/s p50 {:.1} ms p95 {:.1} ms p99 {:.1} ms ({} errors) | pgbench {:.0} tx/s p50 {:.2} ms p99 {:.2} ms | ratio {:.3}",
+            o.per_second,
+            o.p50_ms,
+            o.p95_ms,
+            o.p99_ms,
+            o.errors,
+            p.per_second,
+            p.p50_ms,
+            p.p99_ms,
+            o.per_second / p.per_second
+        );
+        lines.push(format!(
+            "{} {:.3} |",
+            row("orders via `POST /orders`", c, &o),
+            o.per_second / p.per_second
+        ));
+        lines.push(format!("{} 1 |", row("pgbench, same transaction", c, &p)));
+        p99_at.push((c, o.p99_ms));
+    }
+
+    // Fail-fast: product hangs; once its breaker is open, orders are accepted at once.
+    stack.product.pause();
+    let opened = Instant::now();
+    while breaker_state(&sales, "product-service").await != "OPEN" {
+        assert!(
+            opened.elapsed() < Duration::from_secs(120),
+            "the product breaker did not open"
+        );
+        order_load(&sales, failfast_c, 1).await;
+    }
+    println!(
+        "product hung; its breaker opened after {:.1} s of load",
+        opened.elapsed().as_secs_f64()
+    );
+    let hung: Vec<Figures> = {
+        let mut v = Vec::new();
+        for _ in 0..runs {
+            v.push(order_load(&sales, failfast_c, secs).await);
+        }
+        v
+    };
+    stack.product.resume();
+    let hung = median(&hung);
+    let all_up = match p99_at.iter().find(|(c, _)| *c == failfast_c) {
+        Some((_, p99)) => *p99,
+        None => median(&[order_load(&sales, failfast_c, secs).await]).p99_ms,
+    };
+    println!(
+        "fail-fast (product hung, breaker open), c={failfast_c}: {:.0}/s p50 {:.1} ms p99 {:.1} ms; p99 vs all-up {:.1} ms: ratio {:.2}",
+        hung.per_second,
+        hung.p50_ms,
+        hung.p99_ms,
+        all_up,
+        hung.p99_ms / all_up
+    );
+    lines.push(format!(
+        "{} p99 ×{:.2} vs all-up |",
+        row("orders, product hung (breaker open)", failfast_c, &hung),
+        hung.p99_ms / all_up
+    ));
+
+    if let Ok(path) = std::env::var("BENCH_MARKDOWN") {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        writeln!(
+            file,
+            "## Orders and the database's ceiling\n\n{secs} s per run, median of {runs} runs; \
+             closed-loop clients, each order one item; all three services and LocalStack up.\n\n\
+             | load | clients | per second | p50 ms | p95 ms | p99 ms | errors | ratio |\n\
+             |---|---|---|---|---|---|---|---|"
+        )
+        .unwrap();
+        for line in &lines {
+            writeln!(file, "{line}").unwrap();
+        }
+        writeln!(file).unwrap();
+    }
+    drop_database(&ceiling_db).await;
+    stack.shutdown().await;
+}
