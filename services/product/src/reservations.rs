@@ -132,6 +132,17 @@ pub async fn reserve(
             )
             .into());
         }
+        if matches!(
+            existing.status,
+            ReservationStatus::Released | ReservationStatus::Expired
+        ) {
+            // The order is being placed again (a client's retry after sales gave the
+            // first attempt up): hold the units again, or say they are gone.
+            let reservation = reactivate(&mut tx, &existing, now, expires_at).await?;
+            tx.commit().await?;
+            tracing::info!(order_id = %request.order_id, "released or expired reservation taken again");
+            return Ok(ReserveOutcome::Existing(reservation));
+        }
         return Ok(ReserveOutcome::Existing(existing));
     }
 
@@ -191,6 +202,85 @@ pub async fn reserve(
     tx.commit().await?;
     tracing::info!(order_id = %request.order_id, items = items.len(), "stock reserved");
     Ok(ReserveOutcome::Created(reservation))
+}
+
+/// Makes a RELEASED or EXPIRED reservation ACTIVE again with a new deadline, if
+/// every item is still available; else 409 `insufficient-stock`, changing nothing.
+/// Locks in the usual order: the reservation row, then products by id.
+async fn reactivate(
+    tx: &mut PgConnection,
+    existing: &Reservation,
+    now: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> ApiResult<Reservation> {
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1 FOR UPDATE")
+            .bind(existing.order_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if !matches!(status.as_str(), "RELEASED" | "EXPIRED") {
+        return Err(Problem::conflict(
+            "reservation-busy",
+            "the reservation changed meanwhile; retry",
+        )
+        .into());
+    }
+    let ids: Vec<String> = existing
+        .items
+        .iter()
+        .map(|i| i.product_id.clone())
+        .collect();
+    let quantities: Vec<i32> = existing.items.iter().map(|i| i.quantity).collect();
+    let stock: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT id, stock_on_hand - reserved FROM products WHERE id = ANY($1::text[])
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let short: Vec<ShortItem> = existing
+        .items
+        .iter()
+        .filter_map(|item| {
+            let available = stock
+                .iter()
+                .find(|(id, _)| *id == item.product_id)
+                .map_or(0, |s| s.1);
+            (available < item.quantity).then(|| ShortItem {
+                product_id: item.product_id.clone(),
+                requested: item.quantity,
+                available,
+            })
+        })
+        .collect();
+    if !short.is_empty() {
+        return Err(
+            Problem::conflict(INSUFFICIENT_STOCK, "not enough stock for some items")
+                .with_extension("short_items", &short)
+                .into(),
+        );
+    }
+    sqlx::query(
+        "UPDATE products p SET reserved = p.reserved + x.quantity, updated_at = $3
+         FROM unnest($1::text[], $2::int[]) AS x(id, quantity) WHERE p.id = x.id",
+    )
+    .bind(&ids)
+    .bind(&quantities)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE reservations SET status = 'ACTIVE', expires_at = $2, updated_at = $3
+         WHERE order_id = $1",
+    )
+    .bind(existing.order_id)
+    .bind(expires_at)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(find(&mut *tx, existing.order_id)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?)
 }
 
 /// How an ACTIVE reservation ends.

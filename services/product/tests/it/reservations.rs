@@ -225,3 +225,38 @@ async fn two_orders_racing_for_the_last_unit_one_wins(pool: PgPool) {
         assert_eq!(stock(&pool, &sku).await, (1, 1));
     }
 }
+
+#[sqlx::test(migrations = "../../migrations/product")]
+async fn placing_a_released_order_again_holds_its_units_again_or_says_they_are_gone(pool: PgPool) {
+    let app = spawn(pool.clone()).await;
+    add_product(&app.api, "SKU-A", 3).await;
+    let (order, rival) = (Uuid::new_v4(), Uuid::new_v4());
+    let body = reservation(order, &[("SKU-A", 2)]);
+    expect_json::<Reservation>(app.api.post("/reservations", &body).await, 201).await;
+    let path = format!("/reservations/{order}");
+    expect_json::<Reservation>(app.api.delete(&path).await, 200).await;
+    assert_eq!(stock(&pool, "SKU-A").await, (3, 0));
+
+    // The same order placed again (a client's retry after sales gave up): held again.
+    let again: Reservation = expect_json(app.api.post("/reservations", &body).await, 200).await;
+    assert_eq!(again.status, ReservationStatus::Active);
+    assert!(again.expires_at > Utc::now() + Duration::minutes(14));
+    assert_eq!(stock(&pool, "SKU-A").await, (3, 2));
+    let repeat: Reservation = expect_json(app.api.post("/reservations", &body).await, 200).await;
+    assert_eq!(repeat.status, ReservationStatus::Active);
+    assert_eq!(
+        stock(&pool, "SKU-A").await,
+        (3, 2),
+        "a repeat holds nothing more"
+    );
+
+    // Released again, and the units go to another order meanwhile: 409, nothing held.
+    expect_json::<Reservation>(app.api.delete(&path).await, 200).await;
+    let rival_body = reservation(rival, &[("SKU-A", 2)]);
+    expect_json::<Reservation>(app.api.post("/reservations", &rival_body).await, 201).await;
+    let problem = expect_problem(app.api.post("/reservations", &body).await, 409).await;
+    assert_eq!(problem.kind, "/problems/insufficient-stock");
+    assert_eq!(stock(&pool, "SKU-A").await, (3, 2));
+    let read: Reservation = expect_json(app.api.get(&path).await, 200).await;
+    assert_eq!(read.status, ReservationStatus::Released);
+}
