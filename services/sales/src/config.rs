@@ -226,6 +226,8 @@ pub struct DeliveryRetryConfig {
     pub max_age: Duration,
     /// `SALES_DELIVERY_RETRY_BATCH` (default 20): rows claimed per step.
     pub batch: i64,
+    /// `SALES_DELIVERY_RETRY_CONCURRENCY` (default 8): claimed rows attempted at once.
+    pub concurrency: usize,
     /// `SALES_DELIVERY_RETRY_LEASE_MS` (default 30000): a claimed row is invisible to other
     /// instances this long; if its worker dies, another takes it over after that.
     pub lease: Duration,
@@ -354,6 +356,7 @@ impl Config {
                 max_attempts: env.positive("DELIVERY_RETRY_MAX_ATTEMPTS", 20)?,
                 max_age: env.millis("DELIVERY_RETRY_MAX_AGE_MS", 86_400_000)?,
                 batch: env.positive("DELIVERY_RETRY_BATCH", 20)?,
+                concurrency: env.positive("DELIVERY_RETRY_CONCURRENCY", 8)?,
                 lease: env.millis("DELIVERY_RETRY_LEASE_MS", 30_000)?,
             },
         })

@@ -15,6 +15,7 @@ use contracts::{
     delivery::DeliveryRequest,
     orders::{Order, OrderStatus},
 };
+use futures_util::{StreamExt, stream};
 use platform::worker::{Next, Start, run_every};
 use serde_json::json;
 use sqlx::PgConnection;
@@ -283,37 +284,57 @@ impl Worker {
         .fetch_all(&self.db.pool)
         .await?;
         report.claimed = claimed.len();
-        for (order_id, attempts, created_at) in claimed {
-            let due = Due {
-                order_id,
-                attempts,
-                created_at,
-            };
-            let mut conn = self.db.pool.acquire().await?;
-            let order = store::load(&mut conn, order_id).await?;
-            drop(conn);
-            // A cancelled (or otherwise moved on) order needs no delivery any more.
-            let Some(order) = order
-                .filter(|o| o.delivery_id.is_none() && o.status == OrderStatus::PendingShipment)
-            else {
-                let mut conn = self.db.pool.acquire().await?;
-                mark(&mut conn, order_id, "DONE", None, now).await?;
-                continue;
-            };
-            match attempt(&self.db, &self.delivery, &self.config, &order, due, now).await? {
-                Attempted::Initiated(_) => {
-                    report.initiated += 1;
-                    if let Some(sagas) = &self.sagas {
-                        sagas.resume_waiting(order_id).await;
-                    }
-                }
-                Attempted::Rescheduled { .. } => report.rescheduled += 1,
-                Attempted::Exhausted => report.exhausted += 1,
-                // The breaker opened during this step: leave the rest for later.
-                Attempted::BreakerOpen => break,
+        // Several at once: after an outage the backlog is worked off at the pace of
+        // `concurrency` delivery calls, not one. Once the breaker opens, the rest
+        // see it open and stay leased for later.
+        let outcomes: Vec<Result<Option<Attempted>, sqlx::Error>> = stream::iter(claimed)
+            .map(|(order_id, attempts, created_at)| {
+                let due = Due {
+                    order_id,
+                    attempts,
+                    created_at,
+                };
+                self.attempt_one(due, now)
+            })
+            .buffer_unordered(self.config.concurrency.max(1))
+            .collect()
+            .await;
+        for outcome in outcomes {
+            match outcome? {
+                Some(Attempted::Initiated(_)) => report.initiated += 1,
+                Some(Attempted::Rescheduled { .. }) => report.rescheduled += 1,
+                Some(Attempted::Exhausted) => report.exhausted += 1,
+                Some(Attempted::BreakerOpen) | None => {}
             }
         }
         Ok(report)
+    }
+
+    /// One claimed row: attempted, or marked DONE when its order moved on (`None`).
+    async fn attempt_one(
+        &self,
+        due: Due,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Attempted>, sqlx::Error> {
+        let order_id = due.order_id;
+        let mut conn = self.db.pool.acquire().await?;
+        let order = store::load(&mut conn, order_id).await?;
+        drop(conn);
+        // A cancelled (or otherwise moved on) order needs no delivery any more.
+        let Some(order) =
+            order.filter(|o| o.delivery_id.is_none() && o.status == OrderStatus::PendingShipment)
+        else {
+            let mut conn = self.db.pool.acquire().await?;
+            mark(&mut conn, order_id, "DONE", None, now).await?;
+            return Ok(None);
+        };
+        let attempted = attempt(&self.db, &self.delivery, &self.config, &order, due, now).await?;
+        if matches!(attempted, Attempted::Initiated(_))
+            && let Some(sagas) = &self.sagas
+        {
+            sagas.resume_waiting(order_id).await;
+        }
+        Ok(Some(attempted))
     }
 
     /// Runs [`Worker::run_once`] every poll interval until `token` is cancelled.
