@@ -143,6 +143,10 @@ pub struct ReconciliationConfig {
     /// pending shipment or shipped is checked once it has not changed for this long
     /// (flagged orders are checked every run).
     pub stale_after: Duration,
+    /// `SALES_RECONCILIATION_STALE_SHIPMENT_REVIEW_AFTER_MS` (default 259200000 = 72 h): an
+    /// order still pending shipment, unchanged this long, while its delivery is not picked
+    /// up either, goes to manual review (`STALE_PENDING_SHIPMENT`).
+    pub stale_shipment_review_after: Duration,
     /// `SALES_RECONCILIATION_BATCH` (default 100): most orders checked per run, least
     /// recently checked first.
     pub batch: i64,
@@ -317,6 +321,10 @@ impl Config {
                 stale_after: Duration::from_millis(
                     env.parse("RECONCILIATION_STALE_AFTER_MS", 86_400_000)?,
                 ),
+                stale_shipment_review_after: env.millis(
+                    "RECONCILIATION_STALE_SHIPMENT_REVIEW_AFTER_MS",
+                    3 * 86_400_000,
+                )?,
                 batch: env.positive("RECONCILIATION_BATCH", 100)?,
                 run_retention: env.millis("RECONCILIATION_RUN_RETENTION_MS", 30 * 86_400_000)?,
             },

@@ -287,18 +287,38 @@ impl Worker {
         // Dropping `tx` without commit (any early return) rolls back.
         let mut tx = self.db.pool.begin().await?;
         // Locks the order (its status is read after any concurrent writer committed).
-        let current: Option<String> = sqlx::query_scalar(
-            "UPDATE orders SET last_reconciled_at = $2 WHERE id = $1 RETURNING status",
+        let row: Option<(String, DateTime<Utc>)> = sqlx::query_as(
+            "UPDATE orders SET last_reconciled_at = $2 WHERE id = $1 RETURNING status, updated_at",
         )
         .bind(order_id)
         .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
-        let current = current
-            .as_deref()
-            .and_then(OrderStatus::parse)
+        let (current, unchanged_since) = row
+            .and_then(|(s, at)| Some((OrderStatus::parse(&s)?, at)))
             .ok_or(TransitionError::NotFound(order_id))?;
-        let checked = if current == target {
+        let stale_shipment = current == OrderStatus::PendingShipment
+            && unchanged_since <= before(now, self.config.stale_shipment_review_after);
+        let checked = if current == target && stale_shipment {
+            // Consistent, but nobody has picked the parcel up for days: a person looks
+            // (approving bumps the order, so it comes back only after another period).
+            let details = json!({
+                "delivery_id": delivery.id, "delivery_status": delivery.status,
+                "unchanged_since": unchanged_since,
+            });
+            let opened = reviews::open_flagged(
+                &mut tx,
+                order_id,
+                ReviewReason::StalePendingShipment,
+                &details,
+            )
+            .await?;
+            if opened {
+                tracing::warn!(%order_id, %delivery_id, %unchanged_since,
+                    "Order pending shipment for too long; flagged for manual review");
+            }
+            Checked::Flagged { opened }
+        } else if current == target {
             Checked::Consistent
         } else {
             settle(&mut tx, order_id, current, target, &delivery).await?

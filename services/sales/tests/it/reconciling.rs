@@ -288,3 +288,49 @@ async fn runs_are_recorded_errors_do_not_stop_them_and_one_runs_at_a_time(
     .unwrap();
     assert_eq!(jobs_status(&stack).await, "FAILED");
 }
+
+#[sqlx::test(migrations = false)]
+async fn an_order_nobody_picks_up_for_days_goes_to_review_once_per_period(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let stack = Stack::start(options).await;
+    let order = place(&stack, "a").await;
+    let days = |h: i64| Utc::now() + chrono::Duration::hours(h);
+
+    // Pending for a day: consistent with delivery (not picked up), nothing to do yet.
+    let report = stack.reconciliation.run_once(days(25)).await.unwrap();
+    assert_eq!((report.checked, report.flagged), (1, 0));
+    assert!(stack.reviews_of(order.id).await.is_empty());
+
+    // Past the review period (72 h by default): one review, the order flagged.
+    let report = stack.reconciliation.run_once(days(73)).await.unwrap();
+    assert_eq!((report.checked, report.fixed, report.flagged), (1, 0, 1));
+    assert_eq!(
+        stack.reviews_of(order.id).await,
+        [("STALE_PENDING_SHIPMENT".to_owned(), "OPEN".to_owned())]
+    );
+    let flagged = read(&stack, order.id).await;
+    assert!(flagged.requires_manual_review);
+    assert_eq!(flagged.status, OrderStatus::PendingShipment);
+    assert!(
+        stack
+            .events_of(order.id)
+            .await
+            .contains(&"ORDER_FLAGGED_FOR_REVIEW".to_owned())
+    );
+
+    // The next runs do not open another while it is open.
+    let report = stack.reconciliation.run_once(days(74)).await.unwrap();
+    assert_eq!(report.flagged, 0);
+    assert_eq!(stack.reviews_of(order.id).await.len(), 1);
+
+    // A picked-up parcel is not stale, however old the order.
+    let other = place(&stack, "b").await;
+    stack
+        .courier(other.delivery_id.unwrap(), &["PICKED_UP"])
+        .await;
+    stack.reconciliation.run_once(days(100)).await.unwrap();
+    assert_eq!(read(&stack, other.id).await.status, OrderStatus::Shipped);
+    assert!(stack.reviews_of(other.id).await.is_empty());
+}
