@@ -282,7 +282,7 @@ pub async fn cancel_delivery(
 #[utoipa::path(post, path = "/deliveries/{id}/status", tag = "deliveries",
     params(("id" = Uuid, Path)), request_body = DeliveryStatusUpdate,
     security(("staff" = [])),
-    responses((status = 200, body = Delivery), (status = 401, body = Problem),
+    responses((status = 200, body = Delivery), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem),
         (status = 409, body = Problem, description = "Not a valid transition"),
         (status = 422, body = Problem)))]

@@ -94,7 +94,7 @@ pub async fn get_product(
 /// Add a product (staff).
 #[utoipa::path(post, path = "/products", tag = "catalog", request_body = NewProduct,
     security(("staff" = [])),
-    responses((status = 201, body = Product), (status = 401, body = Problem),
+    responses((status = 201, body = Product), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 409, body = Problem, description = "A product with this id exists"),
         (status = 422, body = Problem)))]
 pub async fn create_product(
@@ -131,7 +131,7 @@ pub async fn create_product(
 #[utoipa::path(put, path = "/products/{id}/stock", tag = "catalog", request_body = StockUpdate,
     params(("id" = String, Path, description = "Product id (SKU)")),
     security(("staff" = [])),
-    responses((status = 200, body = Product), (status = 401, body = Problem),
+    responses((status = 200, body = Product), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem),
         (status = 409, body = Problem, description = "Below the reserved units"),
         (status = 422, body = Problem)))]
