@@ -100,6 +100,10 @@ pub struct RateLimitConfig {
     pub per_second: f64,
     /// `SALES_RATE_LIMIT_BURST` (default 100): requests a client may send at once.
     pub burst: u32,
+    /// `SALES_RATE_LIMIT_TRUSTED_PROXY_HOPS` (default 0): proxies (load balancer,
+    /// ingress) in front of sales that append to `X-Forwarded-For`; a client without
+    /// an API key is then the address the outermost of them saw, not the proxy's.
+    pub trusted_proxy_hops: usize,
 }
 
 impl RateLimitConfig {
@@ -341,6 +345,7 @@ impl Config {
             rate_limit: RateLimitConfig {
                 per_second: per_second(env)?,
                 burst: env.positive("RATE_LIMIT_BURST", 100)?,
+                trusted_proxy_hops: env.parse("RATE_LIMIT_TRUSTED_PROXY_HOPS", 0)?,
             },
             alerts: AlertsConfig {
                 interval: env.millis("ALERTS_INTERVAL_MS", 30_000)?,

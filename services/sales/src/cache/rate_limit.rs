@@ -210,6 +210,7 @@ struct Inner {
     degraded: AtomicBool,
     per_second: f64,
     burst: u32,
+    trusted_proxy_hops: usize,
 }
 
 /// The limiter of the customer endpoints; cheap to clone. Off: every request passes.
@@ -232,6 +233,7 @@ impl RateLimiter {
                 degraded: AtomicBool::new(false),
                 per_second: config.per_second,
                 burst: config.burst,
+                trusted_proxy_hops: config.trusted_proxy_hops,
             })),
         }
     }
@@ -274,8 +276,12 @@ impl RateLimiter {
     }
 }
 
-/// The client of a request: `key:{digest}` for an `X-API-Key`, else `ip:{address}`.
-pub fn client_of(request: &Request) -> String {
+/// The client of a request: `key:{digest}` for an `X-API-Key`, else `ip:{address}`:
+/// the peer's address, or with `trusted_proxy_hops` proxies in front (each appending
+/// the address it saw to `X-Forwarded-For`) the entry the outermost one appended.
+/// Entries a client wrote itself sit further left and are never used; a header
+/// shorter than the hops falls back to the peer's address.
+pub fn client_of(request: &Request, trusted_proxy_hops: usize) -> String {
     if let Some(key) = request
         .headers()
         .get(API_KEY_HEADER)
@@ -286,6 +292,23 @@ pub fn client_of(request: &Request) -> String {
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         return format!("key:{hex}");
     }
+    if trusted_proxy_hops > 0 {
+        let forwarded: Vec<std::net::IpAddr> = request
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map_while(|entry| entry.trim().parse().ok())
+            .collect();
+        if let Some(ip) = forwarded
+            .len()
+            .checked_sub(trusted_proxy_hops)
+            .map(|i| forwarded[i])
+        {
+            return format!("ip:{ip}");
+        }
+    }
     match request.extensions().get::<ConnectInfo<SocketAddr>>() {
         Some(ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
         None => "ip:unknown".to_owned(),
@@ -294,7 +317,8 @@ pub fn client_of(request: &Request) -> String {
 
 /// Middleware of the customer routes: 429 with `Retry-After` over the limit.
 pub async fn enforce(State(limiter): State<RateLimiter>, request: Request, next: Next) -> Response {
-    let client = client_of(&request);
+    let hops = limiter.inner.as_ref().map_or(0, |i| i.trusted_proxy_hops);
+    let client = client_of(&request, hops);
     match limiter.check(&client).await {
         Decision::Allowed => next.run(request).await,
         Decision::Limited { wait } => {
@@ -312,7 +336,11 @@ mod tests {
     use super::*;
 
     fn config(per_second: f64, burst: u32) -> RateLimitConfig {
-        RateLimitConfig { per_second, burst }
+        RateLimitConfig {
+            per_second,
+            burst,
+            trusted_proxy_hops: 0,
+        }
     }
 
     #[test]
@@ -389,6 +417,36 @@ mod tests {
         assert_eq!(retry_after_secs(wait), 4, "3.5 s left rounds up to 4");
     }
 
+    fn client_of_(request: &Request) -> String {
+        client_of(request, 0)
+    }
+
+    #[test]
+    fn behind_trusted_proxies_the_client_is_the_address_the_outermost_one_saw() {
+        let request = |forwarded: &[&str]| {
+            let mut builder = Request::builder().uri("/orders");
+            for value in forwarded {
+                builder = builder.header("x-forwarded-for", *value);
+            }
+            let mut request = builder.body(axum::body::Body::empty()).expect("a request");
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 9], 4000))));
+            request
+        };
+        // A client's own (spoofed) entry, then the one the load balancer appended.
+        let spoofed = request(&["1.2.3.4, 203.0.113.7"]);
+        assert_eq!(client_of(&spoofed, 1), "ip:203.0.113.7");
+        assert_eq!(client_of(&spoofed, 2), "ip:1.2.3.4");
+        assert_eq!(client_of(&spoofed, 0), "ip:10.0.0.9", "no trust: the peer");
+        // Several header lines count as one list.
+        let split = request(&["198.51.100.1", "203.0.113.7"]);
+        assert_eq!(client_of(&split, 1), "ip:203.0.113.7");
+        // Too short or missing: the peer's address.
+        assert_eq!(client_of(&request(&["203.0.113.7"]), 2), "ip:10.0.0.9");
+        assert_eq!(client_of(&request(&[]), 1), "ip:10.0.0.9");
+    }
+
     #[test]
     fn clients_are_api_keys_as_digests_else_addresses() {
         let request = |key: Option<&str>, addr: Option<&str>| {
@@ -403,23 +461,23 @@ mod tests {
             }
             request
         };
-        let keyed = client_of(&request(Some("secret-key"), Some("10.0.0.1:4000")));
+        let keyed = client_of_(&request(Some("secret-key"), Some("10.0.0.1:4000")));
         assert!(
             keyed.starts_with("key:") && !keyed.contains("secret"),
             "{keyed}"
         );
         assert_eq!(keyed.len(), 4 + 32);
-        assert_eq!(keyed, client_of(&request(Some("secret-key"), None)));
-        assert_ne!(keyed, client_of(&request(Some("other-key"), None)));
+        assert_eq!(keyed, client_of_(&request(Some("secret-key"), None)));
+        assert_ne!(keyed, client_of_(&request(Some("other-key"), None)));
         assert_eq!(
-            client_of(&request(None, Some("10.0.0.1:4000"))),
-            client_of(&request(None, Some("10.0.0.1:5000"))),
+            client_of_(&request(None, Some("10.0.0.1:4000"))),
+            client_of_(&request(None, Some("10.0.0.1:5000"))),
             "the address, not the port"
         );
         assert_eq!(
-            client_of(&request(None, Some("10.0.0.1:4000"))),
+            client_of_(&request(None, Some("10.0.0.1:4000"))),
             "ip:10.0.0.1"
         );
-        assert_eq!(client_of(&request(None, None)), "ip:unknown");
+        assert_eq!(client_of_(&request(None, None)), "ip:unknown");
     }
 }

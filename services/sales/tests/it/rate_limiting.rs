@@ -233,6 +233,7 @@ async fn the_redis_gcra_matches_governor_on_a_controlled_clock() {
     let limits = RateLimitConfig {
         per_second: 4.0, // one every 250 ms
         burst: 3,
+        trusted_proxy_hops: 0,
     };
     let config = CacheConfig {
         url: Some(redis_url()),
