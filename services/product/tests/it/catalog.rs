@@ -130,7 +130,8 @@ async fn demo_catalog_is_seeded_once(pool: PgPool) {
     let app = spawn_with(pool.clone(), &[("PRODUCT_SEED_DEMO_CATALOG", "true")]).await;
     let all: Vec<Product> = expect_json(app.api.get("/products").await, 200).await;
     assert_eq!(all.len(), product::demo_catalog::DEMO_PRODUCTS.len());
-    drop(app);
+    // While the app runs: stopping it closes the pool it shares with the test.
     let again = product::demo_catalog::seed(&pool).await.unwrap();
     assert_eq!(again, 0);
+    drop(app);
 }
