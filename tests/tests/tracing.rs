@@ -256,3 +256,110 @@ async fn one_order_is_one_trace_across_services_and_the_broker() {
 
     assert!(stack.shutdown().await);
 }
+
+#[tokio::test]
+async fn a_delivery_the_retry_worker_initiates_later_joins_the_orders_trace() {
+    let (endpoint, received) = start_receiver().await;
+    let otel = || {
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".to_owned()),
+        ]
+    };
+    let mut sales_env = otel();
+    sales_env.extend([
+        ("SALES_DELIVERY_RETRY_FIRST_DELAY_MS", "200".to_owned()),
+        ("SALES_DELIVERY_RETRY_POLL_INTERVAL_MS", "100".to_owned()),
+    ]);
+    let mut stack = Stack::start_with(StackOptions {
+        sales_env,
+        product_env: otel(),
+        delivery_env: otel(),
+        ..StackOptions::default()
+    })
+    .await;
+    assert!(stack.delivery.stop().await, "delivery stopped cleanly");
+
+    let http = reqwest::Client::new();
+    let response = http
+        .post(format!("{}/orders", stack.sales.base_url()))
+        .json(&json!({
+            "customer_id": "traced-customer",
+            "items": [{"product_id": "SKU-MOUSE", "quantity": 1}],
+            "shipping_address": {"recipient": "Ada", "line1": "1 Main St", "city": "Berlin",
+                                 "postal_code": "10115", "country": "DE"}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let order: Value = response.json().await.unwrap();
+    assert!(order["delivery_id"].is_null(), "delivery was down: {order}");
+    let order_url = format!(
+        "{}/orders/{}",
+        stack.sales.base_url(),
+        order["id"].as_str().unwrap()
+    );
+
+    // Delivery back: the retry worker initiates the delivery, outside any request.
+    stack.delivery.start().await;
+    let started = Instant::now();
+    loop {
+        let now: Value = http
+            .get(&order_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if now["delivery_id"].is_string() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "delivery never initiated"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stack.sales.stop().await, "sales stopped cleanly");
+    assert!(stack.delivery.stop().await, "delivery stopped cleanly");
+    assert!(stack.product.stop().await, "product stopped cleanly");
+
+    let all = spans(&received);
+    let root = all
+        .iter()
+        .find(|s| s.service == "sales" && s.name == "POST /orders")
+        .unwrap_or_else(|| panic!("no sales span `POST /orders` among {all:#?}"));
+    let trace: Vec<&SpanRow> = all.iter().filter(|s| s.trace_id == root.trace_id).collect();
+    let describe = || {
+        trace
+            .iter()
+            .map(|s| format!("{}: {} ({})", s.service, s.name, s.kind))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let retry = trace
+        .iter()
+        .find(|s| s.service == "sales" && s.name == "delivery retry")
+        .unwrap_or_else(|| panic!("no retry span in the order's trace:\n{}", describe()));
+    // The delivery the worker made is in the order's trace, below the retry span.
+    let ids: BTreeMap<&str, &SpanRow> = trace.iter().map(|s| (s.span_id.as_str(), *s)).collect();
+    let delivery = trace
+        .iter()
+        .find(|s| s.service == "delivery" && s.name == "POST /deliveries" && s.kind == 2)
+        .unwrap_or_else(|| panic!("no delivery span in the order's trace:\n{}", describe()));
+    let ancestry: Vec<&str> = std::iter::successors(Some(*delivery), |s| {
+        ids.get(s.parent_span_id.as_str()).copied()
+    })
+    .map(|s| s.span_id.as_str())
+    .collect();
+    assert!(ancestry.contains(&retry.span_id.as_str()), "{}", describe());
+    assert_eq!(
+        ancestry.last(),
+        Some(&root.span_id.as_str()),
+        "{}",
+        describe()
+    );
+    assert!(stack.shutdown().await);
+}

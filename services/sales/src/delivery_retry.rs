@@ -10,16 +10,22 @@
 //! the lease. Delivery dedups on the order id, so a retry racing a slow success
 //! never makes a second delivery.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use contracts::{
     delivery::DeliveryRequest,
     orders::{Order, OrderStatus},
 };
 use futures_util::{StreamExt, stream};
-use platform::worker::{Next, Start, run_every};
+use platform::{
+    trace_context,
+    worker::{Next, Start, run_every},
+};
 use serde_json::json;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, types::Json};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -42,12 +48,15 @@ pub async fn schedule(
     order_id: Uuid,
     first_attempt_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
+    // The order's trace, for the worker's later attempts to continue it.
+    let trace = sqlx::types::Json(platform::trace_context::current_map());
     sqlx::query(
-        "INSERT INTO delivery_retries (order_id, next_attempt_at) VALUES ($1, $2)
+        "INSERT INTO delivery_retries (order_id, next_attempt_at, trace) VALUES ($1, $2, $3)
          ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(order_id)
     .bind(first_attempt_at)
+    .bind(trace)
     .execute(conn)
     .await?;
     Ok(())
@@ -270,31 +279,35 @@ impl Worker {
         if self.db.is_open() || self.delivery.breaker().remaining_open().is_some() {
             return Ok(report);
         }
-        let claimed: Vec<(Uuid, i32, DateTime<Utc>)> = sqlx::query_as(
-            "UPDATE delivery_retries SET next_attempt_at = $2, updated_at = now()
+        let claimed: Vec<(Uuid, i32, DateTime<Utc>, Json<BTreeMap<String, String>>)> =
+            sqlx::query_as(
+                "UPDATE delivery_retries SET next_attempt_at = $2, updated_at = now()
              WHERE order_id IN (
                  SELECT order_id FROM delivery_retries
                  WHERE status = 'PENDING' AND next_attempt_at <= $1
                  ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)
-             RETURNING order_id, attempts, created_at",
-        )
-        .bind(now)
-        .bind(after(now, self.config.lease))
-        .bind(self.config.batch)
-        .fetch_all(&self.db.pool)
-        .await?;
+             RETURNING order_id, attempts, created_at, trace",
+            )
+            .bind(now)
+            .bind(after(now, self.config.lease))
+            .bind(self.config.batch)
+            .fetch_all(&self.db.pool)
+            .await?;
         report.claimed = claimed.len();
         // Several at once: after an outage the backlog is worked off at the pace of
         // `concurrency` delivery calls, not one. Once the breaker opens, the rest
         // see it open and stay leased for later.
         let outcomes: Vec<Result<Option<Attempted>, sqlx::Error>> = stream::iter(claimed)
-            .map(|(order_id, attempts, created_at)| {
+            .map(|(order_id, attempts, created_at, Json(trace))| {
                 let due = Due {
                     order_id,
                     attempts,
                     created_at,
                 };
-                self.attempt_one(due, now)
+                // Part of the order's trace, however much later it runs.
+                let span = tracing::info_span!("delivery retry", %order_id, attempts);
+                trace_context::set_parent(&span, trace_context::from_map(&trace));
+                self.attempt_one(due, now).instrument(span)
             })
             .buffer_unordered(self.config.concurrency.max(1))
             .collect()
