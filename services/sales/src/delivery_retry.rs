@@ -75,6 +75,9 @@ pub enum Attempted {
     BreakerOpen,
 }
 
+/// A claimed row as read: order, attempts so far, created, the order's trace context.
+type Claimed = (Uuid, i32, DateTime<Utc>, Json<BTreeMap<String, String>>);
+
 /// One claimed row.
 #[derive(Debug, Clone, Copy)]
 pub struct Due {
@@ -279,20 +282,19 @@ impl Worker {
         if self.db.is_open() || self.delivery.breaker().remaining_open().is_some() {
             return Ok(report);
         }
-        let claimed: Vec<(Uuid, i32, DateTime<Utc>, Json<BTreeMap<String, String>>)> =
-            sqlx::query_as(
-                "UPDATE delivery_retries SET next_attempt_at = $2, updated_at = now()
+        let claimed: Vec<Claimed> = sqlx::query_as(
+            "UPDATE delivery_retries SET next_attempt_at = $2, updated_at = now()
              WHERE order_id IN (
                  SELECT order_id FROM delivery_retries
                  WHERE status = 'PENDING' AND next_attempt_at <= $1
                  ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)
              RETURNING order_id, attempts, created_at, trace",
-            )
-            .bind(now)
-            .bind(after(now, self.config.lease))
-            .bind(self.config.batch)
-            .fetch_all(&self.db.pool)
-            .await?;
+        )
+        .bind(now)
+        .bind(after(now, self.config.lease))
+        .bind(self.config.batch)
+        .fetch_all(&self.db.pool)
+        .await?;
         report.claimed = claimed.len();
         // Several at once: after an outage the backlog is worked off at the pace of
         // `concurrency` delivery calls, not one. Once the breaker opens, the rest
