@@ -146,6 +146,37 @@ pub async fn reserve(
         return Ok(ReserveOutcome::Existing(existing));
     }
 
+    let requested: Vec<String> = request.items.iter().map(|i| i.product_id.clone()).collect();
+    hold(&mut tx, &items, &requested, now).await?;
+    let ids: Vec<String> = items.iter().map(|i| i.product_id.clone()).collect();
+    let quantities: Vec<i32> = items.iter().map(|i| i.quantity).collect();
+    sqlx::query(
+        "INSERT INTO reservation_items (order_id, product_id, quantity)
+         SELECT $1, * FROM unnest($2::text[], $3::int[])",
+    )
+    .bind(request.order_id)
+    .bind(&ids)
+    .bind(&quantities)
+    .execute(&mut *tx)
+    .await?;
+    let reservation = find(&mut tx, request.order_id)
+        .await?
+        .ok_or_else(|| sqlx::Error::RowNotFound)?;
+    tx.commit().await?;
+    tracing::info!(order_id = %request.order_id, items = items.len(), "stock reserved");
+    Ok(ReserveOutcome::Created(reservation))
+}
+
+/// Holds `items` (merged, sorted by product) in the caller's transaction: locks
+/// their products by id, then adds them to `reserved`; 422 naming the unknown
+/// products (as positions in `requested`, the request's own order), 409
+/// `insufficient-stock` with the short items; changes nothing on an error.
+async fn hold(
+    tx: &mut PgConnection,
+    items: &[LineItem],
+    requested: &[String],
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
     let ids: Vec<String> = items.iter().map(|i| i.product_id.clone()).collect();
     let stock: Vec<(String, i32)> = sqlx::query_as(
         "SELECT id, stock_on_hand - reserved FROM products WHERE id = ANY($1::text[])
@@ -155,9 +186,7 @@ pub async fn reserve(
     .fetch_all(&mut *tx)
     .await?;
     let known: Vec<String> = stock.iter().map(|(id, _)| id.clone()).collect();
-    let requested: Vec<String> = request.items.iter().map(|i| i.product_id.clone()).collect();
-    ensure_valid(unknown_products(&requested, &known))?;
-
+    ensure_valid(unknown_products(requested, &known))?;
     let short: Vec<ShortItem> = items
         .iter()
         .filter_map(|item| {
@@ -176,7 +205,6 @@ pub async fn reserve(
                 .into(),
         );
     }
-
     let quantities: Vec<i32> = items.iter().map(|i| i.quantity).collect();
     sqlx::query(
         "UPDATE products p SET reserved = p.reserved + x.quantity, updated_at = $3
@@ -187,21 +215,7 @@ pub async fn reserve(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO reservation_items (order_id, product_id, quantity)
-         SELECT $1, * FROM unnest($2::text[], $3::int[])",
-    )
-    .bind(request.order_id)
-    .bind(&ids)
-    .bind(&quantities)
-    .execute(&mut *tx)
-    .await?;
-    let reservation = find(&mut tx, request.order_id)
-        .await?
-        .ok_or_else(|| sqlx::Error::RowNotFound)?;
-    tx.commit().await?;
-    tracing::info!(order_id = %request.order_id, items = items.len(), "stock reserved");
-    Ok(ReserveOutcome::Created(reservation))
+    Ok(())
 }
 
 /// Makes a RELEASED or EXPIRED reservation ACTIVE again with a new deadline, if
@@ -230,45 +244,7 @@ async fn reactivate(
         .iter()
         .map(|i| i.product_id.clone())
         .collect();
-    let quantities: Vec<i32> = existing.items.iter().map(|i| i.quantity).collect();
-    let stock: Vec<(String, i32)> = sqlx::query_as(
-        "SELECT id, stock_on_hand - reserved FROM products WHERE id = ANY($1::text[])
-         ORDER BY id FOR UPDATE",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?;
-    let short: Vec<ShortItem> = existing
-        .items
-        .iter()
-        .filter_map(|item| {
-            let available = stock
-                .iter()
-                .find(|(id, _)| *id == item.product_id)
-                .map_or(0, |s| s.1);
-            (available < item.quantity).then(|| ShortItem {
-                product_id: item.product_id.clone(),
-                requested: item.quantity,
-                available,
-            })
-        })
-        .collect();
-    if !short.is_empty() {
-        return Err(
-            Problem::conflict(INSUFFICIENT_STOCK, "not enough stock for some items")
-                .with_extension("short_items", &short)
-                .into(),
-        );
-    }
-    sqlx::query(
-        "UPDATE products p SET reserved = p.reserved + x.quantity, updated_at = $3
-         FROM unnest($1::text[], $2::int[]) AS x(id, quantity) WHERE p.id = x.id",
-    )
-    .bind(&ids)
-    .bind(&quantities)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
+    hold(tx, &existing.items, &ids, now).await?;
     sqlx::query(
         "UPDATE reservations SET status = 'ACTIVE', expires_at = $2, updated_at = $3
          WHERE order_id = $1",
