@@ -14,13 +14,16 @@
 //! - `ORDER_CANCELLED` releases the reservation (restocking committed units).
 
 use chrono::{DateTime, Utc};
-use contracts::{catalog::ReservationStatus, orders::Order};
+use contracts::{
+    catalog::{INSUFFICIENT_STOCK, ReservationStatus},
+    orders::Order,
+};
 use messaging::{Envelope, Handler, HandlerError};
 use platform::ApiError;
 use sqlx::{PgConnection, PgPool, types::Json as Jsonb};
 use uuid::Uuid;
 
-use crate::reservations::{Settle, settle_in};
+use crate::reservations::{Settle, find, reactivate, settle_in};
 
 /// Event types this consumer applies (its queue's filter policy).
 pub const CONSUMED: [&str; 2] = ["ORDER_CREATED", "ORDER_CANCELLED"];
@@ -185,49 +188,29 @@ async fn on_created(
     }
 }
 
-/// An expired (or released) reservation of a confirmed order: take the units straight out of
-/// stock if every item is available, else note it for sales.
+/// An expired (or released) reservation of a confirmed order: its units are held
+/// again and committed at once if every item is available, else the order is noted
+/// for sales. The reservation row is locked already ([`reservation_status`]).
 async fn retake(
     tx: &mut PgConnection,
     order: &Order,
     now: DateTime<Utc>,
 ) -> Result<Applied, sqlx::Error> {
-    // Lock in the usual order (products by id) before reading and changing stock.
-    sqlx::query(
-        "SELECT p.id FROM products p JOIN reservation_items ri ON ri.product_id = p.id
-         WHERE ri.order_id = $1 ORDER BY p.id FOR UPDATE OF p",
-    )
-    .bind(order.id)
-    .execute(&mut *tx)
-    .await?;
-    let short: Option<bool> = sqlx::query_scalar(
-        "SELECT bool_or(p.stock_on_hand - p.reserved < ri.quantity)
-         FROM reservation_items ri JOIN products p ON p.id = ri.product_id
-         WHERE ri.order_id = $1",
-    )
-    .bind(order.id)
-    .fetch_one(&mut *tx)
-    .await?;
-    if short.unwrap_or(true) {
-        note_unreserved(tx, order, "EXPIRED_OUT_OF_STOCK").await?;
-        tracing::warn!(order_id = %order.id, "reservation expired before the order was confirmed and stock ran out; noted for sales");
-        return Ok(Applied::ExpiredOutOfStock);
+    let existing = find(&mut *tx, order.id)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
+    match reactivate(&mut *tx, &existing, now, now).await {
+        Ok(_) => {}
+        Err(ApiError::Problem(p)) if p.kind.ends_with(INSUFFICIENT_STOCK) => {
+            note_unreserved(tx, order, "EXPIRED_OUT_OF_STOCK").await?;
+            tracing::warn!(order_id = %order.id, "reservation expired before the order was confirmed and stock ran out; noted for sales");
+            return Ok(Applied::ExpiredOutOfStock);
+        }
+        Err(e) => return Err(db(e)),
     }
-    sqlx::query(
-        "UPDATE products p SET stock_on_hand = p.stock_on_hand - ri.quantity, updated_at = $2
-         FROM reservation_items ri WHERE ri.order_id = $1 AND p.id = ri.product_id",
-    )
-    .bind(order.id)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE reservations SET status = 'COMMITTED', updated_at = $2 WHERE order_id = $1",
-    )
-    .bind(order.id)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
+    settle_in(&mut *tx, order.id, Settle::Commit, now)
+        .await
+        .map_err(db)?;
     Ok(Applied::Retaken)
 }
 

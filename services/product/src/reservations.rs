@@ -221,7 +221,7 @@ async fn hold(
 /// Makes a RELEASED or EXPIRED reservation ACTIVE again with a new deadline, if
 /// every item is still available; else 409 `insufficient-stock`, changing nothing.
 /// Locks in the usual order: the reservation row, then products by id.
-async fn reactivate(
+pub(crate) async fn reactivate(
     tx: &mut PgConnection,
     existing: &Reservation,
     now: DateTime<Utc>,

@@ -324,8 +324,12 @@ impl Worker {
             settle(&mut tx, order_id, current, target, &delivery).await?
         };
         tx.commit().await?;
-        if !matches!(checked, Checked::Consistent) {
-            // Status or flag changed: the cached order follows before the next read.
+        if !matches!(
+            checked,
+            Checked::Consistent | Checked::Flagged { opened: false }
+        ) {
+            // Status or flag changed: the cached order follows before the next read
+            // (an order already in review is re-checked every run, unchanged).
             self.db.cache.reload(&self.db.pool, order_id).await;
         }
         Ok(checked)
