@@ -88,6 +88,11 @@ impl Problem {
         self
     }
 
+    /// `Retry-After` of a wait: whole seconds, rounded up, at least 1.
+    pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
+        (wait.as_nanos().div_ceil(1_000_000_000) as u64).max(1)
+    }
+
     pub fn with_retry_after(mut self, secs: u64) -> Self {
         self.retry_after_secs = Some(secs);
         self

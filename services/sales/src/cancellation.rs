@@ -276,7 +276,7 @@ async fn stop_delivery(
             let retry_after = delivery.breaker().remaining_open().unwrap_or_default();
             Err(CancelError::DeliveryUnavailable {
                 error,
-                retry_after_secs: retry_after.as_millis().div_ceil(1000).max(1) as u64,
+                retry_after_secs: Problem::retry_after_secs(retry_after),
             })
         }
     }

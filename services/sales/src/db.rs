@@ -22,7 +22,7 @@ pub struct Db {
 
 /// 503 for a request refused by the open database breaker.
 pub fn rejected_problem(rejected: &Rejected) -> Problem {
-    let secs = rejected.retry_after.as_millis().div_ceil(1000).max(1) as u64;
+    let secs = Problem::retry_after_secs(rejected.retry_after);
     Problem::unavailable(
         "the database is unavailable; try again after Retry-After seconds",
         secs,

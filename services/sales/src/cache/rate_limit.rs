@@ -90,11 +90,6 @@ pub enum Decision {
     },
 }
 
-/// `Retry-After` for a wait: whole seconds, rounded up, at least 1.
-pub fn retry_after_secs(wait: Duration) -> u64 {
-    (wait.as_nanos().div_ceil(1_000_000_000) as u64).max(1)
-}
-
 /// The quota of `config`, or `None` when limiting is off.
 pub fn quota(config: &RateLimitConfig) -> Option<Quota> {
     if !config.enabled() {
@@ -263,7 +258,7 @@ impl RateLimiter {
     }
 
     fn problem(&self, wait: Duration) -> Problem {
-        let secs = retry_after_secs(wait);
+        let secs = Problem::retry_after_secs(wait);
         let (rate, burst) = self
             .inner
             .as_ref()
@@ -345,11 +340,11 @@ mod tests {
 
     #[test]
     fn retry_after_rounds_up_to_whole_seconds_and_is_never_zero() {
-        assert_eq!(retry_after_secs(Duration::ZERO), 1);
-        assert_eq!(retry_after_secs(Duration::from_millis(20)), 1);
-        assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);
-        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
-        assert_eq!(retry_after_secs(Duration::from_millis(4990)), 5);
+        assert_eq!(Problem::retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(Problem::retry_after_secs(Duration::from_millis(20)), 1);
+        assert_eq!(Problem::retry_after_secs(Duration::from_millis(1000)), 1);
+        assert_eq!(Problem::retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(Problem::retry_after_secs(Duration::from_millis(4990)), 5);
     }
 
     #[test]
@@ -409,12 +404,16 @@ mod tests {
         let Decision::Limited { wait } = local.check("k") else {
             panic!("limited");
         };
-        assert_eq!(retry_after_secs(wait), 5);
+        assert_eq!(Problem::retry_after_secs(wait), 5);
         clock.advance(Duration::from_millis(1500));
         let Decision::Limited { wait } = local.check("k") else {
             panic!("limited");
         };
-        assert_eq!(retry_after_secs(wait), 4, "3.5 s left rounds up to 4");
+        assert_eq!(
+            Problem::retry_after_secs(wait),
+            4,
+            "3.5 s left rounds up to 4"
+        );
     }
 
     fn client_of_(request: &Request) -> String {

@@ -82,6 +82,16 @@ async fn place(
     let outcome = match sagas.orchestrator.start(&sagas.definition, context).await {
         Ok(outcome) => outcome,
         Err(saga::Error::Database(e)) => return Err(e.into()),
+        // Another request (same key) or instance runs this order's saga: it carries
+        // on, and a retry with the same key answers its outcome.
+        Err(saga::Error::Busy(_) | saga::Error::LeaseLost(_)) => {
+            return Err(Problem::conflict(
+                "in-progress",
+                "a request with this Idempotency-Key is in progress",
+            )
+            .with_retry_after(1)
+            .into());
+        }
         Err(e) => {
             tracing::error!(%order_id, error = %e, "the order saga could not run");
             return Err(Problem::internal().into());

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{Decision, ReviewedOrder, queue};
 use crate::{
     app::AppState,
-    cancellation::{self, OpenReviews},
+    cancellation::{self, CancelError, OpenReviews},
     orders::store,
     outbox::events,
     reviews::{self, Resolution, ReviewStatus},
@@ -42,19 +42,8 @@ fn note(body: &Bytes) -> ApiResult<String> {
     Ok(note)
 }
 
-fn already_resolved(id: Uuid) -> Problem {
-    Problem::conflict(
-        "review-already-resolved",
-        format!("order {id} has no open review: it was resolved already"),
-    )
-}
-
 async fn reviewed(state: &AppState, id: Uuid) -> ApiResult<Json<ReviewedOrder>> {
-    let mut conn = state.db.pool.acquire().await?;
-    queue::load(&mut conn, id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| Problem::not_found(&format!("order {id}")).into())
+    queue::detail(state, id).await.map(Json)
 }
 
 /// Approve an order's open reviews: the flag is cleared and the order proceeds
@@ -95,7 +84,7 @@ pub async fn approve(
             };
             let closed = reviews::resolve_open(&mut tx, id, None, &how).await?;
             if closed.is_empty() {
-                return Err(already_resolved(id).into());
+                return Err(CancelError::NoOpenReview(id).into());
             }
             if status == OrderStatus::PendingShipment.as_str() && delivery_id.is_none() {
                 // Retries gave up: approving asks for them again, with fresh limits.

@@ -200,22 +200,26 @@ pub async fn review_detail(
 ) -> ApiResult<Json<ReviewedOrder>> {
     state
         .db
-        .guard(async {
-            let mut conn = state.db.pool.acquire().await?;
-            let mut detail = load(&mut conn, id)
-                .await?
-                .ok_or_else(|| Problem::not_found(&format!("order {id}")))?;
-            drop(conn);
-            if let Ok(Some(saga_id)) = state.sagas.saga_of(id).await {
-                match saga::store::load(&state.db.pool, saga_id).await {
-                    Ok(view) => detail.saga = view.and_then(|v| serde_json::to_value(v).ok()),
-                    Err(saga::Error::Database(e)) => return Err(e.into()),
-                    Err(e) => {
-                        tracing::warn!(order_id = %id, error = %e, "the order's saga is unreadable")
-                    }
-                }
-            }
-            Ok(Json(detail))
-        })
+        .guard(async { detail(&state, id).await.map(Json) })
         .await
+}
+
+/// An order's reviews, status history, delivery retry and saga (the answer of the
+/// review endpoints); 404 if there is no such order.
+pub async fn detail(state: &AppState, id: Uuid) -> ApiResult<ReviewedOrder> {
+    let mut conn = state.db.pool.acquire().await?;
+    let mut detail = load(&mut conn, id)
+        .await?
+        .ok_or_else(|| Problem::not_found(&format!("order {id}")))?;
+    drop(conn);
+    if let Ok(Some(saga_id)) = state.sagas.saga_of(id).await {
+        match saga::store::load(&state.db.pool, saga_id).await {
+            Ok(view) => detail.saga = view.and_then(|v| serde_json::to_value(v).ok()),
+            Err(saga::Error::Database(e)) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(order_id = %id, error = %e, "the order's saga is unreadable")
+            }
+        }
+    }
+    Ok(detail)
 }

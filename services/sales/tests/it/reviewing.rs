@@ -188,6 +188,10 @@ async fn staff_list_read_and_approve_reviews(_pool: PgPoolOptions, options: PgCo
     )
     .await;
     assert_eq!(approved["order"]["requires_manual_review"], false);
+    assert_eq!(
+        approved["saga"]["status"], "COMPLETED",
+        "the answer is the same detail as GET /review/orders/{{id}}: {approved}"
+    );
     let review = &approved["reviews"][0];
     assert_eq!(
         (
@@ -290,6 +294,7 @@ async fn rejecting_cancels_the_order_through_its_compensations(
     )
     .await;
     assert_eq!(rejected["order"]["status"], "CANCELLED");
+    assert_eq!(rejected["saga"]["status"], "COMPENSATED", "{rejected}");
     assert_eq!(rejected["order"]["requires_manual_review"], false);
     assert_eq!(rejected["reviews"][0]["status"], "REJECTED");
     assert_eq!(rejected["reviews"][0]["resolved_by"], "bob");
