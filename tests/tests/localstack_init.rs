@@ -1,9 +1,11 @@
 //! The LocalStack init script of docker compose
 //! (`localstack/init/ready.d/10-sales-events.sh`) against the host-mode LocalStack:
 //! it creates exactly what `messaging::provision` creates (same topic, queues, DLQ,
-//! attributes and one subscription), in both of its implementations (AWS CLI and
-//! boto3), it is idempotent either way round, and the services run on its
-//! topology with their own provisioning off. Also: every shell script parses.
+//! attributes and one subscription) through its boto3 path, it is idempotent
+//! either way round, and the services run on its topology with their own
+//! provisioning off. Also: every shell script parses. Its AWS CLI path (the one
+//! the LocalStack container takes) is not run here: no AWS CLI is installed on
+//! this machine or CI, and a test that skips itself would pass unchecked.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -80,16 +82,6 @@ async fn run_script(with: &str, topic: &str, queue: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// True when the script's CLI path can run here (`awslocal` or `aws` on PATH).
-fn cli_available() -> bool {
-    ["awslocal", "aws"].iter().any(|cli| {
-        std::process::Command::new("sh")
-            .args(["-c", &format!("command -v {cli}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
 }
 
 /// Everything observable about the topology of `topic`/`queue`, read without creating anything.
@@ -253,15 +245,6 @@ async fn cleanup(sdk: &SdkConfig, s: &Snapshot) {
     for url in [&s.queue_url, &s.dlq_url] {
         let _ = sqs.delete_queue().queue_url(url).send().await;
     }
-}
-
-#[tokio::test]
-async fn cli_script_creates_what_the_code_provisions() {
-    if !cli_available() {
-        eprintln!("neither awslocal nor aws is installed: the CLI path is not checked here");
-        return;
-    }
-    script_then_code("cli").await;
 }
 
 #[tokio::test]

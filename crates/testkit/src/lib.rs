@@ -147,6 +147,23 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Stops the service and waits (up to 10 s) until its port refuses connections,
+    /// so what follows really runs with the service down.
+    pub async fn stop(self) {
+        self.token.cancel();
+        let addr = self.api.base.trim_start_matches("http://").to_owned();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{addr} still accepts connections"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         self.token.cancel();

@@ -193,8 +193,7 @@ async fn delivery_unavailable_changes_nothing(_pool: PgPoolOptions, options: PgC
         201,
     )
     .await;
-    stack.delivery = None; // stops delivery
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    stack.delivery.take().unwrap().stop().await;
     let response = stack
         .api()
         .post(&format!("/orders/{}/cancel", order.id), &json!({}))

@@ -219,7 +219,7 @@ async fn a_cancelled_orders_saga_is_compensated_even_if_delivery_went_down_since
         .execute(&stack.sales_db)
         .await
         .unwrap();
-    stack.delivery = None; // stops delivery
+    stack.delivery.take().unwrap().stop().await;
     let sagas = stack.retry_worker.sagas.clone().unwrap();
     sagas
         .compensated_by_cancel(order.id, "cancelled by the customer")
