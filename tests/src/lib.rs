@@ -242,6 +242,21 @@ pub struct StackOptions {
     pub delivery_env: Vec<(&'static str, String)>,
 }
 
+/// A `POST /orders` body for `customer` with `(product, quantity)` items, shipped
+/// to the address every test uses.
+pub fn order_body(customer: &str, items: &[(&str, i32)]) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = items
+        .iter()
+        .map(|(product, quantity)| serde_json::json!({"product_id": product, "quantity": quantity}))
+        .collect();
+    serde_json::json!({
+        "customer_id": customer,
+        "items": items,
+        "shipping_address": {"recipient": "Ada", "line1": "1 Main St", "city": "Berlin",
+                             "postal_code": "10115", "country": "DE"}
+    })
+}
+
 /// The SQS/SNS emulator the tests use (`AWS_ENDPOINT_URL`, default LocalStack on 4566).
 pub fn aws_endpoint() -> String {
     std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into())

@@ -15,12 +15,7 @@ use system_tests::{Stack, StackOptions, proxy::Proxy};
 use uuid::Uuid;
 
 fn order_body(customer: &str) -> serde_json::Value {
-    json!({
-        "customer_id": customer,
-        "items": [{"product_id": "SKU-MOUSE", "quantity": 1}],
-        "shipping_address": {"recipient": "Ada", "line1": "1 Main St", "city": "Berlin",
-                             "postal_code": "10115", "country": "DE"}
-    })
+    system_tests::order_body(customer, &[("SKU-MOUSE", 1)])
 }
 
 fn redis_addr() -> std::net::SocketAddr {

@@ -19,12 +19,7 @@ use system_tests::{STAFF_TOKEN, Stack, StackOptions};
 use uuid::Uuid;
 
 fn order_body(customer: &str, product: &str, quantity: i32) -> Value {
-    json!({
-        "customer_id": customer,
-        "items": [{"product_id": product, "quantity": quantity}],
-        "shipping_address": {"recipient": "Ada", "line1": "1 Main St", "city": "Berlin",
-                             "postal_code": "10115", "country": "DE"}
-    })
+    system_tests::order_body(customer, &[(product, quantity)])
 }
 
 async fn place(http: &reqwest::Client, stack: &Stack, body: &Value) -> Order {

@@ -16,12 +16,7 @@ use system_tests::{Service, Stack, StackOptions};
 const N: usize = 5;
 
 fn order_body(customer: &str) -> Json {
-    json!({
-        "customer_id": customer,
-        "items": [{"product_id": "SKU-MOUSE", "quantity": 1}],
-        "shipping_address": {"recipient": "Ada", "line1": "1 Main St", "city": "Berlin",
-                             "postal_code": "10115", "country": "DE"}
-    })
+    system_tests::order_body(customer, &[("SKU-MOUSE", 1)])
 }
 
 /// Scrapes and parses a service's `/metrics` (checking the content type).

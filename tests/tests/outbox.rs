@@ -17,12 +17,7 @@ use system_tests::{Stack, StackOptions};
 use uuid::Uuid;
 
 fn order_body(customer: &str) -> Value {
-    json!({
-        "customer_id": customer,
-        "items": [{"product_id": "SKU-HEADSET", "quantity": 1}],
-        "shipping_address": {"recipient": "Ada", "line1": "1 Main St", "city": "Berlin",
-                             "postal_code": "10115", "country": "DE"}
-    })
+    system_tests::order_body(customer, &[("SKU-HEADSET", 1)])
 }
 
 async fn place(http: &reqwest::Client, base: &str, customer: &str) -> Order {

@@ -5,16 +5,11 @@
 use std::time::{Duration, Instant};
 
 use contracts::orders::Order;
-use serde_json::{Value, json};
+use serde_json::Value;
 use system_tests::{Stack, StackOptions};
 
 fn order_body(customer: &str) -> Value {
-    json!({
-        "customer_id": customer,
-        "items": [{"product_id": "SKU-MOUSE", "quantity": 1}],
-        "shipping_address": {"recipient": "Ada", "line1": "1 Main St", "city": "Berlin",
-                             "postal_code": "10115", "country": "DE"}
-    })
+    system_tests::order_body(customer, &[("SKU-MOUSE", 1)])
 }
 
 async fn place(http: &reqwest::Client, stack: &Stack, customer: &str) -> reqwest::Response {

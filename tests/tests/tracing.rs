@@ -13,7 +13,7 @@ use std::{
 
 use axum::{Json, Router, body::Bytes, extract::State, routing::post};
 use serde_json::{Value, json};
-use system_tests::{Stack, StackOptions};
+use system_tests::{Stack, StackOptions, order_body};
 
 /// One exported span, as the test needs it.
 #[derive(Debug, Clone)]
@@ -118,12 +118,7 @@ async fn one_order_is_one_trace_across_services_and_the_broker() {
 
     let response = reqwest::Client::new()
         .post(format!("{}/orders", stack.sales.base_url()))
-        .json(&json!({
-            "customer_id": "traced-customer",
-            "items": [{"product_id": "SKU-HEADSET", "quantity": 1}],
-            "shipping_address": {"recipient": "Ada", "line1": "1 Main St", "city": "Berlin",
-                                 "postal_code": "10115", "country": "DE"}
-        }))
+        .json(&order_body("traced-customer", &[("SKU-HEADSET", 1)]))
         .send()
         .await
         .unwrap();
@@ -283,12 +278,7 @@ async fn a_delivery_the_retry_worker_initiates_later_joins_the_orders_trace() {
     let http = reqwest::Client::new();
     let response = http
         .post(format!("{}/orders", stack.sales.base_url()))
-        .json(&json!({
-            "customer_id": "traced-customer",
-            "items": [{"product_id": "SKU-MOUSE", "quantity": 1}],
-            "shipping_address": {"recipient": "Ada", "line1": "1 Main St", "city": "Berlin",
-                                 "postal_code": "10115", "country": "DE"}
-        }))
+        .json(&order_body("traced-customer", &[("SKU-MOUSE", 1)]))
         .send()
         .await
         .unwrap();
