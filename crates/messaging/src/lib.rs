@@ -34,4 +34,4 @@ pub use consume::{
 };
 pub use envelope::Envelope;
 pub use provision::{Provisioned, QueueSpec, Topology, provision};
-pub use publish::{PublishError, Publisher};
+pub use publish::{FailureKind, PublishError, Publisher};

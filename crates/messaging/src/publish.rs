@@ -19,9 +19,78 @@ pub const MAX_BATCH_BYTES: usize = 262_144;
 
 /// Why one event was not published. Publishing is safe to retry: consumers deduplicate on
 /// `event_id`.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct PublishError(pub String);
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PublishError {
+    /// Whose fault it was: the broker (or the way to it), or this event.
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+/// Whose fault a failed publish was. Only [`FailureKind::Refused`] says anything about the
+/// event itself; the outbox charges only those against a row's dead-letter budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The broker could not be asked or did not answer about this entry: connection refused,
+    /// timeout, a 5xx, throttling, a credential or topic problem, or a per-entry failure SNS
+    /// marks as its own fault. Retrying later may succeed; the event is not to blame.
+    Unavailable,
+    /// The broker refused this entry itself: a per-entry failure SNS marks as the sender's
+    /// fault, or a request whose content it refused (an entry too large, an invalid
+    /// attribute). Retrying the same event is likely to fail again.
+    Refused,
+}
+
+impl PublishError {
+    /// The broker could not be asked, or failed.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            kind: FailureKind::Unavailable,
+            message: message.into(),
+        }
+    }
+
+    /// The broker refused the entry.
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self {
+            kind: FailureKind::Refused,
+            message: message.into(),
+        }
+    }
+
+    pub fn is_refused(&self) -> bool {
+        self.kind == FailureKind::Refused
+    }
+}
+
+/// How a failed `PublishBatch` call is to be read: refused for its content (an entry too
+/// large, an invalid attribute), or the broker unavailable (timeouts, connection failures,
+/// 5xx, throttling, and the credential, topic and KMS problems that are nobody's event's
+/// fault).
+fn classify_call(
+    error: &aws_sdk_sns::error::SdkError<
+        aws_sdk_sns::operation::publish_batch::PublishBatchError,
+        aws_sdk_sns::config::http::HttpResponse,
+    >,
+) -> FailureKind {
+    use aws_sdk_sns::{error::SdkError, operation::publish_batch::PublishBatchError as E};
+    match error {
+        // The request could not even be built from this content.
+        SdkError::ConstructionFailure(_) => FailureKind::Refused,
+        SdkError::ServiceError(service) => match service.err() {
+            E::InvalidParameterException(_)
+            | E::InvalidParameterValueException(_)
+            | E::BatchRequestTooLongException(_)
+            | E::BatchEntryIdsNotDistinctException(_)
+            | E::InvalidBatchEntryIdException(_)
+            | E::EmptyBatchRequestException(_)
+            | E::TooManyEntriesInBatchRequestException(_)
+            | E::ValidationException(_) => FailureKind::Refused,
+            _ => FailureKind::Unavailable,
+        },
+        _ => FailureKind::Unavailable,
+    }
+}
 
 /// Publishes envelopes to one topic. Cheap to clone (the SDK client is shared).
 #[derive(Clone)]
@@ -100,7 +169,7 @@ impl Publisher {
             .zip(results)
             .zip(&spans)
             .map(|((e, r), span)| {
-                let r = r.unwrap_or_else(|| Err(PublishError("not attempted".into())));
+                let r = r.unwrap_or_else(|| Err(PublishError::unavailable("not attempted")));
                 if let Err(error) = &r {
                     span.record("otel.status_code", "error");
                     span.record("error", tracing::field::display(error));
@@ -128,19 +197,46 @@ impl Publisher {
         span
     }
 
+    /// Sends one batch. A call refused for its content is tried again entry by entry, so the
+    /// refusal lands on the entry at fault, not on its neighbours.
     async fn send_batch(
         &self,
         events: &[Envelope],
         batch: Vec<Prepared>,
     ) -> Vec<(usize, Result<(), PublishError>)> {
+        let outcome = self.send_once(events, &batch).await;
+        let refused_whole = batch.len() > 1
+            && !outcome.is_empty()
+            && outcome.iter().all(|(_, r)| {
+                r.as_ref()
+                    .is_err_and(|e| e.is_refused() && e.message.starts_with(CALL_REFUSED))
+            });
+        if !refused_whole {
+            return outcome;
+        }
+        tracing::warn!(topic = %self.topic_arn, entries = batch.len(),
+            "PublishBatch refused for its content; sending its entries one by one");
+        let mut outcome = Vec::with_capacity(batch.len());
+        for single in batch {
+            outcome.extend(self.send_once(events, std::slice::from_ref(&single)).await);
+        }
+        outcome
+    }
+
+    /// One `PublishBatch` call with `batch`, a result per entry.
+    async fn send_once(
+        &self,
+        events: &[Envelope],
+        batch: &[Prepared],
+    ) -> Vec<(usize, Result<(), PublishError>)> {
         let mut outcome = Vec::with_capacity(batch.len());
         let mut entries = Vec::with_capacity(batch.len());
         let mut index_by_id = HashMap::with_capacity(batch.len());
         for p in batch {
-            match build_entry(&p) {
+            match build_entry(p) {
                 Ok(entry) => {
                     entries.push(entry);
-                    index_by_id.insert(p.id, p.index);
+                    index_by_id.insert(p.id.clone(), p.index);
                 }
                 Err(e) => outcome.push((p.index, Err(e))),
             }
@@ -158,12 +254,21 @@ impl Publisher {
             .await;
         match sent {
             Err(e) => {
-                let error =
-                    PublishError(format!("PublishBatch failed: {}", DisplayErrorContext(&e)));
+                let kind = classify_call(&e);
+                let message = format!("{CALL_REFUSED}{}", DisplayErrorContext(&e));
+                let error = PublishError {
+                    kind,
+                    message: if kind == FailureKind::Refused {
+                        message
+                    } else {
+                        format!("PublishBatch failed: {}", DisplayErrorContext(&e))
+                    },
+                };
                 tracing::warn!(
                     topic = %self.topic_arn,
                     entries = index_by_id.len(),
                     error = %error,
+                    refused = error.is_refused(),
                     "PublishBatch call failed"
                 );
                 outcome.extend(index_by_id.into_values().map(|i| (i, Err(error.clone()))));
@@ -176,11 +281,17 @@ impl Publisher {
                 }
                 for failed in out.failed() {
                     if let Some(i) = index_by_id.remove(failed.id()) {
-                        let error = PublishError(format!(
+                        let message = format!(
                             "{}: {}",
                             failed.code(),
                             failed.message().unwrap_or("no message")
-                        ));
+                        );
+                        // SNS says whose fault it was: the entry's (sender) or its own.
+                        let error = if failed.sender_fault() {
+                            PublishError::refused(message)
+                        } else {
+                            PublishError::unavailable(message)
+                        };
                         tracing::warn!(
                             event_id = %events[i].event_id,
                             event_type = %events[i].event_type,
@@ -196,8 +307,8 @@ impl Publisher {
                 outcome.extend(index_by_id.into_values().map(|i| {
                     (
                         i,
-                        Err(PublishError(
-                            "no result for this entry in the PublishBatch response".into(),
+                        Err(PublishError::unavailable(
+                            "no result for this entry in the PublishBatch response",
                         )),
                     )
                 }));
@@ -206,6 +317,9 @@ impl Publisher {
         outcome
     }
 }
+
+/// Prefix of the message of a call refused as a whole for its content.
+const CALL_REFUSED: &str = "PublishBatch refused: ";
 
 /// The entries of `events`, whose trace attributes are the context of their publish `spans`
 /// (the envelope's own when a span carries none).
@@ -280,12 +394,12 @@ fn build_entry(p: &Prepared) -> Result<PublishBatchRequestEntry, PublishError> {
             .data_type("String")
             .string_value(value)
             .build()
-            .map_err(|e| PublishError(format!("attribute {name}: {e}")))?;
+            .map_err(|e| PublishError::refused(format!("attribute {name}: {e}")))?;
         entry = entry.message_attributes(*name, value);
     }
     entry
         .build()
-        .map_err(|e| PublishError(format!("batch entry: {e}")))
+        .map_err(|e| PublishError::refused(format!("batch entry: {e}")))
 }
 
 #[cfg(test)]

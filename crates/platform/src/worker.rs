@@ -13,6 +13,8 @@ pub enum Next {
     Again,
     /// Nothing more for now: wait the interval.
     Wait,
+    /// Wait this long instead of the interval (e.g. until a breaker lets a trial through).
+    After(Duration),
 }
 
 /// When the first step runs.
@@ -35,23 +37,24 @@ pub async fn run_every<F, Fut, E>(
     Fut: Future<Output = Result<Next, E>>,
     E: Display,
 {
-    let mut wait = start == Start::AfterInterval;
+    let mut wait = (start == Start::AfterInterval).then_some(interval);
     loop {
-        if wait {
+        if let Some(wait) = wait {
             tokio::select! {
                 () = token.cancelled() => break,
-                () = tokio::time::sleep(interval) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
         if token.is_cancelled() {
             break;
         }
         wait = match step().await {
-            Ok(Next::Again) => false,
-            Ok(Next::Wait) => true,
+            Ok(Next::Again) => None,
+            Ok(Next::Wait) => Some(interval),
+            Ok(Next::After(d)) => Some(d),
             Err(e) => {
                 tracing::warn!(worker = name, error = %e, "worker step failed");
-                true
+                Some(interval)
             }
         };
     }
@@ -111,5 +114,32 @@ mod tests {
         )
         .await;
         assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_step_may_choose_its_own_wait() {
+        let token = CancellationToken::new();
+        let started = tokio::time::Instant::now();
+        let times = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (t, seen) = (token.clone(), times.clone());
+        run_every(
+            "test",
+            Duration::from_secs(60),
+            Start::Immediately,
+            token,
+            move || {
+                let mut seen = seen.lock().expect("not poisoned");
+                seen.push(started.elapsed());
+                if seen.len() == 3 {
+                    t.cancel();
+                }
+                async { Ok::<_, std::convert::Infallible>(Next::After(Duration::from_secs(2))) }
+            },
+        )
+        .await;
+        assert_eq!(
+            *times.lock().expect("not poisoned"),
+            vec![Duration::ZERO, Duration::from_secs(2), Duration::from_secs(4)]
+        );
     }
 }

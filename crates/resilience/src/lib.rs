@@ -15,11 +15,18 @@
 //!   jitter), and [`retry::retry_unless_rejected`] so retries never hammer an open breaker.
 //! - [`backoff`]: [`backoff::exponential`] and [`backoff::jittered`] delays for schedulers that
 //!   compute their own next attempt (e.g. a stored `next_attempt_at`).
+//! - [`deadline`]: [`deadline::after`] / [`deadline::before`], the instant a delay away from
+//!   another, saturating instead of panicking on a huge delay.
+//! - [`bulkhead`]: [`Bulkhead`], a cap on the calls in flight to one dependency; a call over
+//!   the cap is refused at once, like one to an open breaker.
 
 pub mod backoff;
 pub mod breaker;
+pub mod bulkhead;
+pub mod deadline;
 pub mod retry;
 
+pub use bulkhead::{Bulkhead, BulkheadFull, BulkheadPermit};
 pub use breaker::{
     BreakerConfig, BreakerSnapshot, BreakerState, CallError, CircuitBreaker, Outcome, Permit,
     Registry, Rejected,

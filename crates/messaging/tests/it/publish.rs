@@ -118,7 +118,7 @@ async fn filter_policy_routes_by_event_type() {
 }
 
 #[tokio::test]
-async fn publish_to_a_missing_topic_fails_every_event() {
+async fn a_missing_topic_makes_every_event_unavailable_not_refused() {
     let sdk = sdk().await;
     let topic_arn = format!("arn:aws:sns:us-east-1:000000000000:{}", unique("missing"));
     let events: Vec<Envelope> = (0..12).map(|_| envelope("ORDER_CREATED")).collect();
@@ -127,7 +127,9 @@ async fn publish_to_a_missing_topic_fails_every_event() {
     for ((id, result), event) in results.iter().zip(&events) {
         assert_eq!(*id, event.event_id);
         let error = result.as_ref().unwrap_err();
-        assert!(!error.0.is_empty());
+        assert!(!error.message.is_empty());
+        // A topic or credential problem is the broker's, not the event's: no dead letter.
+        assert_eq!(error.kind, messaging::FailureKind::Unavailable, "{error}");
     }
     assert!(
         Publisher::new(&sdk, "arn:x", 1)
@@ -157,5 +159,41 @@ async fn a_repeated_event_is_published_in_separate_batches() {
     )
     .await;
     assert_eq!(messages.len(), 3);
+    teardown(&sdk, &provisioned).await;
+}
+
+#[tokio::test]
+async fn entries_the_broker_refuses_are_told_apart_from_their_neighbours() {
+    let sdk = sdk().await;
+    let (topology, name) = single_queue("pubrefused", 5, 30);
+    let provisioned = provision(&sdk, &topology).await.unwrap();
+    let mut events: Vec<Envelope> = (0..6).map(|_| envelope("ORDER_CREATED")).collect();
+    // An empty attribute value makes SNS refuse the whole call it is in: the publisher
+    // sends that batch's entries one by one, so only this entry is refused.
+    events[1].event_type = String::new();
+    // Over SNS's 256 KiB: refused however it is sent.
+    events[4].payload = serde_json::json!({ "blob": "x".repeat(300_000) });
+    let results = Publisher::new(&sdk, &provisioned.topic_arn, 2)
+        .publish(&events)
+        .await;
+    for (i, (id, result)) in results.iter().enumerate() {
+        assert_eq!(*id, events[i].event_id);
+        match i {
+            1 | 4 => {
+                let error = result.as_ref().unwrap_err();
+                assert_eq!(error.kind, messaging::FailureKind::Refused, "{i}: {error}");
+            }
+            _ => assert!(result.is_ok(), "{i}: {result:?}"),
+        }
+    }
+    let messages = drain(
+        &sdk,
+        &provisioned.queue_urls[&name],
+        4,
+        Duration::from_secs(20),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(messages.len(), 4, "the four good events arrived");
     teardown(&sdk, &provisioned).await;
 }
