@@ -11,8 +11,8 @@ use std::{
 
 use contracts::{
     catalog::{Product, Reservation, ReservationStatus},
-    delivery::{Delivery, DeliveryStatus},
-    orders::{Order, OrderStatus},
+    delivery::Delivery,
+    orders::{DeliveryHold, Order, OrderStatus},
 };
 use serde_json::{Value, json};
 use system_tests::{STAFF_TOKEN, Stack, StackOptions};
@@ -196,7 +196,12 @@ async fn out_of_stock_after_fallback_waits_for_staff_who_reject_through_the_comp
     // An order accepted on the fallback for more than product has.
     stack.product.stop().await;
     let greedy = place(&http, &stack, &order_body("greedy", "SKU-HEADSET", 500)).await;
-    assert!(greedy.requires_manual_review && greedy.delivery_id.is_some());
+    assert!(greedy.requires_manual_review && greedy.delivery_id.is_none());
+    assert_eq!(
+        greedy.delivery_hold,
+        Some(DeliveryHold::AvailabilityUnverified),
+        "its delivery waits for the stock check"
+    );
     stack.product.start().await;
 
     eventually(
@@ -214,7 +219,9 @@ async fn out_of_stock_after_fallback_waits_for_staff_who_reject_through_the_comp
         detail["reviews"][0]["details"]["short_items"][0]["available"],
         150
     );
-    assert!(order(&http, &stack, greedy.id).await.requires_manual_review);
+    let kept = order(&http, &stack, greedy.id).await;
+    assert!(kept.requires_manual_review);
+    assert_eq!(kept.delivery_hold, Some(DeliveryHold::ManualReview));
     let queue: Value = get(
         &http,
         format!(
@@ -225,7 +232,7 @@ async fn out_of_stock_after_fallback_waits_for_staff_who_reject_through_the_comp
     .await;
     assert_eq!(queue["items"][0]["order"]["id"], greedy.id.to_string());
 
-    // Staff reject it: the delivery is cancelled, nothing is held at product.
+    // Staff reject it: cancelled with nothing to undo at delivery, nothing held at product.
     let response = decide(
         &http,
         &stack,
@@ -238,19 +245,19 @@ async fn out_of_stock_after_fallback_waits_for_staff_who_reject_through_the_comp
     let rejected = order(&http, &stack, greedy.id).await;
     assert_eq!(rejected.status, OrderStatus::Cancelled);
     assert!(!rejected.requires_manual_review);
-    let delivery: Delivery = serde_json::from_value(
+    let deliveries: Vec<Delivery> = serde_json::from_value(
         get(
             &http,
             format!(
-                "{}/deliveries/{}",
+                "{}/deliveries?order_id={}",
                 stack.delivery.base_url(),
-                greedy.delivery_id.unwrap()
+                greedy.id
             ),
         )
         .await,
     )
     .unwrap();
-    assert_eq!(delivery.status, DeliveryStatus::Cancelled);
+    assert!(deliveries.is_empty(), "never shipped: {deliveries:?}");
     let held = http
         .get(format!(
             "{}/reservations/{}",
@@ -260,7 +267,14 @@ async fn out_of_stock_after_fallback_waits_for_staff_who_reject_through_the_comp
         .send()
         .await
         .unwrap();
-    assert_eq!(held.status(), 404, "no reservation was ever taken");
+    // Never reserved: the cancellation's release only marks the order's (empty)
+    // reservation, so no late reservation can be taken for it.
+    let held: Reservation = held.json().await.unwrap();
+    assert_eq!(held.status, ReservationStatus::Released);
+    assert!(
+        held.items.is_empty(),
+        "no reservation was ever taken: {held:?}"
+    );
     let headsets: Product = serde_json::from_value(
         get(
             &http,
@@ -271,8 +285,8 @@ async fn out_of_stock_after_fallback_waits_for_staff_who_reject_through_the_comp
     .unwrap();
     assert_eq!((headsets.stock_on_hand, headsets.reserved), (150, 0));
 
-    // The stuck order is rejected too: its committed reservation is released when
-    // product consumes ORDER_CANCELLED.
+    // The stuck order is rejected too: its committed reservation is restocked (by the
+    // cancellation's direct release, or ORDER_CANCELLED if product was away).
     let detail = review_detail(&http, &stack, stuck.id).await;
     assert_eq!(detail["reviews"][0]["reason"], "DELIVERY_RETRIES_EXHAUSTED");
     let response = decide(

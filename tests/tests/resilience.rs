@@ -302,3 +302,83 @@ async fn database_cut_off_answers_503_then_recovers_without_restart() {
     product.close().await;
     assert!(stack.shutdown().await);
 }
+
+/// The value of one sample in a Prometheus scrape, e.g. `bulkhead_rejected_total{bulkhead="product"}`.
+fn sample(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_hung_product_holds_no_more_requests_than_its_bulkhead() {
+    // Product hangs (connections accepted, never answered) while its breaker is still
+    // closed: without a cap every order of a burst would wait for the 3 s call timeout.
+    let hung = system_tests::proxy::Proxy::start("127.0.0.1:9".parse().unwrap()).await;
+    hung.set_hung(true);
+    let stack = Stack::start_with(StackOptions {
+        sales_env: vec![
+            (
+                "SALES_PRODUCT_URL",
+                format!("http://127.0.0.1:{}", hung.port),
+            ),
+            ("SALES_BULKHEAD_PRODUCT_MAX_CONCURRENT", "4".into()),
+        ],
+        ..StackOptions::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let burst = 40;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..burst {
+        let (http, url) = (http.clone(), format!("{}/orders", stack.sales.base_url()));
+        tasks.spawn(async move {
+            let began = Instant::now();
+            let response = http
+                .post(url)
+                .json(&order_body(&format!("burst{i}")))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let order: Order = response.json().await.unwrap();
+            (status, order, began.elapsed())
+        });
+    }
+    let answers = tasks.join_all().await;
+    let took = started.elapsed();
+    let mut latencies: Vec<Duration> = answers.iter().map(|(_, _, d)| *d).collect();
+    latencies.sort();
+    println!(
+        "{burst} orders with product hung: all answered in {took:?}; p50 {:?}, slowest {:?}; \
+         product saw at most {} connections at once",
+        latencies[burst / 2],
+        latencies[burst - 1],
+        hung.peak_connections()
+    );
+    for (status, order, _) in &answers {
+        assert_eq!(status.as_u16(), 201);
+        assert!(order.fallback_used && order.requires_manual_review);
+    }
+    assert!(
+        hung.peak_connections() <= 4,
+        "the bulkhead caps the calls in flight to product: {}",
+        hung.peak_connections()
+    );
+    let scrape = http
+        .get(format!("{}/metrics", stack.sales.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused = sample(&scrape, "bulkhead_rejected_total{bulkhead=\"product\"}");
+    assert!(
+        refused >= (burst - 4 - 10) as f64,
+        "the calls over the cap took the fallback at once: {refused}"
+    );
+    assert!(stack.shutdown().await);
+}

@@ -77,10 +77,42 @@ pub struct Order {
     pub fallback_used: bool,
     /// The delivery at the delivery service, once initiated.
     pub delivery_id: Option<Uuid>,
+    /// Why the order's delivery has not started and will not until something happens
+    /// (absent when nothing holds it back).
+    #[serde(default)]
+    pub delivery_hold: Option<DeliveryHold>,
     /// Per-order sequence, bumped on every change.
     pub version: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// What an order's delivery waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeliveryHold {
+    /// Stock could not be confirmed when the order was placed (product was unavailable): the
+    /// delivery starts once product confirms it, or staff approve the order.
+    AvailabilityUnverified,
+    /// Stock could not be confirmed afterwards either (out of stock, unknown product): a
+    /// person decides whether the order ships.
+    ManualReview,
+}
+
+impl DeliveryHold {
+    pub const ALL: [Self; 2] = [Self::AvailabilityUnverified, Self::ManualReview];
+
+    /// The value stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AvailabilityUnverified => "AVAILABILITY_UNVERIFIED",
+            Self::ManualReview => "MANUAL_REVIEW",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|h| h.as_str() == s)
+    }
 }
 
 /// One page of orders, newest first.

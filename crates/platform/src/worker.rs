@@ -139,7 +139,11 @@ mod tests {
         .await;
         assert_eq!(
             *times.lock().expect("not poisoned"),
-            vec![Duration::ZERO, Duration::from_secs(2), Duration::from_secs(4)]
+            vec![
+                Duration::ZERO,
+                Duration::from_secs(2),
+                Duration::from_secs(4)
+            ]
         );
     }
 }

@@ -45,7 +45,10 @@ mod tests {
             after(now, Duration::from_millis(1500)),
             now + TimeDelta::milliseconds(1500)
         );
-        assert_eq!(before(now, Duration::from_secs(2)), now - TimeDelta::seconds(2));
+        assert_eq!(
+            before(now, Duration::from_secs(2)),
+            now - TimeDelta::seconds(2)
+        );
     }
 
     #[test]

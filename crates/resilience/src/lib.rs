@@ -26,8 +26,8 @@ pub mod bulkhead;
 pub mod deadline;
 pub mod retry;
 
-pub use bulkhead::{Bulkhead, BulkheadFull, BulkheadPermit};
 pub use breaker::{
     BreakerConfig, BreakerSnapshot, BreakerState, CallError, CircuitBreaker, Outcome, Permit,
     Registry, Rejected,
 };
+pub use bulkhead::{Bulkhead, BulkheadFull, BulkheadPermit};

@@ -23,7 +23,9 @@ use platform::ApiError;
 use sqlx::{PgConnection, PgPool, types::Json as Jsonb};
 use uuid::Uuid;
 
-use crate::reservations::{Settle, find, reactivate, settle_in};
+use crate::reservations::{
+    CancelRelease, Settle, find, order_cancelled, reactivate, release_for_cancellation, settle_in,
+};
 
 /// Event types this consumer applies (its queue's filter policy).
 pub const CONSUMED: [&str; 2] = ["ORDER_CREATED", "ORDER_CANCELLED"];
@@ -169,7 +171,12 @@ async fn on_created(
 ) -> Result<Applied, sqlx::Error> {
     let order: Order = serde_json::from_value(event.payload.clone())
         .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    match reservation_status(&mut *tx, order.id).await? {
+    let status = reservation_status(&mut *tx, order.id).await?;
+    if order_cancelled(&mut *tx, order.id).await? {
+        // A late event of an order cancelled since: its stock was given back for good.
+        return Ok(Applied::Ignored);
+    }
+    match status {
         Some(ReservationStatus::Active) => {
             settle_in(&mut *tx, order.id, Settle::Commit, now)
                 .await
@@ -219,39 +226,17 @@ async fn on_cancelled(
     order_id: Uuid,
     now: DateTime<Utc>,
 ) -> Result<Applied, sqlx::Error> {
-    match reservation_status(&mut *tx, order_id).await? {
-        Some(ReservationStatus::Active) => {
-            settle_in(&mut *tx, order_id, Settle::Release, now)
-                .await
-                .map_err(db)?;
-            Ok(Applied::Released)
-        }
-        Some(ReservationStatus::Committed) => {
-            // Cancelled before shipment: the units are still in the warehouse.
-            sqlx::query(
-                "UPDATE products p SET stock_on_hand = p.stock_on_hand + ri.quantity, updated_at = $2
-                 FROM reservation_items ri WHERE ri.order_id = $1 AND p.id = ri.product_id",
-            )
-            .bind(order_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE reservations SET status = 'RELEASED', updated_at = $2 WHERE order_id = $1",
-            )
-            .bind(order_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            Ok(Applied::Released)
-        }
-        _ => {
-            sqlx::query("DELETE FROM unreserved_orders WHERE order_id = $1")
-                .bind(order_id)
-                .execute(&mut *tx)
-                .await?;
-            Ok(Applied::Ignored)
-        }
+    sqlx::query("DELETE FROM unreserved_orders WHERE order_id = $1")
+        .bind(order_id)
+        .execute(&mut *tx)
+        .await?;
+    // The same release as sales' direct call: whichever comes second finds nothing held.
+    match release_for_cancellation(tx, order_id, now)
+        .await
+        .map_err(db)?
+    {
+        CancelRelease::Released | CancelRelease::Restocked => Ok(Applied::Released),
+        CancelRelease::NothingHeld => Ok(Applied::Ignored),
     }
 }
 

@@ -3,6 +3,13 @@
 //! `stock_on_hand`) changes only here, always under row locks taken in one order:
 //! the reservation row first, then its products by id. So concurrent reservations
 //! for the last unit serialize, and no two writers deadlock.
+//!
+//! A cancelled order's units come back however they are held: releasing with the
+//! cancellation as the reason ([`release_for_cancellation`], the direct call from
+//! sales or `ORDER_CANCELLED`, whichever comes first; the other changes nothing)
+//! frees an active reservation and restocks a committed one, and marks the
+//! reservation so that it is never taken again — not by a late `ORDER_CREATED`,
+//! not by a reservation request for the same order.
 
 use axum::{
     Router,
@@ -116,6 +123,9 @@ pub async fn reserve(
     .await?
     .rows_affected();
     if inserted == 0 {
+        if order_cancelled(&mut tx, request.order_id).await? {
+            return Err(order_cancelled_problem(request.order_id).into());
+        }
         let existing = find(&mut tx, request.order_id).await?.ok_or_else(|| {
             Problem::conflict(
                 "reservation-busy",
@@ -257,6 +267,104 @@ pub(crate) async fn reactivate(
     Ok(find(&mut *tx, existing.order_id)
         .await?
         .ok_or(sqlx::Error::RowNotFound)?)
+}
+
+/// Whether the order of this reservation was cancelled (its reservation is never taken again).
+pub async fn order_cancelled(conn: &mut PgConnection, order_id: Uuid) -> Result<bool, sqlx::Error> {
+    let cancelled: Option<bool> = sqlx::query_scalar(
+        "SELECT order_cancelled_at IS NOT NULL FROM reservations WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(cancelled.unwrap_or(false))
+}
+
+fn order_cancelled_problem(order_id: Uuid) -> Problem {
+    Problem::conflict(
+        "order-cancelled",
+        format!("order {order_id} was cancelled: its stock is not reserved again"),
+    )
+}
+
+/// What releasing a cancelled order's reservation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelRelease {
+    /// An active reservation's units are available again.
+    Released,
+    /// A committed reservation's units are back in stock.
+    Restocked,
+    /// Nothing was held (released, expired, cancelled before, or never reserved).
+    NothingHeld,
+}
+
+/// Gives a cancelled order's units back, in the caller's transaction: an ACTIVE reservation
+/// is released, a COMMITTED one restocked (the units never left the warehouse: the order
+/// was cancelled before shipment), and the reservation marked as the cancelled order's so
+/// it is never taken again. An order without a reservation gets an empty marked one, so a
+/// late reservation request for it is refused too. Idempotent: a second call finds
+/// nothing held.
+pub async fn release_for_cancellation(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    now: DateTime<Utc>,
+) -> ApiResult<CancelRelease> {
+    sqlx::query(
+        "INSERT INTO reservations (order_id, status, expires_at, created_at, updated_at)
+         VALUES ($1, 'RELEASED', $2, $2, $2) ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1 FOR UPDATE")
+            .bind(order_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    let done = match ReservationStatus::parse(&status) {
+        Some(ReservationStatus::Active) => {
+            settle_in(&mut *tx, order_id, Settle::Release, now).await?;
+            CancelRelease::Released
+        }
+        Some(ReservationStatus::Committed) => {
+            sqlx::query(
+                "SELECT p.id FROM products p JOIN reservation_items ri ON ri.product_id = p.id
+                 WHERE ri.order_id = $1 ORDER BY p.id FOR UPDATE OF p",
+            )
+            .bind(order_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE products p SET stock_on_hand = p.stock_on_hand + ri.quantity, updated_at = $2
+                 FROM reservation_items ri WHERE ri.order_id = $1 AND p.id = ri.product_id",
+            )
+            .bind(order_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE reservations SET status = 'RELEASED', updated_at = $2 WHERE order_id = $1",
+            )
+            .bind(order_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            CancelRelease::Restocked
+        }
+        _ => CancelRelease::NothingHeld,
+    };
+    sqlx::query(
+        "UPDATE reservations SET order_cancelled_at = COALESCE(order_cancelled_at, $2) WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if done != CancelRelease::NothingHeld {
+        tracing::info!(%order_id, outcome = ?done, "cancelled order's stock given back");
+    }
+    Ok(done)
 }
 
 /// How an ACTIVE reservation ends.
@@ -413,15 +521,48 @@ pub async fn commit_reservation(
         .ok_or_else(|| Problem::not_found(&format!("reservation of order {order_id}")).into())
 }
 
-/// Release an order's reservation: its units become available again. Idempotent.
+/// Why a reservation is released (`DELETE /reservations/{order_id}?reason=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReleaseReason {
+    /// The order was never recorded (its placement was given up): an active reservation is
+    /// released; a committed one is a 409.
+    #[default]
+    Abandoned,
+    /// The order was cancelled: committed units are restocked too, and the order's
+    /// stock is never reserved again. Answers 200 even when nothing was reserved.
+    OrderCancelled,
+}
+
+/// The query of a release.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+pub struct ReleaseQuery {
+    /// `abandoned` (default) or `order-cancelled`.
+    #[serde(default)]
+    pub reason: ReleaseReason,
+}
+
+/// Release an order's reservation: its units become available again. Idempotent. With
+/// `reason=order-cancelled`, a committed reservation is restocked as well, and the order's
+/// stock is never reserved again.
 #[utoipa::path(delete, path = "/reservations/{order_id}", tag = "reservations",
-    params(("order_id" = Uuid, Path)),
+    params(("order_id" = Uuid, Path), ReleaseQuery),
     responses((status = 200, body = Reservation), (status = 404, body = Problem),
-        (status = 409, body = Problem, description = "Already committed")))]
+        (status = 409, body = Problem, description = "Already committed (not for a cancelled order)")))]
 pub async fn release_reservation(
     State(state): State<AppState>,
     Path(order_id): Path<Uuid>,
+    platform::extract::Query(query): platform::extract::Query<ReleaseQuery>,
 ) -> ApiResult<Json<Reservation>> {
+    if query.reason == ReleaseReason::OrderCancelled {
+        let mut tx = state.pool.begin().await?;
+        release_for_cancellation(&mut tx, order_id, Utc::now()).await?;
+        let reservation = find(&mut tx, order_id)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        tx.commit().await?;
+        return Ok(Json(reservation));
+    }
     let result = settle(&state.pool, order_id, Settle::Release, Utc::now()).await;
     match result {
         // Expired is as good as released for a caller that wants the stock back.

@@ -4,7 +4,9 @@
 //! - `OUTBOX_BACKLOG`: more outbox rows pending than the threshold (default 100);
 //! - `MANUAL_REVIEW_BACKLOG`: more open manual reviews than the threshold (default 50);
 //! - `OUTBOX_STALLED`: the oldest pending outbox row is older than the threshold
-//!   (default 300 s), however few rows are pending.
+//!   (default 300 s), however few rows are pending;
+//! - `OUTBOX_DEAD_LETTERS`: any dead letter exists (an event the broker refused for
+//!   good waits for staff to replay or discard it); with the count and the oldest's age.
 //!
 //! Each alert is reported once per episode: an `error` log with `alert` and
 //! `state = "raised"` when it starts, a `warn` log with `state = "resolved"` when it
@@ -43,15 +45,17 @@ pub enum Alert {
     OutboxBacklog,
     ManualReviewBacklog,
     OutboxStalled,
+    OutboxDeadLetters,
 }
 
 impl Alert {
     /// Every alert, in evaluation order.
-    pub const ALL: [Alert; 4] = [
+    pub const ALL: [Alert; 5] = [
         Alert::CircuitBreakerOpen,
         Alert::OutboxBacklog,
         Alert::ManualReviewBacklog,
         Alert::OutboxStalled,
+        Alert::OutboxDeadLetters,
     ];
 
     /// The stable name (`alert` field of logs and webhook bodies, metric label).
@@ -61,6 +65,7 @@ impl Alert {
             Alert::OutboxBacklog => "OUTBOX_BACKLOG",
             Alert::ManualReviewBacklog => "MANUAL_REVIEW_BACKLOG",
             Alert::OutboxStalled => "OUTBOX_STALLED",
+            Alert::OutboxDeadLetters => "OUTBOX_DEAD_LETTERS",
         }
     }
 }
@@ -202,6 +207,18 @@ fn read(alert: Alert, figures: &ReliabilityMetrics, thresholds: &Thresholds) -> 
                 details: json!({ "pending": pending, "oldestPendingAgeSeconds": age }),
                 message: format!(
                     "oldest pending outbox event is {age:.0} s old ({pending} pending; threshold {threshold:.0} s)"
+                ),
+            }
+        }),
+        Alert::OutboxDeadLetters => figures.failed_event_count.map(|failed| {
+            let age = figures.oldest_failed_age_seconds.unwrap_or(0.0);
+            Reading {
+                firing: failed > 0,
+                value: failed as f64,
+                threshold: 0.0,
+                details: json!({ "failed": failed, "oldestFailedAgeSeconds": age }),
+                message: format!(
+                    "{failed} outbox events dead-lettered (oldest {age:.0} s): replay or discard them"
                 ),
             }
         }),
@@ -430,6 +447,7 @@ mod tests {
             outbox_events_pending: Some(0),
             failed_event_count: Some(0),
             oldest_pending_age_seconds: None,
+            oldest_failed_age_seconds: None,
             delivery_retries_pending: Some(0),
             manual_review_queue_length: Some(0),
             reconciliation_jobs_status: None,
@@ -560,6 +578,34 @@ mod tests {
         );
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].state, Change::Resolved);
+        assert!(next.is_empty());
+    }
+
+    #[test]
+    fn any_dead_letter_raises_an_alert_with_count_and_age_until_none_is_left() {
+        let dead = |failed, age| ReliabilityMetrics {
+            failed_event_count: Some(failed),
+            oldest_failed_age_seconds: Some(age),
+            ..quiet()
+        };
+        let (seen, active) = episodes(&[quiet(), dead(1, 2.0), dead(3, 65.0)]);
+        assert_eq!(
+            seen,
+            [
+                vec![],
+                vec![("OUTBOX_DEAD_LETTERS", Change::Raised)],
+                vec![]
+            ]
+        );
+        let open = &active[&Alert::OutboxDeadLetters];
+        assert_eq!(open.value, 3.0);
+        assert_eq!(open.details["oldestFailedAgeSeconds"], json!(65.0));
+        // Replayed or discarded, every one: resolved.
+        let (next, t) = evaluate(&active, &quiet(), &thresholds(), at(9));
+        assert_eq!(
+            t.iter().map(|t| (t.alert, t.state)).collect::<Vec<_>>(),
+            [(Alert::OutboxDeadLetters, Change::Resolved)]
+        );
         assert!(next.is_empty());
     }
 

@@ -176,27 +176,30 @@ impl Application {
         // Before the breakers: they take their metric handles when built.
         platform::metrics::install();
         let breakers = Registry::new();
-        let peer = |name, url: &str, breaker| {
+        let peer = |name, url: &str, breaker, max_concurrent| {
             HttpPeer::new(
                 name,
                 url,
                 config.http_connect_timeout,
                 config.http_request_timeout,
                 breaker,
+                max_concurrent,
             )
         };
         let product = peer(
             "product",
             &config.product_url,
             breakers.register(config.breakers.product.clone()),
+            config.bulkheads.product,
         )?;
         let delivery = peer(
             "delivery",
             &config.delivery_url,
             breakers.register(config.breakers.delivery.clone()),
+            config.bulkheads.delivery,
         )?;
         let relay = relay(&config, &pool, &breakers).await?;
-        let redis = crate::cache::Redis::connect(&config.cache).await?;
+        let redis = crate::cache::Redis::connect(&config.cache, config.bulkheads.redis).await?;
         let db = Db {
             pool,
             breaker: breakers.register(config.breakers.database.clone()),
@@ -259,6 +262,7 @@ impl Application {
         reconciliation::Worker {
             db: self.state.db.clone(),
             delivery: self.state.delivery.clone(),
+            product: self.state.product.clone(),
             config: self.state.config.reconciliation.clone(),
         }
     }

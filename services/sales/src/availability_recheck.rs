@@ -1,31 +1,50 @@
-//! The availability re-check (DESIGN §4): orders accepted on the fallback while
-//! product could not be asked wait in review (`AVAILABILITY_UNVERIFIED`). Once
-//! product answers again (its breaker not open; a half-open breaker lets the
-//! first call through as its trial), each such order's items are reserved at
+//! The availability re-check: orders accepted on the fallback while product
+//! could not be asked wait in review (`AVAILABILITY_UNVERIFIED`), their delivery
+//! held. Once product answers again, each such order's items are reserved at
 //! product under the order's id (product's reservations are idempotent by
 //! order) and the reservation committed:
 //! - success → the review is resolved by `system` (`AVAILABILITY_CONFIRMED`),
-//!   the order's flag cleared unless another review is open, its version
-//!   bumped, with history and an `AVAILABILITY_CONFIRMED` event;
-//! - not enough stock (or products gone from the catalog) → the review stays
-//!   open as `OUT_OF_STOCK_AFTER_FALLBACK`, the short items in its details;
-//! - product unavailable → nothing changes; the next round tries again.
+//!   the order's flag cleared unless another review is open, its delivery hold
+//!   lifted (the delivery retry row due now), its version bumped, with history
+//!   and an `AVAILABILITY_CONFIRMED` event;
+//! - not enough stock → the review stays open as `OUT_OF_STOCK_AFTER_FALLBACK`,
+//!   the short items in its details; a product that does not exist →
+//!   `UNKNOWN_PRODUCT`; either way the delivery stays held for a person
+//!   (`MANUAL_REVIEW`);
+//! - product unavailable → nothing changes; the round stops and the next tries again.
 //!
-//! Several instances: an order is claimed with `FOR UPDATE SKIP LOCKED` on the
-//! order row (locked before its reviews, like every writer) for the time of its
-//! calls, so no two instances recheck one order at once.
+//! It keeps pace with a backlog: a round takes up to `batch` orders, oldest review
+//! first, and asks product about `concurrency` of them at once; a full round is
+//! followed by another at once. While product's breaker is open the worker sleeps
+//! only until the breaker lets a trial through (never longer than its interval),
+//! and its first call is that trial: a backlog clears within one breaker reset of
+//! product's recovery.
+//!
+//! No transaction is open while product is asked: the answer is applied afterwards
+//! in a short transaction that locks the order, and an order cancelled meanwhile
+//! gets the units it was just given back at once ([`crate::cancellation::release_stock`]).
+//! Several instances: a round holds a session advisory lock (not a transaction), so
+//! one instance re-checks at a time; a round that dies releases it with its connection.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
-use contracts::{catalog::ReservationStatus, orders::Order};
+use contracts::{
+    catalog::ReservationStatus,
+    orders::{DeliveryHold, Order, OrderStatus},
+};
+use futures_util::{StreamExt, stream};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
+    cancellation,
     config::AvailabilityRecheckConfig,
     db::Db,
-    orders::store,
+    delivery_retry,
+    orders::store::{self, Hold},
     outbox::events,
     peers::{
         PeerError,
@@ -34,28 +53,45 @@ use crate::{
     reviews::{self, Resolution, ReviewReason, ReviewStatus},
 };
 
+/// Key of the session advisory lock held by a running round.
+pub const LOCK_KEY: i64 = 0x5a1e_a7a1;
+
 /// Counts of one round.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RecheckReport {
     /// Orders taken up this round.
     pub checked: usize,
-    /// Reserved and committed: review resolved.
+    /// Reserved and committed: review resolved, delivery hold lifted.
     pub confirmed: usize,
     /// Not enough stock: review kept as `OUT_OF_STOCK_AFTER_FALLBACK`.
     pub out_of_stock: usize,
+    /// A product does not exist: review kept as `UNKNOWN_PRODUCT`.
+    pub unknown_product: usize,
     /// Orders that failed for another reason (logged; retried next round).
     pub errors: usize,
     /// Product (or its breaker, or the database breaker) refused: the round stopped.
     pub product_unavailable: bool,
+    /// Another instance was re-checking: nothing done.
+    pub skipped: bool,
 }
 
 /// What product said about one order.
 enum Answer {
     Confirmed,
-    /// Stock cannot be confirmed: the details for the review.
-    Short(Value),
+    /// Stock cannot be confirmed: the review's new reason and its details.
+    Short(ReviewReason, Value),
+    /// The order was cancelled meanwhile (product refuses to reserve for it).
+    Cancelled,
     Unavailable(PeerError),
     Failed(String),
+}
+
+/// What applying an answer did.
+enum Applied {
+    Confirmed,
+    Kept(ReviewReason),
+    /// The order moved on meanwhile (cancelled, or the review resolved by staff).
+    MovedOn,
 }
 
 /// The re-check worker.
@@ -67,61 +103,174 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// One round: up to `batch` orders, oldest review first.
+    /// One round: up to `batch` orders, oldest review first, `concurrency` at a time.
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<RecheckReport, sqlx::Error> {
         let mut report = RecheckReport::default();
         if self.db.is_open() || self.product.breaker().remaining_open().is_some() {
             report.product_unavailable = true;
             return Ok(report);
         }
-        let mut seen: Vec<Uuid> = Vec::new();
-        while (seen.len() as i64) < self.config.batch {
-            // Holds the order's lock during the calls; dropping it rolls back.
-            let mut tx = self.db.pool.begin().await?;
-            let claimed: Option<(Uuid, Uuid)> = sqlx::query_as(
-                "SELECT o.id, r.id FROM orders o JOIN manual_reviews r ON r.order_id = o.id
-                 WHERE r.status = 'OPEN' AND r.reason = 'AVAILABILITY_UNVERIFIED'
-                   AND o.fallback_used AND o.status <> 'CANCELLED' AND NOT (o.id = ANY($1))
-                 ORDER BY r.created_at, r.id LIMIT 1
-                 FOR UPDATE OF o SKIP LOCKED",
-            )
-            .bind(&seen)
-            .fetch_optional(&mut *tx)
+        // A session lock on a connection of its own: held across product's calls without
+        // holding a transaction open.
+        let mut lock = self.db.pool.acquire().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LOCK_KEY)
+            .fetch_one(&mut *lock)
             .await?;
-            let Some((order_id, review_id)) = claimed else {
-                break;
-            };
-            seen.push(order_id);
-            report.checked += 1;
-            let order = store::load(&mut tx, order_id)
-                .await?
-                .ok_or(sqlx::Error::RowNotFound)?;
-            match self.ask(&order).await {
-                Answer::Confirmed => {
-                    confirmed(&mut tx, order_id, review_id).await?;
-                    tx.commit().await?;
-                    self.db.cache.reload(&self.db.pool, order_id).await;
-                    report.confirmed += 1;
-                    tracing::info!(%order_id, "availability confirmed after fallback; review resolved");
+        if !locked {
+            report.skipped = true;
+            return Ok(report);
+        }
+        let result = self.round(now, &mut report).await;
+        let unlocked = sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)")
+            .bind(LOCK_KEY)
+            .fetch_one(&mut *lock)
+            .await;
+        if !matches!(unlocked, Ok(true)) {
+            // Never hand a connection holding the lock back to the pool.
+            lock.detach();
+        }
+        result.map(|()| report)
+    }
+
+    async fn round(
+        &self,
+        now: DateTime<Utc>,
+        report: &mut RecheckReport,
+    ) -> Result<(), sqlx::Error> {
+        let claimed: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "SELECT o.id, r.id FROM orders o JOIN manual_reviews r ON r.order_id = o.id
+             WHERE r.status = 'OPEN' AND r.reason = 'AVAILABILITY_UNVERIFIED'
+               AND o.fallback_used AND o.status <> 'CANCELLED'
+             ORDER BY r.created_at, r.id LIMIT $1",
+        )
+        .bind(self.config.batch)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let stop = AtomicBool::new(false);
+        let mut claimed = claimed.into_iter();
+        // The first order alone: it may be the half-open breaker's one trial, which the
+        // others would only be refused beside.
+        let mut outcomes = Vec::with_capacity(claimed.len());
+        if let Some((order_id, review_id)) = claimed.next() {
+            outcomes.push(self.check_one(order_id, review_id, now, &stop).await);
+        }
+        let rest: Vec<Result<Option<Applied>, sqlx::Error>> = stream::iter(claimed)
+            .map(|(order_id, review_id)| self.check_one(order_id, review_id, now, &stop))
+            .buffer_unordered(self.config.concurrency.max(1))
+            .collect()
+            .await;
+        outcomes.extend(rest);
+        report.product_unavailable = stop.load(Ordering::SeqCst);
+        for outcome in outcomes {
+            match outcome {
+                Ok(None) => {}
+                Ok(Some(applied)) => {
+                    report.checked += 1;
+                    match applied {
+                        Applied::Confirmed => report.confirmed += 1,
+                        Applied::Kept(ReviewReason::UnknownProduct) => report.unknown_product += 1,
+                        Applied::Kept(_) => report.out_of_stock += 1,
+                        Applied::MovedOn => {}
+                    }
                 }
-                Answer::Short(details) => {
-                    short(&mut tx, review_id, details, now).await?;
-                    tx.commit().await?;
-                    report.out_of_stock += 1;
-                    tracing::warn!(%order_id, "out of stock after fallback; the order stays in manual review");
-                }
-                Answer::Unavailable(e) => {
-                    tracing::info!(%order_id, error = %e, "product unavailable; availability re-check waits for the next round");
-                    report.product_unavailable = true;
-                    break;
-                }
-                Answer::Failed(error) => {
-                    tracing::warn!(%order_id, error, "availability re-check failed for order");
+                Err(e) => {
+                    report.checked += 1;
                     report.errors += 1;
+                    tracing::warn!(error = %e, "availability re-check failed for an order");
                 }
             }
         }
-        Ok(report)
+        Ok(())
+    }
+
+    /// Asks product about one order and applies the answer; `None` when it was not asked
+    /// (product became unavailable during the round).
+    async fn check_one(
+        &self,
+        order_id: Uuid,
+        review_id: Uuid,
+        now: DateTime<Utc>,
+        stop: &AtomicBool,
+    ) -> Result<Option<Applied>, sqlx::Error> {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let mut conn = self.db.pool.acquire().await?;
+        let order = store::load(&mut conn, order_id)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        drop(conn);
+        let answer = match self.ask(&order).await {
+            Answer::Unavailable(e) => {
+                if !stop.swap(true, Ordering::SeqCst) {
+                    tracing::info!(%order_id, error = %e, "product unavailable; availability re-check waits for the next round");
+                }
+                return Ok(None);
+            }
+            Answer::Failed(error) => {
+                return Err(sqlx::Error::Protocol(format!("order {order_id}: {error}")));
+            }
+            other => other,
+        };
+        let applied = self.apply(order_id, review_id, answer, now).await?;
+        if matches!(applied, Applied::MovedOn) {
+            // Cancelled while product was being asked: give back what was just taken.
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+                    .bind(order_id)
+                    .fetch_optional(&self.db.pool)
+                    .await?;
+            if status.as_deref() == Some(OrderStatus::Cancelled.as_str()) {
+                cancellation::release_stock(&self.db.pool, &self.product, order_id).await;
+            }
+        } else {
+            self.db.cache.reload(&self.db.pool, order_id).await;
+        }
+        Ok(Some(applied))
+    }
+
+    /// Applies product's answer in one transaction, the order locked first.
+    async fn apply(
+        &self,
+        order_id: Uuid,
+        review_id: Uuid,
+        answer: Answer,
+        now: DateTime<Utc>,
+    ) -> Result<Applied, sqlx::Error> {
+        // Dropping `tx` without commit (any early return) rolls back.
+        let mut tx = self.db.pool.begin().await?;
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM orders WHERE id = $1 FOR UPDATE")
+                .bind(order_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let still_open: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM manual_reviews WHERE id = $1 AND status = 'OPEN'
+                            AND reason = 'AVAILABILITY_UNVERIFIED')",
+        )
+        .bind(review_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if status.as_deref() != Some(OrderStatus::PendingShipment.as_str()) || !still_open {
+            return Ok(Applied::MovedOn);
+        }
+        let applied = match answer {
+            Answer::Confirmed => {
+                confirmed(&mut tx, order_id, review_id, now).await?;
+                tracing::info!(%order_id, "availability confirmed after fallback; review resolved, delivery released");
+                Applied::Confirmed
+            }
+            Answer::Short(reason, details) => {
+                short(&mut tx, order_id, review_id, reason, details, now).await?;
+                tracing::warn!(%order_id, reason = reason.as_str(), "stock not confirmed after fallback; the order stays in manual review");
+                Applied::Kept(reason)
+            }
+            Answer::Cancelled => Applied::MovedOn,
+            Answer::Unavailable(_) | Answer::Failed(_) => return Ok(Applied::MovedOn),
+        };
+        tx.commit().await?;
+        Ok(applied)
     }
 
     /// Reserves the order's items (again, if an earlier round did) and commits.
@@ -129,11 +278,29 @@ impl Worker {
         let reservation = match self.product.reserve(order.id, &order.items).await {
             Ok(ReserveOutcome::Reserved(r)) => r,
             Ok(ReserveOutcome::Insufficient(short)) => {
-                return Answer::Short(json!({"short_items": short}));
+                return Answer::Short(
+                    ReviewReason::OutOfStockAfterFallback,
+                    json!({"short_items": short}),
+                );
             }
             Err(PeerError::Rejected { problem, .. }) if problem.status == 422 => {
-                // Products gone from the catalog: they cannot be supplied either.
-                return Answer::Short(json!({"unknown_products": problem.errors}));
+                // Products that do not exist: staff must hear that, not "out of stock".
+                let unknown: Vec<&str> = problem
+                    .errors
+                    .iter()
+                    .filter_map(|e| item_index(&e.field))
+                    .filter_map(|i| order.items.get(i))
+                    .map(|i| i.product_id.as_str())
+                    .collect();
+                return Answer::Short(
+                    ReviewReason::UnknownProduct,
+                    json!({"unknown_products": unknown, "errors": problem.errors}),
+                );
+            }
+            Err(PeerError::Rejected { problem, .. })
+                if problem.status == 409 && problem.kind.ends_with("order-cancelled") =>
+            {
+                return Answer::Cancelled;
             }
             Err(e @ PeerError::Unavailable { .. }) => return Answer::Unavailable(e),
             Err(e) => return Answer::Failed(e.to_string()),
@@ -143,21 +310,29 @@ impl Worker {
             ReservationStatus::Active => match self.product.commit(order.id).await {
                 Ok(_) => Answer::Confirmed,
                 Err(e @ PeerError::Unavailable { .. }) => Answer::Unavailable(e),
-                Err(PeerError::Rejected { problem, .. }) => Answer::Short(json!({
-                    "reservation_status": problem.extensions.get("reservation_status"),
-                    "cause": problem.detail.unwrap_or(problem.title),
-                })),
+                Err(PeerError::Rejected { problem, .. }) => Answer::Short(
+                    ReviewReason::OutOfStockAfterFallback,
+                    json!({
+                        "reservation_status": problem.extensions.get("reservation_status"),
+                        "cause": problem.detail.unwrap_or(problem.title),
+                    }),
+                ),
             },
             // Taken by an earlier round, never committed, and since expired: its
             // units went back to stock; whether to ship is for staff now.
-            other => Answer::Short(json!({
-                "reservation_status": other,
-                "cause": "the re-check's reservation lapsed before it was committed",
-            })),
+            other => Answer::Short(
+                ReviewReason::OutOfStockAfterFallback,
+                json!({
+                    "reservation_status": other,
+                    "cause": "the re-check's reservation lapsed before it was committed",
+                }),
+            ),
         }
     }
 
-    /// Runs [`Worker::run_once`] every interval until `token` is cancelled.
+    /// Runs [`Worker::run_once`] until `token` is cancelled: again at once after a full
+    /// round, else after the interval — or sooner, when product's breaker lets a trial
+    /// through before that.
     pub async fn run(self, token: CancellationToken) {
         let interval = self.config.interval;
         platform::worker::run_every(
@@ -166,18 +341,34 @@ impl Worker {
             platform::worker::Start::AfterInterval,
             token,
             || async {
-                self.run_once(Utc::now()).await?;
-                Ok::<_, sqlx::Error>(platform::worker::Next::Wait)
+                let report = self.run_once(Utc::now()).await?;
+                let full = report.checked as i64 >= self.config.batch;
+                Ok::<_, sqlx::Error>(match self.product.breaker().remaining_open() {
+                    Some(open) => platform::worker::Next::After(open.min(interval)),
+                    None if full && !report.product_unavailable => platform::worker::Next::Again,
+                    None => platform::worker::Next::Wait,
+                })
             },
         )
         .await;
     }
 }
 
+/// `items[3].product_id` → 3.
+fn item_index(field: &str) -> Option<usize> {
+    field
+        .strip_prefix("items[")?
+        .split(']')
+        .next()?
+        .parse()
+        .ok()
+}
+
 async fn confirmed(
     conn: &mut PgConnection,
     order_id: Uuid,
     review_id: Uuid,
+    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     reviews::resolve_open(
         &mut *conn,
@@ -192,20 +383,31 @@ async fn confirmed(
     )
     .await?;
     let still_open = reviews::open_count_of(&mut *conn, order_id).await?;
+    let (flag, hold) = if still_open == 0 {
+        (Some(false), Hold::Clear)
+    } else {
+        (None, Hold::Set(DeliveryHold::ManualReview))
+    };
     store::record_change(
-        conn,
+        &mut *conn,
         order_id,
-        (still_open == 0).then_some(false),
+        flag,
+        hold,
         "availability confirmed at product; review resolved (by system)",
         events::AVAILABILITY_CONFIRMED,
     )
     .await?;
+    if hold == Hold::Clear {
+        delivery_retry::release_hold(conn, order_id, now).await?;
+    }
     Ok(())
 }
 
 async fn short(
     conn: &mut PgConnection,
+    order_id: Uuid,
     review_id: Uuid,
+    reason: ReviewReason,
     details: Value,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
@@ -218,9 +420,34 @@ async fn short(
          WHERE id = $1 AND status = 'OPEN'",
     )
     .bind(review_id)
-    .bind(ReviewReason::OutOfStockAfterFallback.as_str())
+    .bind(reason.as_str())
     .bind(details)
-    .execute(conn)
+    .execute(&mut *conn)
+    .await?;
+    store::record_change(
+        conn,
+        order_id,
+        Some(true),
+        Hold::Set(DeliveryHold::ManualReview),
+        &format!(
+            "stock not confirmed after the fallback ({}): a person decides",
+            reason.as_str()
+        ),
+        events::ORDER_FLAGGED_FOR_REVIEW,
+    )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::item_index;
+
+    #[test]
+    fn item_indexes_are_read_from_field_paths() {
+        assert_eq!(item_index("items[3].product_id"), Some(3));
+        assert_eq!(item_index("items[0]"), Some(0));
+        assert_eq!(item_index("customer_id"), None);
+        assert_eq!(item_index("items[x].product_id"), None);
+    }
 }

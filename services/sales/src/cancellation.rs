@@ -1,17 +1,23 @@
 //! Cancelling an order before it ships: the compensations of placing it, in
 //! reverse order. The delivery is cancelled at delivery (a delivery already
-//! picked up makes the cancellation a 409); the order becomes CANCELLED through
-//! the state machine with an `ORDER_CANCELLED` event, its pending delivery retry
-//! is stopped and its open reviews are closed, all in one transaction; then the
-//! reservation is released at product, best effort: product also releases it
-//! when it consumes `ORDER_CANCELLED` (the only way for a committed one).
+//! picked up makes the cancellation a 409; an order whose delivery was held has
+//! none, so delivery is not asked); the order becomes CANCELLED through the state
+//! machine with an `ORDER_CANCELLED` event, its delivery retry is stopped and its
+//! open reviews are closed, all in one transaction; then its units are given back
+//! at product directly (an active reservation released, a committed one
+//! restocked) and `stock_released_at` records product's confirmation.
+//!
+//! No unit of stock depends on one message: if product cannot be asked now,
+//! `ORDER_CANCELLED` does the same release when product consumes it, and
+//! reconciliation releases the stock of cancelled orders still unconfirmed
+//! ([`release_stock`], idempotent at product).
 //!
 //! The order row stays locked from the first read to the commit, delivery call
 //! included, so a cancellation, a staff decision and reconciliation never
 //! interleave on one order. Cancelling a cancelled order changes nothing and
 //! answers the order again, so a retried request is safe.
 
-use axum::{Router, body::Bytes, extract::State, http::StatusCode, routing::post};
+use axum::{Router, body::Bytes, extract::State, routing::post};
 use contracts::{
     FieldError, Problem,
     orders::{Order, OrderStatus},
@@ -35,6 +41,7 @@ use crate::{
     peers::{
         PeerError,
         delivery::{CancelOutcome, DeliveryClient},
+        product::ProductClient,
     },
     reviews::{self, Resolution, ReviewStatus},
 };
@@ -127,12 +134,13 @@ pub async fn cancel_with(
 ) -> Result<Order, CancelError> {
     // Dropping `tx` without commit (any early return) rolls back and unlocks.
     let mut tx = state.db.pool.begin().await?;
-    let row: Option<(String, Option<Uuid>)> =
-        sqlx::query_as("SELECT status, delivery_id FROM orders WHERE id = $1 FOR UPDATE")
-            .bind(order_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let (current, delivery_id) = row.ok_or(CancelError::NotFound(order_id))?;
+    let row: Option<(String, Option<Uuid>, Option<String>)> = sqlx::query_as(
+        "SELECT status, delivery_id, delivery_hold FROM orders WHERE id = $1 FOR UPDATE",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (current, delivery_id, hold) = row.ok_or(CancelError::NotFound(order_id))?;
     let current = OrderStatus::parse(&current).ok_or(CancelError::NotFound(order_id))?;
     if matches!(open_reviews, OpenReviews::Reject { .. })
         && reviews::open_count_of(&mut tx, order_id).await? == 0
@@ -147,6 +155,7 @@ pub async fn cancel_with(
                     &mut tx,
                     order_id,
                     Some(false),
+                    store::Hold::Keep,
                     &format!("open reviews closed: order cancelled (by {actor})"),
                     events::ORDER_REVIEW_REJECTED,
                 )
@@ -172,15 +181,22 @@ pub async fn cancel_with(
         }
     }
 
-    stop_delivery(&state.delivery, order_id, delivery_id).await?;
-
-    // Reviews first, so the ORDER_CANCELLED event carries the final order.
-    if close_reviews(&mut tx, order_id, actor, open_reviews).await? {
-        sqlx::query("UPDATE orders SET requires_manual_review = false WHERE id = $1")
-            .bind(order_id)
-            .execute(&mut *tx)
-            .await?;
+    // A held delivery was never initiated: nothing to undo at delivery.
+    if hold.is_none() {
+        stop_delivery(&state.delivery, order_id, delivery_id).await?;
     }
+
+    // Reviews and the hold first, so the ORDER_CANCELLED event carries the final order.
+    let closed = close_reviews(&mut tx, order_id, actor, open_reviews).await?;
+    sqlx::query(
+        "UPDATE orders SET delivery_hold = NULL,
+                requires_manual_review = requires_manual_review AND NOT $2
+         WHERE id = $1",
+    )
+    .bind(order_id)
+    .bind(closed)
+    .execute(&mut *tx)
+    .await?;
     let history = format!("{reason} (by {actor})");
     let order = match status::transition(&mut tx, order_id, OrderStatus::Cancelled, &history).await
     {
@@ -198,7 +214,7 @@ pub async fn cancel_with(
     // The retry worker must not initiate a delivery for a cancelled order.
     sqlx::query(
         "UPDATE delivery_retries SET status = 'DONE', last_error = 'order cancelled', updated_at = now()
-         WHERE order_id = $1 AND status = 'PENDING'",
+         WHERE order_id = $1 AND status IN ('PENDING', 'HELD')",
     )
     .bind(order_id)
     .execute(&mut *tx)
@@ -208,7 +224,7 @@ pub async fn cancel_with(
     // Before anything slower: a read right after the answer sees CANCELLED.
     state.db.cache.updated(&order).await;
 
-    release_reservation(state, order_id).await;
+    release_stock(&state.db.pool, &state.product, order_id).await;
     // The order saga's compensations are what this did; record it as compensated.
     state.sagas.compensated_by_cancel(order_id, reason).await;
     Ok(order)
@@ -282,18 +298,27 @@ async fn stop_delivery(
     }
 }
 
-/// Releases the order's reservation; a failure is left to `ORDER_CANCELLED`,
-/// which product consumes, and to the reservation's TTL.
-async fn release_reservation(state: &AppState, order_id: Uuid) {
-    match state.product.release(order_id).await {
-        Ok(()) => tracing::info!(%order_id, "reservation released"),
-        Err(PeerError::Rejected { problem, .. })
-            if problem.status == StatusCode::CONFLICT.as_u16() =>
-        {
-            tracing::info!(%order_id, "the reservation was committed; product restocks it on ORDER_CANCELLED");
+/// Gives a cancelled order's units back at product and records product's confirmation
+/// (`stock_released_at`); returns whether it was confirmed. A failure is logged and left to
+/// `ORDER_CANCELLED` and to reconciliation, which calls this again.
+pub async fn release_stock(pool: &sqlx::PgPool, product: &ProductClient, order_id: Uuid) -> bool {
+    match product.release_cancelled(order_id).await {
+        Ok(reservation) => {
+            tracing::info!(%order_id, status = ?reservation.status, "cancelled order's stock released at product");
+            let marked = sqlx::query(
+                "UPDATE orders SET stock_released_at = now() WHERE id = $1 AND stock_released_at IS NULL",
+            )
+            .bind(order_id)
+            .execute(pool)
+            .await;
+            if let Err(e) = marked {
+                tracing::warn!(%order_id, error = %e, "could not record the stock release; reconciliation asks product again");
+            }
+            true
         }
         Err(e) => {
-            tracing::warn!(%order_id, error = %e, "releasing the reservation failed; product releases it on ORDER_CANCELLED");
+            tracing::warn!(%order_id, error = %e, "releasing the cancelled order's stock failed; ORDER_CANCELLED and reconciliation release it");
+            false
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct Config {
     pub http_request_timeout: Duration,
     /// The breakers, see [`Breakers`].
     pub breakers: Breakers,
+    /// Caps on concurrent calls to each dependency, see [`Bulkheads`].
+    pub bulkheads: Bulkheads,
     /// The delivery retry worker, see [`DeliveryRetryConfig`].
     pub delivery_retry: DeliveryRetryConfig,
     /// The outbox relay to SNS, see [`OutboxConfig`].
@@ -163,10 +165,14 @@ pub struct ReconciliationConfig {
 /// accepted on the availability fallback.
 #[derive(Debug, Clone)]
 pub struct AvailabilityRecheckConfig {
-    /// `SALES_AVAILABILITY_RECHECK_INTERVAL_MS` (default 10000): time between rounds.
+    /// `SALES_AVAILABILITY_RECHECK_INTERVAL_MS` (default 10000): time between rounds (while
+    /// product's breaker is open, a round comes as soon as it lets a trial through).
     pub interval: Duration,
-    /// `SALES_AVAILABILITY_RECHECK_BATCH` (default 20): most orders per round, oldest first.
+    /// `SALES_AVAILABILITY_RECHECK_BATCH` (default 100): most orders per round, oldest first;
+    /// a full round is followed by another at once.
     pub batch: i64,
+    /// `SALES_AVAILABILITY_RECHECK_CONCURRENCY` (default 8): orders asked about at once.
+    pub concurrency: usize,
 }
 
 /// The outbox relay publishing sales' events to SNS. Endpoint, region and
@@ -187,8 +193,15 @@ pub struct OutboxConfig {
     pub batch_size: i64,
     /// `SALES_OUTBOX_MAX_IN_FLIGHT` (default 4): concurrent `PublishBatch` calls.
     pub max_in_flight: usize,
-    /// `SALES_OUTBOX_MAX_ATTEMPTS` (default 5): failed publishes before a row is FAILED (dead letter).
+    /// `SALES_OUTBOX_MAX_ATTEMPTS` (default 5): refusals of an event by the broker (a
+    /// per-entry failure, content it will not take) before it may become FAILED (a dead
+    /// letter). The broker being unreachable, slow or failing never counts: an outage of any
+    /// length makes no dead letter.
     pub max_attempts: i32,
+    /// `SALES_OUTBOX_DEAD_LETTER_MIN_AGE_MS` (default 300000 = 5 min): and not before its
+    /// first refusal is this old, so a short burst of refusals (the broker throttling some
+    /// entries) never dead-letters an event it takes a minute later.
+    pub dead_letter_min_age: Duration,
     /// `SALES_OUTBOX_RETRY_BASE_MS` (default 1000) and `SALES_OUTBOX_RETRY_MAX_MS` (default 60000):
     /// backoff between publish attempts of a row.
     pub retry_base: Duration,
@@ -217,6 +230,21 @@ pub struct Breakers {
     pub database: BreakerConfig,
     /// `broker` (SNS, `{DEP}` = `BROKER`): 50 %, 30 s, volume 5, call timeout 5 s.
     pub broker: BreakerConfig,
+}
+
+/// Caps on the calls in flight to each of sales' dependencies (bulkheads). A call over the
+/// cap is refused at once and takes the path of an open breaker (product: the fallback;
+/// delivery: the durable retry; Redis: the database), so a dependency that hangs while its
+/// breaker is still closed ties up at most this many requests. The broker's cap is
+/// `SALES_OUTBOX_MAX_IN_FLIGHT` (the relay is its only caller).
+#[derive(Debug, Clone)]
+pub struct Bulkheads {
+    /// `SALES_BULKHEAD_PRODUCT_MAX_CONCURRENT` (default 64).
+    pub product: usize,
+    /// `SALES_BULKHEAD_DELIVERY_MAX_CONCURRENT` (default 64).
+    pub delivery: usize,
+    /// `SALES_BULKHEAD_REDIS_MAX_CONCURRENT` (default 128).
+    pub redis: usize,
 }
 
 /// The worker re-initiating deliveries that failed inline.
@@ -301,6 +329,11 @@ impl Config {
                 database: breaker(env, "DATABASE", "database", (60, 20_000, 10, 5_000))?,
                 broker: breaker(env, "BROKER", "broker", (50, 30_000, 5, 5_000))?,
             },
+            bulkheads: Bulkheads {
+                product: env.positive("BULKHEAD_PRODUCT_MAX_CONCURRENT", 64)?,
+                delivery: env.positive("BULKHEAD_DELIVERY_MAX_CONCURRENT", 64)?,
+                redis: env.positive("BULKHEAD_REDIS_MAX_CONCURRENT", 128)?,
+            },
             saga_lease: env.millis("SAGA_LEASE_MS", 30_000)?,
             saga_recovery_interval: env.millis("SAGA_RECOVERY_INTERVAL_MS", 30_000)?,
             outbox: OutboxConfig {
@@ -312,6 +345,9 @@ impl Config {
                 batch_size: env.positive("OUTBOX_BATCH_SIZE", 100)?,
                 max_in_flight: env.positive("OUTBOX_MAX_IN_FLIGHT", 4)?,
                 max_attempts: env.positive("OUTBOX_MAX_ATTEMPTS", 5)?,
+                dead_letter_min_age: Duration::from_millis(
+                    env.parse("OUTBOX_DEAD_LETTER_MIN_AGE_MS", 300_000)?,
+                ),
                 retry_base: env.millis("OUTBOX_RETRY_BASE_MS", 1_000)?,
                 retry_max: env.millis("OUTBOX_RETRY_MAX_MS", 60_000)?,
                 retention: env.millis("OUTBOX_RETENTION_MS", 7 * 86_400_000)?,
@@ -334,7 +370,8 @@ impl Config {
             },
             availability_recheck: AvailabilityRecheckConfig {
                 interval: env.millis("AVAILABILITY_RECHECK_INTERVAL_MS", 10_000)?,
-                batch: env.positive("AVAILABILITY_RECHECK_BATCH", 20)?,
+                batch: env.positive("AVAILABILITY_RECHECK_BATCH", 100)?,
+                concurrency: env.positive("AVAILABILITY_RECHECK_CONCURRENCY", 8)?,
             },
             cache: CacheConfig {
                 url: redis_url(env)?,

@@ -41,25 +41,47 @@ fn after(now: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
     now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
-/// Adds the PENDING row of a new order (in the order's transaction). If nothing
-/// else happens, the worker tries at `first_attempt_at`.
+/// Adds the row of a new order (in the order's transaction): PENDING, or HELD when
+/// the order's delivery must wait ([`contracts::orders::DeliveryHold`]). If nothing
+/// else happens, the worker tries a PENDING row at `first_attempt_at`.
 pub async fn schedule(
     conn: &mut PgConnection,
     order_id: Uuid,
     first_attempt_at: DateTime<Utc>,
+    held: bool,
 ) -> Result<(), sqlx::Error> {
     // The order's trace, for the worker's later attempts to continue it.
     let trace = sqlx::types::Json(platform::trace_context::current_map());
     sqlx::query(
-        "INSERT INTO delivery_retries (order_id, next_attempt_at, trace) VALUES ($1, $2, $3)
+        "INSERT INTO delivery_retries (order_id, next_attempt_at, trace, status) VALUES ($1, $2, $3, $4)
          ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(order_id)
     .bind(first_attempt_at)
     .bind(trace)
+    .bind(if held { "HELD" } else { "PENDING" })
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Lets a held delivery start: its row becomes PENDING, due at `now`, in the caller's
+/// transaction (which clears the order's hold with it). Nothing if it was not held.
+pub async fn release_hold(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let released = sqlx::query(
+        "UPDATE delivery_retries SET status = 'PENDING', next_attempt_at = $2, updated_at = now()
+         WHERE order_id = $1 AND status = 'HELD'",
+    )
+    .bind(order_id)
+    .bind(now)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(released == 1)
 }
 
 /// What one attempt came to.
@@ -129,9 +151,7 @@ pub async fn attempt(
                 updated.unwrap_or_else(|| order.clone()),
             )))
         }
-        Err(PeerError::Unavailable {
-            breaker_open: true, ..
-        }) => {
+        Err(PeerError::Unavailable { not_sent: true, .. }) => {
             // Not an attempt: look again when the breaker may let a trial through.
             let retry_at = after(
                 now,

@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use contracts::{
     FieldError,
     catalog::ShortItem,
-    orders::{OrderStatus, PlaceOrder},
+    orders::{DeliveryHold, OrderStatus, PlaceOrder},
 };
 use saga::{Orchestrator, RetryPolicy, SagaDefinition, Step, StepError, StepInput};
 use serde::{Deserialize, Serialize};
@@ -257,10 +257,20 @@ async fn order_exists(deps: &Deps, order_id: Uuid) -> Result<bool, StepError> {
 }
 
 async fn release(deps: &Deps, ctx: &OrderSaga) -> Result<(), StepError> {
-    // The same order id recorded by a concurrent request (same Idempotency-Key)
-    // owns the reservation now: leave it.
-    if !ctx.reserved || order_exists(deps, ctx.order_id).await? {
+    if !ctx.reserved {
         return Ok(());
+    }
+    match order_status(deps, ctx.order_id).await? {
+        None => {}
+        // This saga cancelled the order it had recorded: its units go back as for any
+        // cancelled order (reconciliation retries if product is away now).
+        Some(OrderStatus::Cancelled) => {
+            crate::cancellation::release_stock(&deps.db.pool, &deps.product, ctx.order_id).await;
+            return Ok(());
+        }
+        // The same order id recorded by a concurrent request (same Idempotency-Key)
+        // owns the reservation now: leave it.
+        Some(_) => return Ok(()),
     }
     match deps.product.release(ctx.order_id).await {
         Ok(()) => Ok(()),
@@ -315,6 +325,8 @@ async fn write(deps: &Deps, ctx: &OrderSaga) -> Result<(), sqlx::Error> {
             shipping_address: &request.shipping_address,
             requires_manual_review: fallback,
             fallback_used: fallback,
+            // Stock unconfirmed: the delivery waits for the re-check or staff.
+            delivery_hold: fallback.then_some(DeliveryHold::AvailabilityUnverified),
         },
     )
     .await?;
@@ -351,7 +363,7 @@ async fn write(deps: &Deps, ctx: &OrderSaga) -> Result<(), sqlx::Error> {
     let first_retry = Utc::now()
         + chrono::Duration::from_std(deps.config.delivery_retry.first_delay)
             .unwrap_or(chrono::Duration::MAX);
-    delivery_retry::schedule(&mut tx, order.id, first_retry).await?;
+    delivery_retry::schedule(&mut tx, order.id, first_retry, fallback).await?;
     if let Some((key, hash)) = &ctx.idempotency {
         let key = IdempotencyKey::from_validated(key);
         idempotency::insert(&mut tx, &request.customer_id, &key, hash, ctx.order_id, 201).await?;
@@ -373,7 +385,7 @@ async fn cancel_order(deps: &Deps, ctx: &OrderSaga) -> Result<(), StepError> {
         // Shipped meanwhile: only a person can settle that.
         Err(e) => return Err(StepError::fatal(e)),
     };
-    sqlx::query("UPDATE delivery_retries SET status = 'DONE', updated_at = now() WHERE order_id = $1 AND status = 'PENDING'")
+    sqlx::query("UPDATE delivery_retries SET status = 'DONE', updated_at = now() WHERE order_id = $1 AND status IN ('PENDING', 'HELD')")
         .bind(ctx.order_id)
         .execute(&mut *tx)
         .await
@@ -399,6 +411,9 @@ async fn deliver(deps: &Deps, mut ctx: OrderSaga) -> Result<OrderSaga, StepError
     if order.delivery_id.is_some() || order.status != OrderStatus::PendingShipment {
         ctx.delivery_id = order.delivery_id;
         return Ok(ctx);
+    }
+    if let Some(hold) = order.delivery_hold {
+        return Err(park(format!("delivery held ({})", hold.as_str())));
     }
     let retry: Option<(i32, DateTime<Utc>)> =
         sqlx::query_as("SELECT attempts, created_at FROM delivery_retries WHERE order_id = $1")
@@ -448,12 +463,16 @@ async fn cancel_delivery(deps: &Deps, ctx: &OrderSaga) -> Result<(), StepError> 
 }
 
 async fn order_cancelled(deps: &Deps, order_id: Uuid) -> Result<bool, StepError> {
+    Ok(order_status(deps, order_id).await? == Some(OrderStatus::Cancelled))
+}
+
+async fn order_status(deps: &Deps, order_id: Uuid) -> Result<Option<OrderStatus>, StepError> {
     let status: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
         .bind(order_id)
         .fetch_optional(&deps.db.pool)
         .await
         .map_err(db_error)?;
-    Ok(status.as_deref() == Some(OrderStatus::Cancelled.as_str()))
+    Ok(status.as_deref().and_then(OrderStatus::parse))
 }
 
 async fn cancel_at_delivery(deps: &Deps, ctx: &OrderSaga) -> Result<(), StepError> {

@@ -18,6 +18,11 @@
 //! run is a row of `reconciliation_runs`; [`jobs_status`] turns the latest into
 //! the `reconciliationJobsStatus` of `/health/reliability`.
 //!
+//! A run also gives back the stock of cancelled orders whose release product has
+//! not confirmed (`stock_released_at` unset): their direct release failed, and
+//! `ORDER_CANCELLED` may be late or a dead letter; no unit of stock waits on one
+//! message.
+//!
 //! Several sales instances: a run holds a transaction-level advisory lock, so
 //! runs never overlap (another instance's attempt meanwhile is skipped), and a
 //! run that dies releases it with its connection. Each order is changed under
@@ -136,6 +141,8 @@ enum CheckError {
 pub struct Worker {
     pub db: Db,
     pub delivery: DeliveryClient,
+    /// Releases the stock of cancelled orders product has not confirmed back.
+    pub product: crate::peers::product::ProductClient,
     pub config: ReconciliationConfig,
 }
 
@@ -261,15 +268,46 @@ impl Worker {
                     first_error.get_or_insert_with(|| format!("order {order_id}: {e}"));
                     if matches!(
                         e,
-                        CheckError::Delivery(PeerError::Unavailable {
-                            breaker_open: true,
-                            ..
-                        })
+                        CheckError::Delivery(PeerError::Unavailable { not_sent: true, .. })
                     ) {
                         // Every further call would be refused: leave the rest for the next run.
                         break;
                     }
                 }
+            }
+        }
+        self.release_cancelled_stock(report, first_error).await
+    }
+
+    /// Cancelled orders whose units product has not confirmed back (the direct release
+    /// failed, and `ORDER_CANCELLED` may be late or a dead letter) are released again; each
+    /// one released counts as checked and fixed. Skipped while product's breaker is open.
+    async fn release_cancelled_stock(
+        &self,
+        report: &mut RunReport,
+        first_error: &mut Option<String>,
+    ) -> Result<(), sqlx::Error> {
+        if self.product.breaker().remaining_open().is_some() {
+            return Ok(());
+        }
+        let unconfirmed: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM orders WHERE status = 'CANCELLED' AND stock_released_at IS NULL
+             ORDER BY updated_at, id LIMIT $1",
+        )
+        .bind(self.config.batch)
+        .fetch_all(&self.db.pool)
+        .await?;
+        for order_id in unconfirmed {
+            report.checked += 1;
+            if crate::cancellation::release_stock(&self.db.pool, &self.product, order_id).await {
+                report.fixed += 1;
+            } else {
+                report.errors += 1;
+                first_error.get_or_insert_with(|| {
+                    format!("order {order_id}: its stock could not be released at product")
+                });
+                // Product refuses or is away: the rest waits for the next run.
+                break;
             }
         }
         Ok(())

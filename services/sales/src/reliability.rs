@@ -32,10 +32,12 @@ pub struct ReliabilityMetrics {
     pub circuit_breaker_states: BTreeMap<String, String>,
     /// Outbox rows waiting to be published (null when the database is unavailable).
     pub outbox_events_pending: Option<i64>,
-    /// Dead letters: outbox rows that failed every attempt.
+    /// Dead letters: outbox rows the broker refused for good (replay or discard them).
     pub failed_event_count: Option<i64>,
     /// Age of the oldest PENDING outbox row, in seconds.
     pub oldest_pending_age_seconds: Option<f64>,
+    /// Age of the oldest dead letter, in seconds (null when there is none).
+    pub oldest_failed_age_seconds: Option<f64>,
     /// Orders whose delivery is not initiated yet (null when the database is unavailable).
     pub delivery_retries_pending: Option<i64>,
     /// Open manual reviews (null when the database is unavailable).
@@ -90,9 +92,10 @@ pub async fn snapshot(state: &AppState, now: DateTime<Utc>) -> ReliabilityMetric
             .iter()
             .map(|b| (b.name.clone(), b.state.as_str().to_owned()))
             .collect(),
-        outbox_events_pending: outbox.map(|o| o.0),
-        failed_event_count: outbox.map(|o| o.1),
-        oldest_pending_age_seconds: outbox.and_then(|o| o.2),
+        outbox_events_pending: outbox.map(|o| o.pending),
+        failed_event_count: outbox.map(|o| o.failed),
+        oldest_pending_age_seconds: outbox.and_then(|o| o.oldest_pending_age_seconds),
+        oldest_failed_age_seconds: outbox.and_then(|o| o.oldest_failed_age_seconds),
         delivery_retries_pending: pending,
         manual_review_queue_length: reviews,
         reconciliation_jobs_status: jobs,
@@ -102,8 +105,9 @@ pub async fn snapshot(state: &AppState, now: DateTime<Utc>) -> ReliabilityMetric
 }
 
 /// Sets the gauges derived from the database (`outbox_events_pending`, `outbox_events_failed`,
-/// `outbox_oldest_pending_age_seconds`, `delivery_retries_pending`,
-/// `manual_review_queue_length`); a figure that is unknown keeps its last value.
+/// `outbox_oldest_pending_age_seconds`, `outbox_oldest_failed_age_seconds`,
+/// `delivery_retries_pending`, `manual_review_queue_length`); a figure that is unknown keeps
+/// its last value.
 pub fn record_gauges(figures: &ReliabilityMetrics) {
     let set = |name: &'static str, value: Option<f64>| {
         if let Some(value) = value {
@@ -124,6 +128,12 @@ pub fn record_gauges(figures: &ReliabilityMetrics) {
         figures
             .outbox_events_pending
             .map(|_| figures.oldest_pending_age_seconds.unwrap_or(0.0)),
+    );
+    set(
+        "outbox_oldest_failed_age_seconds",
+        figures
+            .failed_event_count
+            .map(|_| figures.oldest_failed_age_seconds.unwrap_or(0.0)),
     );
     set(
         "delivery_retries_pending",

@@ -16,6 +16,8 @@ pub enum ReviewReason {
     AvailabilityUnverified,
     /// Accepted on the fallback, and product later had not enough stock.
     OutOfStockAfterFallback,
+    /// Accepted on the fallback for a product that does not exist (found by the re-check).
+    UnknownProduct,
     /// Delivery reported a status the order cannot move to.
     InvalidStatusTransition,
     /// Delivery could not be initiated within the retry limits.
@@ -27,9 +29,10 @@ pub enum ReviewReason {
 }
 
 impl ReviewReason {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::AvailabilityUnverified,
         Self::OutOfStockAfterFallback,
+        Self::UnknownProduct,
         Self::InvalidStatusTransition,
         Self::DeliveryRetriesExhausted,
         Self::DeliveryFailed,
@@ -40,6 +43,7 @@ impl ReviewReason {
         match self {
             Self::AvailabilityUnverified => "AVAILABILITY_UNVERIFIED",
             Self::OutOfStockAfterFallback => "OUT_OF_STOCK_AFTER_FALLBACK",
+            Self::UnknownProduct => "UNKNOWN_PRODUCT",
             Self::InvalidStatusTransition => "INVALID_STATUS_TRANSITION",
             Self::DeliveryRetriesExhausted => "DELIVERY_RETRIES_EXHAUSTED",
             Self::DeliveryFailed => "DELIVERY_FAILED",
@@ -96,6 +100,7 @@ pub async fn open_flagged(
             conn,
             order_id,
             Some(true),
+            store::Hold::Keep,
             &format!("flagged for manual review: {}", reason.as_str()),
             events::ORDER_FLAGGED_FOR_REVIEW,
         )

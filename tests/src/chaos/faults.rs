@@ -24,7 +24,8 @@ pub enum FaultKind {
     DeliveryKill,
     /// Product SIGKILLed, restarted after the hold.
     ProductKill,
-    /// The proxy to LocalStack cut for the hold (sales' SNS and product's SQS).
+    /// The proxy to LocalStack cut for the hold (sales' SNS and product's SQS), at least
+    /// [`super::BROKER_OUTAGE_RESETS`] broker resets long.
     BrokerCut,
     /// The proxy to sales' PostgreSQL cut for the hold.
     DatabaseCut,
@@ -87,10 +88,15 @@ pub fn plan(size: &Size, seed: u64) -> Vec<Planned> {
         .map(|kind| {
             let ordinal = seen.entry(kind).or_insert(0);
             *ordinal += 1;
+            let mut hold = draw(&mut rng, size.hold);
+            if kind == FaultKind::BrokerCut {
+                // Long enough for several failed half-open trials of the broker breaker.
+                hold = hold.max(super::BROKER_RESET * super::BROKER_OUTAGE_RESETS);
+            }
             Planned {
                 kind,
                 gap_before: draw(&mut rng, size.gap),
-                hold: draw(&mut rng, size.hold),
+                hold,
                 ordinal: *ordinal,
             }
         })
@@ -122,6 +128,20 @@ pub struct Recovered {
     pub after: Option<Duration>,
 }
 
+/// How often sales' broker breaker opened so far (0 when sales cannot be asked).
+async fn broker_openings(stack: &Stack) -> u64 {
+    let url = format!("{}/health/reliability", stack.sales.base_url());
+    let answer = async {
+        let body: serde_json::Value = reqwest::get(url).await.ok()?.json().await.ok()?;
+        body["breakers"]
+            .as_array()?
+            .iter()
+            .find(|b| b["name"] == "broker")?["opened_total"]
+            .as_u64()
+    };
+    answer.await.unwrap_or(0)
+}
+
 /// Injects one fault (returning once it is over) and starts its recovery probe.
 pub async fn inject(
     stack: &mut Stack,
@@ -149,10 +169,16 @@ pub async fn inject(
         }
         FaultKind::BrokerCut => {
             let proxy = stack.broker_proxy.as_ref().unwrap();
+            let before = broker_openings(stack).await;
             let start = t0.elapsed();
             proxy.set_down(true);
             tokio::time::sleep(planned.hold).await;
             proxy.set_down(false);
+            let trials = broker_openings(stack).await.saturating_sub(before);
+            note = format!(
+                "held {:.1}s, the broker breaker opened {trials} times (failed half-open trials)",
+                planned.hold.as_secs_f64()
+            );
             (start, t0.elapsed())
         }
         FaultKind::DatabaseCut => {

@@ -1,6 +1,9 @@
 //! The ledger of a chaos run: once the load stopped and the system settled
-//! (bounded), invariants 1–8 of issue 8, each read from the three databases and
-//! the clients' records, printed one line each with its counts.
+//! (bounded), invariants 1–11, each read from the three databases and the
+//! clients' records, printed one line each with its counts: 1–8 of the first
+//! chaos run, and 9–11 for outages that outlive the outbox's patience (no dead
+//! letter without a poison cause, flagged orders never shipped, cancelled
+//! orders' units all back).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -58,7 +61,8 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
 
 /// Polls until nothing is in flight: outbox relayed and applied at product,
 /// no saga running, no delivery pending, no fallback order waiting for its
-/// re-check. Gives up after `bound`.
+/// re-check, no cancelled order whose units product has not confirmed back.
+/// Gives up after `bound`.
 pub async fn wait_for_quiescence(dbs: &Dbs, bound: Duration) -> Quiescence {
     let started = Instant::now();
     loop {
@@ -96,11 +100,17 @@ pub async fn wait_for_quiescence(dbs: &Dbs, bound: Duration) -> Quiescence {
                 .await
                 .unwrap();
         let unapplied = consumed.len() as i64 - applied;
+        let unreleased = count(
+            &dbs.sales,
+            "SELECT count(*) FROM orders WHERE status = 'CANCELLED' AND stock_released_at IS NULL",
+        )
+        .await;
         let outstanding = format!(
             "outbox pending {pending}, sagas running {sagas}, deliveries pending {deliveries}, \
-             unverified fallback orders {unverified}, events not applied at product {unapplied}"
+             unverified fallback orders {unverified}, events not applied at product {unapplied}, \
+             cancelled orders with stock not confirmed back {unreleased}"
         );
-        let quiet = pending + sagas + deliveries + unverified + unapplied == 0;
+        let quiet = pending + sagas + deliveries + unverified + unapplied + unreleased == 0;
         if quiet || started.elapsed() >= bound {
             return Quiescence {
                 reached: quiet,
@@ -188,6 +198,8 @@ struct Snapshot {
     /// order id → [(reason, status, details)]
     reviews: HashMap<Uuid, Vec<(String, String, serde_json::Value)>>,
     outbox: BTreeMap<(String, String), i64>,
+    /// FAILED outbox rows: (refusals by the broker, last error).
+    dead_letters: Vec<(i32, Option<String>)>,
     order_created: Vec<(Uuid, Uuid)>,
     sagas: BTreeMap<String, i64>,
     products: BTreeMap<String, (i64, i64)>,
@@ -204,29 +216,40 @@ struct OrderRow {
     flagged: bool,
     fallback: bool,
     delivery_id: Option<Uuid>,
+    /// Why its delivery waits (a flagged fallback order's), if it does.
+    delivery_hold: Option<String>,
+    /// Product confirmed a cancelled order's units back.
+    stock_released: bool,
 }
 
 impl Snapshot {
     async fn read(dbs: &Dbs) -> Self {
-        let orders: Vec<(Uuid, String, bool, bool, Option<Uuid>)> = sqlx::query_as(
-            "SELECT id, status, requires_manual_review, fallback_used, delivery_id FROM orders",
+        type Row = (Uuid, String, bool, bool, Option<Uuid>, Option<String>, bool);
+        let orders: Vec<Row> = sqlx::query_as(
+            "SELECT id, status, requires_manual_review, fallback_used, delivery_id, delivery_hold,
+                    stock_released_at IS NOT NULL
+             FROM orders",
         )
         .fetch_all(&dbs.sales)
         .await
         .unwrap();
         let orders = orders
             .into_iter()
-            .map(|(id, status, flagged, fallback, delivery_id)| {
-                (
-                    id,
-                    OrderRow {
-                        status,
-                        flagged,
-                        fallback,
-                        delivery_id,
-                    },
-                )
-            })
+            .map(
+                |(id, status, flagged, fallback, delivery_id, delivery_hold, stock_released)| {
+                    (
+                        id,
+                        OrderRow {
+                            status,
+                            flagged,
+                            fallback,
+                            delivery_id,
+                            delivery_hold,
+                            stock_released,
+                        },
+                    )
+                },
+            )
             .collect();
         let items = group_items(
             sqlx::query_as("SELECT order_id, product_id, quantity FROM order_items")
@@ -259,6 +282,12 @@ impl Snapshot {
         .await
         .unwrap();
         let outbox = outbox.into_iter().map(|(s, t, n)| ((s, t), n)).collect();
+        let dead_letters = sqlx::query_as(
+            "SELECT retry_count, last_error FROM outbox_events WHERE status = 'FAILED'",
+        )
+        .fetch_all(&dbs.sales)
+        .await
+        .unwrap();
         let order_created = sqlx::query_as(
             "SELECT id, aggregate_id FROM outbox_events WHERE event_type = 'ORDER_CREATED'",
         )
@@ -300,6 +329,7 @@ impl Snapshot {
             keys,
             reviews,
             outbox,
+            dead_letters,
             order_created,
             sagas: sagas.into_iter().collect(),
             products: stock(&dbs.product).await,
@@ -317,14 +347,13 @@ impl Snapshot {
             .unwrap_or_default()
     }
 
-    /// Not cancelled and not waiting for staff because stock ran out after a
-    /// fallback: such an order must hold its units at product.
+    /// Not cancelled and not waiting for staff because its stock could not be
+    /// confirmed after a fallback: such an order must hold its units at product.
     fn live(&self, id: Uuid) -> bool {
         self.orders[&id].status != "CANCELLED"
-            && !self
-                .open_reviews(id)
-                .iter()
-                .any(|(reason, _, _)| reason == "OUT_OF_STOCK_AFTER_FALLBACK")
+            && !self.open_reviews(id).iter().any(|(reason, _, _)| {
+                reason == "OUT_OF_STOCK_AFTER_FALLBACK" || reason == "UNKNOWN_PRODUCT"
+            })
     }
 
     fn outbox_count(&self, status: &str) -> i64 {
@@ -396,6 +425,9 @@ pub async fn check(inputs: Inputs<'_>) -> Ledger {
         statuses(records, &inputs.faults),
     ];
     lines.push(recovery(records, inputs.faults).await);
+    lines.push(dead_letters_poisoned(&snap));
+    lines.push(flagged_not_shipped(&snap));
+    lines.push(cancelled_stock_returned(&snap));
     Ledger { header, lines }
 }
 
@@ -712,6 +744,111 @@ fn fallback_rechecked(snap: &Snapshot) -> Line {
         counts: format!(
             "fallback orders {fallback}: flag cleared {cleared}, kept in review with reason {kept:?}, cancelled {cancelled}, not re-checked {}",
             bad.len()
+        ),
+        details: examples(&bad),
+    }
+}
+
+/// Messages of a failure that is the broker's (an outage), never an event's own refusal.
+const OUTAGE_ERRORS: [&str; 3] = ["PublishBatch failed", "publish timed out", "not attempted"];
+
+/// Invariant 9. No dead letter without a poison cause: a FAILED row was refused by the
+/// broker itself (never an outage's failure), as often as the shipped budget says.
+fn dead_letters_poisoned(snap: &Snapshot) -> Line {
+    let mut bad = Vec::new();
+    for (refusals, error) in &snap.dead_letters {
+        let error = error.as_deref().unwrap_or("");
+        if OUTAGE_ERRORS.iter().any(|e| error.starts_with(e)) || *refusals < 5 {
+            bad.push(format!(
+                "a dead letter after {refusals} refusals, last error {error:?}"
+            ));
+        }
+    }
+    Line {
+        number: 9,
+        name: "no dead letter without a poison cause",
+        pass: bad.is_empty(),
+        counts: format!(
+            "FAILED rows {}, of them from an outage or short of the budget {}",
+            snap.dead_letters.len(),
+            bad.len()
+        ),
+        details: examples(&bad),
+    }
+}
+
+/// Invariant 10. No delivery for an order still flagged on the fallback: its delivery
+/// waits for the re-check or staff.
+fn flagged_not_shipped(snap: &Snapshot) -> Line {
+    let (mut held, mut released) = (0, 0);
+    let mut bad = Vec::new();
+    for (id, order) in snap.orders.iter().filter(|(_, o)| o.fallback) {
+        let live_deliveries = snap
+            .deliveries
+            .get(id)
+            .map(|d| d.iter().filter(|(_, s)| s != "CANCELLED").count())
+            .unwrap_or(0);
+        let unconfirmed = snap.open_reviews(*id).iter().any(|(reason, _, _)| {
+            matches!(
+                reason.as_str(),
+                "AVAILABILITY_UNVERIFIED" | "OUT_OF_STOCK_AFTER_FALLBACK" | "UNKNOWN_PRODUCT"
+            )
+        });
+        if order.delivery_hold.is_some() || unconfirmed {
+            held += 1;
+            if live_deliveries > 0 || order.delivery_id.is_some() {
+                bad.push(format!(
+                    "flagged order {id} (hold {:?}) has {live_deliveries} live deliveries",
+                    order.delivery_hold
+                ));
+            }
+        } else {
+            released += 1;
+        }
+    }
+    Line {
+        number: 10,
+        name: "no delivery for an order still flagged",
+        pass: bad.is_empty(),
+        counts: format!(
+            "fallback orders: still held {held}, released (confirmed, approved or cancelled) {released}, held with a delivery {}",
+            bad.len()
+        ),
+        details: examples(&bad),
+    }
+}
+
+/// Invariant 11. Every cancelled order's units are back at product (committed ones
+/// restocked), and product confirmed it to sales: no unit waits on `ORDER_CANCELLED`.
+fn cancelled_stock_returned(snap: &Snapshot) -> Line {
+    let (mut cancelled, mut reserved_once, mut confirmed) = (0, 0, 0);
+    let mut bad = Vec::new();
+    for (id, order) in snap.orders.iter().filter(|(_, o)| o.status == "CANCELLED") {
+        cancelled += 1;
+        let reservation = snap.reservations.get(id).map(String::as_str);
+        if snap.reservation_items.contains_key(id) {
+            reserved_once += 1;
+        }
+        if matches!(reservation, Some("ACTIVE" | "COMMITTED")) {
+            bad.push(format!(
+                "cancelled order {id} still holds a {reservation:?} reservation"
+            ));
+        }
+        if order.stock_released {
+            confirmed += 1;
+        } else {
+            bad.push(format!(
+                "cancelled order {id}: release not confirmed by product"
+            ));
+        }
+    }
+    Line {
+        number: 11,
+        name: "cancelled orders' units all back at product",
+        pass: bad.is_empty(),
+        counts: format!(
+            "cancelled orders {cancelled} ({reserved_once} had reserved or committed units): holding stock {}, release confirmed {confirmed}",
+            bad.iter().filter(|b| b.contains("still holds")).count()
         ),
         details: examples(&bad),
     }

@@ -189,3 +189,63 @@ async fn a_released_reservation_of_a_recorded_order_is_taken_again(pool: PgPool)
     );
     assert_eq!(stock(&pool, "SKU-A").await, (10, 0));
 }
+
+#[sqlx::test(migrations = "../../migrations/product")]
+async fn a_cancelled_orders_stock_comes_back_once_whichever_release_comes_first(pool: PgPool) {
+    let app = spawn(pool.clone()).await;
+    add_product(&app.api, "SKU-A", 10).await;
+    add_product(&app.api, "SKU-B", 10).await;
+    // Committed, then cancelled: sales' direct release restocks it; the event, later,
+    // finds nothing held.
+    let committed = Uuid::new_v4();
+    reserve(&app, committed, "SKU-A", 4).await;
+    let created = event("ORDER_CREATED", committed, 1, &[("SKU-A", 4)], false);
+    apply(&pool, &created, Utc::now()).await.unwrap();
+    assert_eq!(stock(&pool, "SKU-A").await, (6, 0));
+    let cancel_path = format!("/reservations/{committed}?reason=order-cancelled");
+    let released: contracts::catalog::Reservation =
+        testkit::expect_json(app.api.delete(&cancel_path).await, 200).await;
+    assert_eq!(
+        released.status,
+        contracts::catalog::ReservationStatus::Released
+    );
+    assert_eq!(stock(&pool, "SKU-A").await, (10, 0), "restocked");
+    assert_eq!(
+        app.api.delete(&cancel_path).await.status(),
+        200,
+        "a repeat is harmless"
+    );
+    let cancelled = event("ORDER_CANCELLED", committed, 2, &[("SKU-A", 4)], false);
+    assert_eq!(
+        apply(&pool, &cancelled, Utc::now()).await.unwrap(),
+        Applied::Ignored
+    );
+    assert_eq!(stock(&pool, "SKU-A").await, (10, 0), "restocked once");
+
+    // Active, cancelled while ORDER_CREATED waited in the outbox (the broker was down):
+    // released at once, and the late event does not take the units again.
+    let waiting = Uuid::new_v4();
+    reserve(&app, waiting, "SKU-B", 3).await;
+    let path = format!("/reservations/{waiting}?reason=order-cancelled");
+    assert_eq!(app.api.delete(&path).await.status(), 200);
+    assert_eq!(stock(&pool, "SKU-B").await, (10, 0));
+    let late = event("ORDER_CREATED", waiting, 1, &[("SKU-B", 3)], false);
+    assert_eq!(
+        apply(&pool, &late, Utc::now()).await.unwrap(),
+        Applied::Ignored
+    );
+    assert_eq!(stock(&pool, "SKU-B").await, (10, 0), "not taken again");
+    let again = json!({"order_id": waiting, "items": [{"product_id": "SKU-B", "quantity": 3}]});
+    let refused = testkit::expect_problem(app.api.post("/reservations", &again).await, 409).await;
+    assert_eq!(refused.kind, "/problems/order-cancelled");
+
+    // Never reserved (a fallback order): the release marks it, so a late re-check's
+    // reservation for the cancelled order is refused too.
+    let unreserved = Uuid::new_v4();
+    let path = format!("/reservations/{unreserved}?reason=order-cancelled");
+    assert_eq!(app.api.delete(&path).await.status(), 200);
+    let late = json!({"order_id": unreserved, "items": [{"product_id": "SKU-B", "quantity": 1}]});
+    let refused = testkit::expect_problem(app.api.post("/reservations", &late).await, 409).await;
+    assert_eq!(refused.kind, "/problems/order-cancelled");
+    assert_eq!(stock(&pool, "SKU-B").await, (10, 0));
+}

@@ -48,6 +48,9 @@ pub enum CallError {
     /// No answer within the timeout.
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
+    /// Not attempted: as many calls as the bulkhead allows are waiting on Redis already.
+    #[error(transparent)]
+    Busy(#[from] resilience::BulkheadFull),
     /// Connection refused or dropped, or Redis answered with an error.
     #[error(transparent)]
     Redis(#[from] RedisError),
@@ -61,6 +64,8 @@ pub struct Redis {
 
 struct Inner {
     conn: ConnectionManager,
+    /// Caps the calls waiting on Redis at once (`SALES_BULKHEAD_REDIS_MAX_CONCURRENT`).
+    bulkhead: resilience::Bulkhead,
     prefix: String,
     timeout: Duration,
     epoch: Instant,
@@ -81,8 +86,13 @@ fn answered(e: &RedisError) -> bool {
 impl Redis {
     /// The connection of `config`, or `None` when `SALES_REDIS_URL` is unset. No
     /// connection is made here beyond one `PING` (bounded by the timeout) that sets
-    /// `cache_available`; an unreachable Redis is logged and the service starts.
-    pub async fn connect(config: &CacheConfig) -> anyhow::Result<Option<Self>> {
+    /// `cache_available`; an unreachable Redis is logged and the service starts. At most
+    /// `max_concurrent` calls wait on Redis at once; more are refused ([`CallError::Busy`])
+    /// and the caller goes to the database.
+    pub async fn connect(
+        config: &CacheConfig,
+        max_concurrent: usize,
+    ) -> anyhow::Result<Option<Self>> {
         let Some(url) = &config.url else {
             tracing::info!("SALES_REDIS_URL is not set: no order cache, rate limits per instance");
             return Ok(None);
@@ -97,6 +107,7 @@ impl Redis {
         let redis = Self {
             inner: Arc::new(Inner {
                 conn,
+                bulkhead: resilience::Bulkhead::new("redis", max_concurrent),
                 prefix: config.key_prefix.clone(),
                 timeout: config.timeout,
                 epoch: Instant::now(),
@@ -160,6 +171,7 @@ impl Redis {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        let _slot = self.inner.bulkhead.try_enter()?;
         // The manager bounds connecting and answering separately; this bounds the sum.
         let limit = self.inner.timeout * 2;
         match tokio::time::timeout(limit, op(self.inner.conn.clone())).await {

@@ -524,6 +524,7 @@ mod tests {
             requires_manual_review: false,
             fallback_used: false,
             delivery_id: None,
+            delivery_hold: None,
             version,
             created_at: Utc::now(),
             updated_at: Utc::now(),

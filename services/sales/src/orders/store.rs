@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use contracts::{
     Address, LineItem,
-    orders::{Order, OrderStatus},
+    orders::{DeliveryHold, Order, OrderStatus},
 };
 use sqlx::{PgConnection, types::Json as Jsonb};
 use uuid::Uuid;
@@ -20,13 +20,14 @@ struct OrderRow {
     requires_manual_review: bool,
     fallback_used: bool,
     delivery_id: Option<Uuid>,
+    delivery_hold: Option<String>,
     version: i32,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
 const COLUMNS: &str = "id, customer_id, status, shipping_address, requires_manual_review, \
-                       fallback_used, delivery_id, version, created_at, updated_at";
+                       fallback_used, delivery_id, delivery_hold, version, created_at, updated_at";
 
 impl OrderRow {
     fn into_order(self, items: Vec<LineItem>) -> Order {
@@ -40,6 +41,8 @@ impl OrderRow {
             requires_manual_review: self.requires_manual_review,
             fallback_used: self.fallback_used,
             delivery_id: self.delivery_id,
+            // The column's CHECK constraint admits only known holds.
+            delivery_hold: self.delivery_hold.as_deref().and_then(DeliveryHold::parse),
             version: self.version,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -56,14 +59,17 @@ pub struct NewOrder<'a> {
     pub shipping_address: &'a Address,
     pub requires_manual_review: bool,
     pub fallback_used: bool,
+    /// Why its delivery must wait, if it must (a fallback order's).
+    pub delivery_hold: Option<DeliveryHold>,
 }
 
 /// Writes the order (PENDING_SHIPMENT), its items, the first history row and
 /// the `ORDER_CREATED` event carrying the full order, in the caller's transaction.
 pub async fn insert(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result<Order, sqlx::Error> {
     let row: OrderRow = sqlx::query_as(&format!(
-        "INSERT INTO orders (id, customer_id, status, shipping_address, requires_manual_review, fallback_used)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
+        "INSERT INTO orders (id, customer_id, status, shipping_address, requires_manual_review, fallback_used,
+                             delivery_hold)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
     ))
     .bind(new.id)
     .bind(new.customer_id.trim())
@@ -71,6 +77,7 @@ pub async fn insert(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result<Order
     .bind(Jsonb(new.shipping_address))
     .bind(new.requires_manual_review)
     .bind(new.fallback_used)
+    .bind(new.delivery_hold.map(DeliveryHold::as_str))
     .fetch_one(&mut *conn)
     .await?;
     let line_nos: Vec<i32> = (1..=new.items.len() as i32).collect();
@@ -108,23 +115,34 @@ pub async fn insert(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result<Order
 
 /// Records a change of an order that keeps its status (a review flag set or
 /// cleared, availability confirmed…), in the caller's transaction: sets
-/// `requires_manual_review` when given, bumps the version, appends a history row
-/// (status unchanged, `reason`) and enqueues `event_type` with the full order.
-/// `None` if the order does not exist.
+/// `requires_manual_review` when given and the delivery hold as `hold` says, bumps the
+/// version, appends a history row (status unchanged, `reason`) and enqueues
+/// `event_type` with the full order. `None` if the order does not exist. (A caller
+/// changing the hold moves the order's delivery retry row with it:
+/// [`crate::delivery_retry::hold`], [`crate::delivery_retry::release_hold`].)
 pub async fn record_change(
     conn: &mut PgConnection,
     order_id: Uuid,
     requires_manual_review: Option<bool>,
+    hold: Hold,
     reason: &str,
     event_type: &str,
 ) -> Result<Option<Order>, sqlx::Error> {
+    let (set_hold, hold_value) = match hold {
+        Hold::Keep => (false, None),
+        Hold::Set(h) => (true, Some(h.as_str())),
+        Hold::Clear => (true, None),
+    };
     let status: Option<String> = sqlx::query_scalar(
         "UPDATE orders SET requires_manual_review = COALESCE($2, requires_manual_review),
+                delivery_hold = CASE WHEN $3 THEN $4 ELSE delivery_hold END,
                 version = version + 1, updated_at = now()
          WHERE id = $1 RETURNING status",
     )
     .bind(order_id)
     .bind(requires_manual_review)
+    .bind(set_hold)
+    .bind(hold_value)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(status) = status.as_deref().and_then(OrderStatus::parse) else {
@@ -136,6 +154,17 @@ pub async fn record_change(
         outbox::enqueue(&mut *conn, order.id, order.version, event_type, order).await?;
     }
     Ok(order)
+}
+
+/// What becomes of an order's delivery hold in [`record_change`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Left as it is.
+    Keep,
+    /// Set to this reason.
+    Set(DeliveryHold),
+    /// Cleared: the delivery may start.
+    Clear,
 }
 
 /// Appends a row to the order's status history.

@@ -98,7 +98,7 @@ pub async fn list_failed(
 async fn replay(state: &AppState, only: Option<Uuid>, actor: &str) -> ApiResult<u64> {
     let mut tx = state.db.pool.begin().await?;
     let ids: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE outbox_events SET status = 'PENDING', retry_count = 0, next_attempt_at = now(), last_error = NULL
+        "UPDATE outbox_events SET status = 'PENDING', retry_count = 0, first_refused_at = NULL, next_attempt_at = now(), last_error = NULL
          WHERE status = 'FAILED' AND ($1::uuid IS NULL OR id = $1) RETURNING id",
     )
     .bind(only)

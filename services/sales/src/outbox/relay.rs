@@ -1,21 +1,34 @@
 //! The outbox relay: publishes PENDING rows to SNS and marks them SENT.
 //!
-//! A step claims up to a batch of due rows in creation order
-//! (`FOR UPDATE SKIP LOCKED`, so several sales instances never claim the same
-//! row), publishes them with `PublishBatch` behind the `broker` breaker, marks the
-//! published ones SENT and reschedules the others with backoff (FAILED, a dead
-//! letter, after `max_attempts`), all in the claim's transaction. A crash after
-//! publishing and before the commit publishes the batch again: delivery is at
-//! least once and consumers dedup on `event_id`.
+//! A step takes a permit of the `broker` breaker, claims up to a batch of due rows in
+//! creation order (`FOR UPDATE SKIP LOCKED`, so several sales instances never claim the
+//! same row; while the breaker is half-open, its one trial claims only one `PublishBatch`
+//! worth), publishes them with `PublishBatch`, marks the published ones SENT and
+//! reschedules the others, all in the claim's transaction. A crash after publishing and
+//! before the commit publishes the batch again: delivery is at least once and consumers
+//! dedup on `event_id`.
 //!
-//! The relay is woken by `LISTEN outbox_events` (a trigger notifies on commit) and
-//! polls as a safety net. While the breaker is open, rows wait: no retry storm.
+//! **No outage makes a dead letter.** What failed is read per entry
+//! ([`messaging::FailureKind`]):
+//! - the broker could not be asked or did not answer (connection refused, timeout, 5xx,
+//!   throttling, a credential or topic problem): the row is rescheduled as it was, its
+//!   `retry_count` untouched, and the breaker counts a failure. However long the outage,
+//!   and however many half-open trials fail, no row is charged for it;
+//! - the broker refused the entry itself (a per-entry failure that is the sender's fault,
+//!   content it refuses): `retry_count` grows and the row is retried with backoff
+//!   (`retry_base` doubling to `retry_max`). It becomes FAILED (a dead letter: alerted,
+//!   replayable by staff) once it has been refused `max_attempts` times **and** its first
+//!   refusal is at least `dead_letter_min_age` old, so a short burst of refusals never
+//!   dead-letters an event the broker takes a minute later.
+//!
+//! The relay is woken by `LISTEN outbox_events` (a trigger notifies on commit) and polls as
+//! a safety net. While the breaker is open, rows wait: no retry storm.
 
-use std::{collections::BTreeMap, convert::Infallible, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
-use messaging::{Envelope, Publisher};
-use resilience::{CallError, CircuitBreaker, Outcome};
+use messaging::{Envelope, PublishError, Publisher};
+use resilience::{CircuitBreaker, Outcome};
 use sqlx::{PgPool, postgres::PgListener};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -35,6 +48,7 @@ struct Row {
     schema_version: i32,
     payload: serde_json::Value,
     retry_count: i32,
+    first_refused_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     /// Trace context of the writer; the publisher continues it.
     trace: sqlx::types::Json<BTreeMap<String, String>>,
@@ -56,9 +70,6 @@ impl Row {
     }
 }
 
-/// One result per published event, in order.
-type Published = Vec<(Uuid, Result<(), messaging::PublishError>)>;
-
 /// Counts of one relay step.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RelayReport {
@@ -66,10 +77,14 @@ pub struct RelayReport {
     pub sent: usize,
     /// Rescheduled for another attempt.
     pub retried: usize,
+    /// Of `retried`: refused by the broker (charged against their dead-letter budget).
+    pub refused: usize,
     /// Marked FAILED (dead letters).
     pub dead: usize,
     /// The broker breaker refused the step; nothing changed.
     pub breaker_open: bool,
+    /// The step was the breaker's half-open trial (a small batch).
+    pub trial: bool,
 }
 
 /// The relay of one sales instance.
@@ -88,20 +103,28 @@ impl Relay {
     /// One step: claim, publish, mark; returns what happened.
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<RelayReport, sqlx::Error> {
         let mut report = RelayReport::default();
-        if self.breaker.remaining_open().is_some() {
+        let Ok(permit) = self.breaker.try_acquire() else {
             report.breaker_open = true;
             return Ok(report);
-        }
-        // Dropping `tx` without commit (any early return) releases the claim.
+        };
+        report.trial = permit.is_trial();
+        // The trial of a half-open breaker risks one PublishBatch, not a whole batch.
+        let limit = if report.trial {
+            TRIAL_BATCH
+        } else {
+            self.config.batch_size
+        };
+        // Dropping `tx` without commit (any early return) releases the claim; dropping the
+        // permit records nothing (and frees a trial slot).
         let mut tx = self.pool.begin().await?;
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT id, aggregate_type, aggregate_id, aggregate_version, event_type, schema_version,
-                    payload, retry_count, created_at, trace
+                    payload, retry_count, first_refused_at, created_at, trace
              FROM outbox_events WHERE status = 'PENDING' AND next_attempt_at <= $1
              ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
         .bind(now)
-        .bind(self.config.batch_size)
+        .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
         report.claimed = rows.len();
@@ -109,36 +132,28 @@ impl Relay {
             return Ok(report);
         }
         let envelopes: Vec<Envelope> = rows.iter().map(Row::envelope).collect();
-        let all_failed = |r: &Result<Published, Infallible>| match r {
-            Ok(results) if results.iter().all(|(_, r)| r.is_err()) => Outcome::Failure,
-            _ => Outcome::Success,
-        };
-        let published = self
-            .breaker
-            .call(all_failed, || async {
-                Ok(self.publisher.publish(&envelopes).await)
-            })
-            .await;
-        let results: Vec<(Uuid, Result<(), String>)> = match published {
-            Ok(results) => results
-                .into_iter()
-                .map(|(id, r)| (id, r.map_err(|e| e.to_string())))
-                .collect(),
-            Err(CallError::Rejected(_)) => {
-                report.breaker_open = true;
-                return Ok(report);
-            }
-            Err(CallError::Timeout(after)) => rows
+        let timeout = self.breaker.config().call_timeout;
+        let results = match tokio::time::timeout(timeout, self.publisher.publish(&envelopes)).await
+        {
+            Ok(results) => results,
+            Err(_) => rows
                 .iter()
                 .map(|r| {
-                    (
-                        r.id,
-                        Err(format!("publish timed out after {} ms", after.as_millis())),
-                    )
+                    let error = format!("publish timed out after {} ms", timeout.as_millis());
+                    (r.id, Err(PublishError::unavailable(error)))
                 })
                 .collect(),
-            Err(CallError::Inner(never)) => match never {},
         };
+        // The broker failed when it took nothing and refused nothing: every entry is
+        // unavailable. A refused entry means the broker answered.
+        let broker_failed = results
+            .iter()
+            .all(|(_, r)| r.as_ref().is_err_and(|e| !e.is_refused()));
+        permit.record(if broker_failed {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        });
         let published_at = Utc::now();
         if !self.pause_before_mark.is_zero() {
             tokio::time::sleep(self.pause_before_mark).await;
@@ -157,53 +172,75 @@ impl Relay {
             .await?;
         report.sent = sent.len();
 
-        let (mut ids, mut counts, mut statuses, mut next, mut errors) =
-            (vec![], vec![], vec![], vec![], vec![]);
+        let mut updates = Updates::default();
         for (id, result) in &results {
             let Err(error) = result else { continue };
             let Some(row) = rows.iter().find(|r| r.id == *id) else {
                 continue;
             };
-            let attempts = row.retry_count + 1;
-            let dead = attempts >= self.config.max_attempts;
-            let delay = resilience::backoff::exponential(
-                attempts as u32,
-                self.config.retry_base,
-                self.config.retry_max,
-            );
-            ids.push(*id);
-            counts.push(attempts);
-            statuses.push(if dead { "FAILED" } else { "PENDING" });
-            next.push(now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX));
-            errors.push(error.clone());
-            if dead {
-                report.dead += 1;
-                tracing::error!(event_id = %id, event_type = %row.event_type, attempts, error = %error,
-                    "Event publishing failed for good; kept as a dead letter for replay");
-            } else {
-                report.retried += 1;
-                tracing::warn!(event_id = %id, event_type = %row.event_type, attempts, error = %error,
-                    "Event publishing failed, storing in outbox for retry");
+            let fate = self.fate(row, error, now);
+            match fate.status {
+                "FAILED" => {
+                    report.dead += 1;
+                    tracing::error!(event_id = %id, event_type = %row.event_type, refusals = fate.refusals, error = %error,
+                        "Event publishing failed for good; kept as a dead letter for replay");
+                }
+                _ if error.is_refused() => {
+                    report.retried += 1;
+                    report.refused += 1;
+                    tracing::warn!(event_id = %id, event_type = %row.event_type, refusals = fate.refusals, error = %error,
+                        "Event refused by the broker, storing in outbox for retry");
+                }
+                _ => {
+                    report.retried += 1;
+                    tracing::debug!(event_id = %id, event_type = %row.event_type, error = %error,
+                        "broker unavailable; event waits in the outbox");
+                }
             }
+            updates.push(*id, fate, error);
         }
-        if !ids.is_empty() {
-            sqlx::query(
-                "UPDATE outbox_events o SET retry_count = f.attempts, status = f.status,
-                        next_attempt_at = f.next_attempt_at, last_error = f.error
-                 FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], $5::text[])
-                      AS f(id, attempts, status, next_attempt_at, error)
-                 WHERE o.id = f.id",
-            )
-            .bind(&ids)
-            .bind(&counts)
-            .bind(&statuses)
-            .bind(&next)
-            .bind(&errors)
-            .execute(&mut *tx)
-            .await?;
+        if !report.trial && broker_failed && report.retried > 0 {
+            tracing::warn!(events = report.retried, error = ?results.first().and_then(|(_, r)| r.as_ref().err()),
+                "Event publishing failed, storing in outbox for retry");
         }
+        updates.apply(&mut tx).await?;
         tx.commit().await?;
         Ok(report)
+    }
+
+    /// What becomes of a row whose publish failed with `error`.
+    fn fate(&self, row: &Row, error: &PublishError, now: DateTime<Utc>) -> Fate {
+        if !error.is_refused() {
+            // Not the event's fault: wait for the broker, charge nothing. An open breaker
+            // keeps the relay away until its trial anyway.
+            let wait = self
+                .breaker
+                .remaining_open()
+                .unwrap_or_default()
+                .max(self.config.retry_base);
+            return Fate {
+                status: "PENDING",
+                refusals: row.retry_count,
+                first_refused_at: row.first_refused_at,
+                next_attempt_at: resilience::deadline::after(now, wait),
+            };
+        }
+        let refusals = row.retry_count + 1;
+        let first_refused_at = row.first_refused_at.unwrap_or(now);
+        let old_enough =
+            resilience::deadline::elapsed(first_refused_at, now, self.config.dead_letter_min_age);
+        let dead = refusals >= self.config.max_attempts && old_enough;
+        let delay = resilience::backoff::exponential(
+            refusals as u32,
+            self.config.retry_base,
+            self.config.retry_max,
+        );
+        Fate {
+            status: if dead { "FAILED" } else { "PENDING" },
+            refusals,
+            first_refused_at: Some(first_refused_at),
+            next_attempt_at: resilience::deadline::after(now, delay),
+        }
     }
 
     /// Drains what is due: steps until a step claims less than a full batch.
@@ -214,9 +251,13 @@ impl Relay {
             total.claimed += r.claimed;
             total.sent += r.sent;
             total.retried += r.retried;
+            total.refused += r.refused;
             total.dead += r.dead;
             total.breaker_open |= r.breaker_open;
-            if (r.claimed as i64) < self.config.batch_size || r.breaker_open || r.sent == 0 {
+            total.trial |= r.trial;
+            // A trial that got through closed the breaker: go on with full batches.
+            let more = (r.claimed as i64) >= self.config.batch_size || (r.trial && r.sent > 0);
+            if !more || r.breaker_open || r.sent == 0 {
                 return Ok(total);
             }
         }
@@ -264,6 +305,62 @@ impl Relay {
     }
 }
 
+/// Rows one half-open trial publishes: one `PublishBatch` call.
+pub const TRIAL_BATCH: i64 = messaging::publish::MAX_BATCH_ENTRIES as i64;
+
+/// The new state of a row whose publish failed.
+struct Fate {
+    status: &'static str,
+    refusals: i32,
+    first_refused_at: Option<DateTime<Utc>>,
+    next_attempt_at: DateTime<Utc>,
+}
+
+/// The failed rows of a step, written with one statement.
+#[derive(Default)]
+struct Updates {
+    ids: Vec<Uuid>,
+    refusals: Vec<i32>,
+    statuses: Vec<&'static str>,
+    first_refused: Vec<Option<DateTime<Utc>>>,
+    next: Vec<DateTime<Utc>>,
+    errors: Vec<String>,
+}
+
+impl Updates {
+    fn push(&mut self, id: Uuid, fate: Fate, error: &PublishError) {
+        self.ids.push(id);
+        self.refusals.push(fate.refusals);
+        self.statuses.push(fate.status);
+        self.first_refused.push(fate.first_refused_at);
+        self.next.push(fate.next_attempt_at);
+        self.errors.push(error.to_string());
+    }
+
+    async fn apply(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE outbox_events o SET retry_count = f.refusals, status = f.status,
+                    first_refused_at = f.first_refused_at, next_attempt_at = f.next_attempt_at,
+                    last_error = f.error
+             FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])
+                  AS f(id, refusals, status, first_refused_at, next_attempt_at, error)
+             WHERE o.id = f.id",
+        )
+        .bind(&self.ids)
+        .bind(&self.refusals)
+        .bind(&self.statuses)
+        .bind(&self.first_refused)
+        .bind(&self.next)
+        .bind(&self.errors)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
 /// `outbox_events_published_total` and `outbox_relay_lag_seconds` (commit to publish, i.e.
 /// `published_at - created_at`) of the rows in `sent`.
 fn record_published(rows: &[Row], sent: &[Uuid], published_at: DateTime<Utc>) {
@@ -280,15 +377,27 @@ fn record_published(rows: &[Row], sent: &[Uuid], published_at: DateTime<Utc>) {
     }
 }
 
-/// PENDING count, FAILED count and the age of the oldest PENDING row.
-pub async fn backlog(
-    pool: &PgPool,
-    now: DateTime<Utc>,
-) -> Result<(i64, i64, Option<f64>), sqlx::Error> {
+/// The outbox's backlog at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, sqlx::FromRow)]
+pub struct Backlog {
+    pub pending: i64,
+    /// Dead letters.
+    pub failed: i64,
+    /// Age of the oldest PENDING row, in seconds.
+    pub oldest_pending_age_seconds: Option<f64>,
+    /// Age of the oldest dead letter (since it was written), in seconds.
+    pub oldest_failed_age_seconds: Option<f64>,
+}
+
+/// PENDING and FAILED counts and the age of the oldest row of each.
+pub async fn backlog(pool: &PgPool, now: DateTime<Utc>) -> Result<Backlog, sqlx::Error> {
     sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE status = 'PENDING'),
-                count(*) FILTER (WHERE status = 'FAILED'),
+        "SELECT count(*) FILTER (WHERE status = 'PENDING') AS pending,
+                count(*) FILTER (WHERE status = 'FAILED') AS failed,
                 EXTRACT(EPOCH FROM ($1 - min(created_at) FILTER (WHERE status = 'PENDING')))::float8
+                    AS oldest_pending_age_seconds,
+                EXTRACT(EPOCH FROM ($1 - min(created_at) FILTER (WHERE status = 'FAILED')))::float8
+                    AS oldest_failed_age_seconds
          FROM outbox_events WHERE status IN ('PENDING', 'FAILED')",
     )
     .bind(now)

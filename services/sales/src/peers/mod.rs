@@ -4,6 +4,11 @@
 //! or the state forbids it), or the peer is unavailable (cannot connect, timeout,
 //! 5xx, 429, unreadable answer, or its breaker is open). Only the last kind
 //! counts as a failure for the breaker.
+//!
+//! Each peer also has a bulkhead ([`resilience::Bulkhead`]): a cap on the calls in
+//! flight to it. A call over the cap is not sent and comes back `Unavailable`
+//! with `not_sent`, exactly like one refused by an open breaker, so a peer that
+//! hangs while its breaker is still closed holds at most that many requests.
 
 pub mod delivery;
 pub mod product;
@@ -20,12 +25,12 @@ use tracing::Instrument;
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
     /// The peer could not be asked, or failed: a fault of the peer or the network,
-    /// or its breaker is open (`breaker_open`: no call was made).
+    /// or its breaker is open or its bulkhead full (`not_sent`: no call was made).
     #[error("{peer} unavailable: {reason}")]
     Unavailable {
         peer: &'static str,
         reason: String,
-        breaker_open: bool,
+        not_sent: bool,
     },
     /// The peer refused the request with a 4xx problem.
     #[error("{peer} refused the request: {problem}")]
@@ -42,6 +47,7 @@ pub struct HttpPeer {
     base: String,
     http: reqwest::Client,
     breaker: CircuitBreaker,
+    bulkhead: resilience::Bulkhead,
 }
 
 impl std::fmt::Debug for HttpPeer {
@@ -60,6 +66,7 @@ impl HttpPeer {
         connect_timeout: Duration,
         request_timeout: Duration,
         breaker: CircuitBreaker,
+        max_concurrent: usize,
     ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
@@ -71,6 +78,7 @@ impl HttpPeer {
             base: base.trim_end_matches('/').to_owned(),
             http,
             breaker,
+            bulkhead: resilience::Bulkhead::new(name, max_concurrent),
         })
     }
 
@@ -87,7 +95,7 @@ impl HttpPeer {
         PeerError::Unavailable {
             peer: self.name,
             reason: reason.into(),
-            breaker_open: false,
+            not_sent: false,
         }
     }
 
@@ -98,6 +106,14 @@ impl HttpPeer {
         path: &str,
         body: Option<&(impl Serialize + Sync)>,
     ) -> Result<(StatusCode, T), PeerError> {
+        let _slot = self
+            .bulkhead
+            .try_enter()
+            .map_err(|full| PeerError::Unavailable {
+                peer: self.name,
+                reason: full.to_string(),
+                not_sent: true,
+            })?;
         let classify = |result: &Result<(StatusCode, T), PeerError>| match result {
             Err(PeerError::Unavailable { .. }) => Outcome::Failure,
             Ok(_) | Err(PeerError::Rejected { .. }) => Outcome::Success,
@@ -115,7 +131,7 @@ impl HttpPeer {
             Err(CallError::Rejected(rejected)) => Err(PeerError::Unavailable {
                 peer: self.name,
                 reason: rejected.to_string(),
-                breaker_open: true,
+                not_sent: true,
             }),
         }
     }

@@ -76,6 +76,18 @@ impl ProductClient {
         Ok(reservation)
     }
 
+    /// Gives a cancelled order's units back: releases its reservation, restocking committed
+    /// units, and marks it so that it is never taken again (product does this once, whoever
+    /// asks first: this call or its `ORDER_CANCELLED` consumer).
+    pub async fn release_cancelled(&self, order_id: Uuid) -> Result<Reservation, PeerError> {
+        let path = format!("/reservations/{order_id}?reason=order-cancelled");
+        let (_, reservation) = self
+            .peer
+            .send::<Reservation>(Method::DELETE, &path, None::<&()>)
+            .await?;
+        Ok(reservation)
+    }
+
     /// Releases the reservation of `order_id`; one that does not exist is fine.
     pub async fn release(&self, order_id: Uuid) -> Result<(), PeerError> {
         let path = format!("/reservations/{order_id}");

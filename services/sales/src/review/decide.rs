@@ -2,6 +2,7 @@
 //! or reject (the order is cancelled through its compensations).
 
 use axum::{body::Bytes, extract::State, http::HeaderMap};
+use chrono::Utc;
 use contracts::{FieldError, Problem, orders::OrderStatus};
 use platform::{
     ApiResult,
@@ -15,6 +16,7 @@ use super::{Decision, ReviewedOrder, queue};
 use crate::{
     app::AppState,
     cancellation::{self, CancelError, OpenReviews},
+    delivery_retry,
     orders::store,
     outbox::events,
     reviews::{self, Resolution, ReviewStatus},
@@ -87,6 +89,8 @@ pub async fn approve(
                 return Err(CancelError::NoOpenReview(id).into());
             }
             if status == OrderStatus::PendingShipment.as_str() && delivery_id.is_none() {
+                // A held delivery (a fallback order) may start now.
+                delivery_retry::release_hold(&mut tx, id, Utc::now()).await?;
                 // Retries gave up: approving asks for them again, with fresh limits.
                 sqlx::query(
                     "UPDATE delivery_retries SET status = 'PENDING', attempts = 0, next_attempt_at = now(),
@@ -101,6 +105,7 @@ pub async fn approve(
                 &mut tx,
                 id,
                 Some(false),
+                store::Hold::Clear,
                 &format!("review approved (by {actor}): {note}"),
                 events::ORDER_REVIEW_APPROVED,
             )

@@ -317,8 +317,10 @@ async fn a_late_repopulate_with_an_older_version_is_refused(
         order_ttl: Duration::from_secs(60),
         timeout: Duration::from_millis(500),
     };
-    let cache =
-        sales::cache::OrderCache::new(Redis::connect(&config).await.unwrap(), config.order_ttl);
+    let cache = sales::cache::OrderCache::new(
+        Redis::connect(&config, 128).await.unwrap(),
+        config.order_ttl,
+    );
     let mut redis = redis_conn().await;
     let key = key(&prefix, order.id);
     let old = order.clone();

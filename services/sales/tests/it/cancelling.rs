@@ -79,13 +79,23 @@ async fn cancelling_before_shipment_runs_the_compensations_once(
         "{reason}"
     );
 
-    // The committed reservation comes back when product consumes ORDER_CANCELLED.
-    assert_eq!(stack.relay_to_product(order.id, "ORDER_CANCELLED").await, 1);
+    // The committed units are back at once: sales released them directly, and recorded
+    // product's confirmation.
     assert_eq!(
         reservation(&stack, &order).await.status,
         ReservationStatus::Released
     );
     assert_eq!(stack.stock("SKU-A").await, (10, 0));
+    assert!(stock_released(&stack, &order).await);
+    // ORDER_CANCELLED, consumed later, finds nothing held: no second restock; nor does a
+    // late ORDER_CREATED take the units again.
+    assert_eq!(stack.relay_to_product(order.id, "ORDER_CANCELLED").await, 1);
+    assert_eq!(stack.relay_to_product(order.id, "ORDER_CREATED").await, 1);
+    assert_eq!(stack.stock("SKU-A").await, (10, 0));
+    assert_eq!(
+        reservation(&stack, &order).await.status,
+        ReservationStatus::Released
+    );
 
     // Twice is harmless: same order, no second event.
     let again: Order = expect_json(stack.api().post(&path, &json!({})).await, 200).await;
@@ -183,6 +193,61 @@ async fn an_order_without_a_delivery_is_cancelled_and_never_delivered(
     let report = stack.retry_worker.run_once(later).await.unwrap();
     assert_eq!(report.initiated, 0);
     assert_eq!(stack.count(&stack.delivery_db, "deliveries").await, 0);
+}
+
+async fn stock_released(stack: &Stack, order: &Order) -> bool {
+    sqlx::query_scalar("SELECT stock_released_at IS NOT NULL FROM orders WHERE id = $1")
+        .bind(order.id)
+        .fetch_one(&stack.sales_db)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn stock_comes_back_without_its_event_when_product_was_away_at_the_cancellation(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let mut stack = Stack::start(options).await;
+    let order: Order = expect_json(
+        stack.place(&order_body("c", &[("SKU-A", 3)]), None).await,
+        201,
+    )
+    .await;
+    assert_eq!(stack.stock("SKU-A").await, (7, 0), "committed at placement");
+    stack.product.take().unwrap().stop().await;
+    let cancelled: Order = expect_json(
+        stack
+            .api()
+            .post(&format!("/orders/{}/cancel", order.id), &json!({}))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(cancelled.status, OrderStatus::Cancelled);
+    assert!(!stock_released(&stack, &order).await, "product was away");
+
+    // ORDER_CANCELLED is never consumed here (as if it were a dead letter): reconciliation,
+    // once product is back, gives the units back all the same.
+    stack.start_product().await;
+    assert_eq!(stack.stock("SKU-A").await, (7, 0), "still held");
+    let run = stack
+        .reconciliation
+        .run_once(chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!((run.fixed, run.errors), (1, 0), "{run:?}");
+    assert!(stock_released(&stack, &order).await);
+    assert_eq!(stack.stock("SKU-A").await, (10, 0));
+    // Only once: the next run has nothing to release, and the event changes nothing.
+    let run = stack
+        .reconciliation
+        .run_once(chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(run.fixed, 0, "{run:?}");
+    assert_eq!(stack.relay_to_product(order.id, "ORDER_CANCELLED").await, 1);
+    assert_eq!(stack.stock("SKU-A").await, (10, 0));
 }
 
 #[sqlx::test(migrations = false)]

@@ -18,10 +18,20 @@ async fn product_down_accepts_the_order_flagged_for_review(
     let body = order_body("alice", &[("SKU-A", 1)]);
     let order: Order = expect_json(stack.place(&body, Some("k")).await, 201).await;
     assert!(order.requires_manual_review && order.fallback_used);
-    assert!(
-        order.delivery_id.is_some(),
-        "the order proceeds to delivery"
+    // Stock unconfirmed: the delivery waits for the re-check or staff, and says why.
+    assert_eq!(order.delivery_id, None);
+    assert_eq!(
+        order.delivery_hold,
+        Some(contracts::orders::DeliveryHold::AvailabilityUnverified)
     );
+    let retry: String =
+        sqlx::query_scalar("SELECT status FROM delivery_retries WHERE order_id = $1")
+            .bind(order.id)
+            .fetch_one(&stack.sales_db)
+            .await
+            .unwrap();
+    assert_eq!(retry, "HELD");
+    assert_eq!(stack.count(&stack.delivery_db, "deliveries").await, 0);
     let review: (String, Value) = sqlx::query_as(
         "SELECT reason, details FROM manual_reviews WHERE order_id = $1 AND status = 'OPEN'",
     )

@@ -13,6 +13,7 @@ mod placing;
 mod rate_limiting;
 mod rechecking;
 mod reconciling;
+mod relaying;
 mod retries;
 mod reviewing;
 mod sagas;
@@ -49,6 +50,8 @@ pub struct Stack {
     pub recheck: sales::availability_recheck::Worker,
     /// Sales' reliability alert checker, to drive evaluation by evaluation.
     pub alerts: sales::alerts::Checker,
+    /// The test's database, for pools made after a stopped service closed its own.
+    options: PgConnectOptions,
 }
 
 fn vars(pairs: &[(&str, String)]) -> HashMap<String, String> {
@@ -191,6 +194,7 @@ impl Stack {
             reconciliation,
             recheck,
             alerts,
+            options,
         };
         for (id, stock) in [("SKU-A", 10), ("SKU-B", 3)] {
             stack.add_product(id, stock).await;
@@ -217,8 +221,10 @@ impl Stack {
         self.delivery = Some(Running::spawn(self.delivery_port, |t| app.run(t)));
     }
 
-    /// Starts product on the port sales calls (after [`Peers::ProductDown`]).
+    /// Starts product on the port sales calls (after [`Peers::ProductDown`], or after
+    /// stopping it: a stopped product closed its pool, so it gets a fresh one).
     pub async fn start_product(&mut self) {
+        self.product_db = schema_pool(&self.options, "product").await;
         let config = product::Config::from(&Env::from_map(
             "PRODUCT_",
             vars(&[

@@ -241,7 +241,7 @@ async fn the_redis_gcra_matches_governor_on_a_controlled_clock() {
         order_ttl: Duration::from_secs(60),
         timeout: Duration::from_millis(500),
     };
-    let redis = Redis::connect(&config).await.unwrap().unwrap();
+    let redis = Redis::connect(&config, 128).await.unwrap().unwrap();
     let shared = SharedLimiter::new(redis, &limits);
     let clock = FakeRelativeClock::default();
     let local = Local::new(rate_limit::quota(&limits).unwrap(), clock.clone());
@@ -293,10 +293,13 @@ async fn the_redis_gcra_matches_governor_on_a_controlled_clock() {
     assert!(limited >= 4, "the schedule hits the limit: {limited}");
     // The first refusal waits for one emission interval after the burst.
     let fresh = unique_prefix();
-    let redis = Redis::connect(&CacheConfig {
-        key_prefix: fresh,
-        ..config
-    })
+    let redis = Redis::connect(
+        &CacheConfig {
+            key_prefix: fresh,
+            ..config
+        },
+        128,
+    )
     .await
     .unwrap()
     .unwrap();

@@ -152,7 +152,9 @@ async fn staff_list_read_and_approve_reviews(_pool: PgPoolOptions, options: PgCo
         json!(["SKU-A"])
     );
     assert_eq!(detail["history"][0]["to_status"], "PENDING_SHIPMENT");
-    assert_eq!(detail["delivery_retry"]["status"], "DONE");
+    // A fallback order holds its delivery until the re-check or a person clears it.
+    assert_eq!(detail["delivery_retry"]["status"], "HELD");
+    assert_eq!(detail["order"]["delivery_hold"], "AVAILABILITY_UNVERIFIED");
     expect_problem(
         staff(
             &stack,
@@ -188,10 +190,32 @@ async fn staff_list_read_and_approve_reviews(_pool: PgPoolOptions, options: PgCo
     )
     .await;
     assert_eq!(approved["order"]["requires_manual_review"], false);
+    assert!(approved["order"]["delivery_hold"].is_null(), "{approved}");
+    // Approving released the held delivery: due now, initiated by the retry worker.
+    assert_eq!(approved["delivery_retry"]["status"], "PENDING");
     assert_eq!(
-        approved["saga"]["status"], "COMPLETED",
+        approved["saga"]["status"], "WAITING",
         "the answer is the same detail as GET /review/orders/{{id}}: {approved}"
     );
+    let step = stack
+        .retry_worker
+        .run_once(chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(step.initiated, 1, "{step:?}");
+    let after: Value = expect_json(
+        staff(
+            &stack,
+            Method::GET,
+            &format!("/review/orders/{}", ids[0]),
+            None,
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert!(after["order"]["delivery_id"].is_string(), "{after}");
+    assert_eq!(after["saga"]["status"], "COMPLETED");
     let review = &approved["reviews"][0];
     assert_eq!(
         (
@@ -248,6 +272,7 @@ async fn staff_list_read_and_approve_reviews(_pool: PgPoolOptions, options: PgCo
         [
             "created_at",
             "customer_id",
+            "delivery_hold",
             "delivery_id",
             "fallback_used",
             "id",
