@@ -409,3 +409,63 @@ async fn reconciliation_applies_delivery_progress_and_flags_what_it_cannot_apply
     sales.close().await;
     assert!(stack.shutdown().await);
 }
+
+/// The re-check keeps pace: a backlog of fallback orders clears within about one product
+/// breaker reset of product's return (3 s resets here, as in the outage the issue measured).
+#[tokio::test]
+async fn a_backlog_of_fallback_orders_clears_soon_after_product_returns() {
+    let mut stack = Stack::start_with(StackOptions {
+        sales_env: vec![("SALES_BREAKER_PRODUCT_RESET_TIMEOUT_MS", "3000".into())],
+        ..StackOptions::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    stack.product.kill().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..150 {
+        let (http, url) = (http.clone(), format!("{}/orders", stack.sales.base_url()));
+        tasks.spawn(async move {
+            let response = http
+                .post(url)
+                .json(&order_body(&format!("backlog{}", i % 8), "SKU-MOUSE", 1))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201);
+        });
+        if tasks.len() >= 8 {
+            tasks.join_next().await.unwrap().unwrap();
+        }
+    }
+    tasks.join_all().await;
+    let sales = stack.db("sales").await;
+    let flagged = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM manual_reviews WHERE status = 'OPEN' AND reason = 'AVAILABILITY_UNVERIFIED'",
+        )
+        .fetch_one(&sales)
+        .await
+        .unwrap()
+    };
+    assert_eq!(flagged().await, 150);
+    stack.product.start().await;
+    let back = Instant::now();
+    eventually(
+        "150 fallback orders re-checked",
+        Duration::from_secs(60),
+        || async { (flagged().await == 0).then_some(()) },
+    )
+    .await;
+    println!(
+        "re-check: 150 fallback orders confirmed {:?} after product was back (breaker reset 3 s)",
+        back.elapsed()
+    );
+    let held: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM orders WHERE delivery_hold IS NOT NULL")
+            .fetch_one(&sales)
+            .await
+            .unwrap();
+    assert_eq!(held, 0, "every delivery released");
+    sales.close().await;
+    assert!(stack.shutdown().await);
+}

@@ -1,9 +1,11 @@
 //! The loop around a background worker's single step: run the step, run it
-//! again at once while it says there is more to do, else wait the interval; stop
-//! when the token is cancelled (between steps, never in the middle of one).
+//! again at once while it says there is more to do, else wait the interval (or
+//! until woken: [`run_every_or_woken`]); stop when the token is cancelled
+//! (between steps, never in the middle of one).
 
 use std::{fmt::Display, future::Future, time::Duration};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// What a step found.
@@ -31,6 +33,22 @@ pub async fn run_every<F, Fut, E>(
     interval: Duration,
     start: Start,
     token: CancellationToken,
+    step: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Next, E>>,
+    E: Display,
+{
+    run_every_or_woken(name, interval, start, token, &Notify::new(), step).await;
+}
+
+/// [`run_every`], whose wait also ends when `wake` is notified (someone made work for it).
+pub async fn run_every_or_woken<F, Fut, E>(
+    name: &'static str,
+    interval: Duration,
+    start: Start,
+    token: CancellationToken,
+    wake: &Notify,
     mut step: F,
 ) where
     F: FnMut() -> Fut,
@@ -43,6 +61,7 @@ pub async fn run_every<F, Fut, E>(
             tokio::select! {
                 () = token.cancelled() => break,
                 () = tokio::time::sleep(wait) => {}
+                () = wake.notified() => {}
             }
         }
         if token.is_cancelled() {
@@ -145,5 +164,40 @@ mod tests {
                 Duration::from_secs(4)
             ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_notified_worker_steps_before_its_interval() {
+        let token = CancellationToken::new();
+        let wake = Arc::new(Notify::new());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let started = tokio::time::Instant::now();
+        let (c, t, w) = (calls.clone(), token.clone(), wake.clone());
+        let worker = tokio::spawn(async move {
+            run_every_or_woken(
+                "test",
+                Duration::from_secs(60),
+                Start::AfterInterval,
+                t,
+                &w,
+                move || {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    async { Ok::<_, std::convert::Infallible>(Next::Wait) }
+                },
+            )
+            .await;
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            0,
+            "waiting its first interval"
+        );
+        wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "woken at 5 s");
+        assert!(started.elapsed() < Duration::from_secs(6));
+        token.cancel();
+        worker.await.expect("worker ends");
     }
 }

@@ -44,6 +44,8 @@ pub struct AppState {
     pub rate_limiter: crate::cache::RateLimiter,
     /// Open reliability alert episodes (the alert checker's, shown by `/health/reliability`).
     pub alerts: alerts::Alerts,
+    /// Wakes the availability re-check when an order is accepted on the fallback.
+    pub recheck_wake: Arc<tokio::sync::Notify>,
 }
 
 impl FromRef<AppState> for StaffToken {
@@ -208,12 +210,14 @@ impl Application {
         let rate_limiter = crate::cache::RateLimiter::new(&config.rate_limit, redis);
         let (product, delivery) = (ProductClient::new(product), DeliveryClient::new(delivery));
         let config = Arc::new(config);
+        let recheck_wake = Arc::new(tokio::sync::Notify::new());
         let sagas = OrderSagas::new(
             order_saga::Deps {
                 db: db.clone(),
                 product: product.clone(),
                 delivery: delivery.clone(),
                 config: config.clone(),
+                recheck_wake: recheck_wake.clone(),
             },
             format!("sales-{}-{}", std::process::id(), uuid::Uuid::now_v7()),
             config.saga_lease,
@@ -229,6 +233,7 @@ impl Application {
             sagas,
             alerts: alerts::Alerts::default(),
             rate_limiter,
+            recheck_wake,
         };
         let router = router(state.clone());
         let addr = state.config.server.listen_addr;
@@ -273,6 +278,7 @@ impl Application {
             db: self.state.db.clone(),
             product: self.state.product.clone(),
             config: self.state.config.availability_recheck.clone(),
+            wake: self.state.recheck_wake.clone(),
         }
     }
 

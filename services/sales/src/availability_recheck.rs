@@ -15,10 +15,10 @@
 //!
 //! It keeps pace with a backlog: a round takes up to `batch` orders, oldest review
 //! first, and asks product about `concurrency` of them at once; a full round is
-//! followed by another at once. While product's breaker is open the worker sleeps
-//! only until the breaker lets a trial through (never longer than its interval),
-//! and its first call is that trial: a backlog clears within one breaker reset of
-//! product's recovery.
+//! followed by another at once. An order accepted on the fallback wakes the worker;
+//! while product's breaker is open it sleeps only until the breaker lets a trial
+//! through (never longer than its interval), and its first call is that trial: a
+//! backlog clears within one breaker reset of product's recovery.
 //!
 //! No transaction is open while product is asked: the answer is applied afterwards
 //! in a short transaction that locks the order, and an order cancelled meanwhile
@@ -52,6 +52,10 @@ use crate::{
     },
     reviews::{self, Resolution, ReviewReason, ReviewStatus},
 };
+
+/// The wait after a round product could not answer while its breaker is not open (it
+/// failed without opening it, or its open period is over and the next call is the trial).
+pub const RETRY_SOON: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Key of the session advisory lock held by a running round.
 pub const LOCK_KEY: i64 = 0x5a1e_a7a1;
@@ -100,6 +104,9 @@ pub struct Worker {
     pub db: Db,
     pub product: ProductClient,
     pub config: AvailabilityRecheckConfig,
+    /// Notified when an order is accepted on the fallback: the worker looks at once
+    /// (and, product's breaker being open, sleeps until it lets a trial through).
+    pub wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Worker {
@@ -331,21 +338,26 @@ impl Worker {
     }
 
     /// Runs [`Worker::run_once`] until `token` is cancelled: again at once after a full
-    /// round, else after the interval — or sooner, when product's breaker lets a trial
-    /// through before that.
+    /// round, else after the interval — or sooner while product is unavailable: when its
+    /// breaker lets a trial through, or after [`RETRY_SOON`] when it failed without
+    /// opening, so the backlog clears within one breaker reset of product's return.
     pub async fn run(self, token: CancellationToken) {
         let interval = self.config.interval;
-        platform::worker::run_every(
+        platform::worker::run_every_or_woken(
             "availability-recheck",
             interval,
             platform::worker::Start::AfterInterval,
             token,
+            &self.wake,
             || async {
                 let report = self.run_once(Utc::now()).await?;
                 let full = report.checked as i64 >= self.config.batch;
                 Ok::<_, sqlx::Error>(match self.product.breaker().remaining_open() {
                     Some(open) => platform::worker::Next::After(open.min(interval)),
-                    None if full && !report.product_unavailable => platform::worker::Next::Again,
+                    None if report.product_unavailable => {
+                        platform::worker::Next::After(RETRY_SOON.min(interval))
+                    }
+                    None if full => platform::worker::Next::Again,
                     None => platform::worker::Next::Wait,
                 })
             },

@@ -182,7 +182,7 @@ pub async fn cancel_with(
     }
 
     // A held delivery was never initiated: nothing to undo at delivery.
-    if hold.is_none() {
+    if hold.is_none() || delivery_id.is_some() {
         stop_delivery(&state.delivery, order_id, delivery_id).await?;
     }
 

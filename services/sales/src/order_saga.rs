@@ -101,6 +101,8 @@ pub struct Deps {
     pub product: ProductClient,
     pub delivery: DeliveryClient,
     pub config: Arc<Config>,
+    /// Notified when an order is recorded on the fallback (the re-check has work).
+    pub recheck_wake: Arc<tokio::sync::Notify>,
 }
 
 /// The engine and the order saga's definition.
@@ -303,6 +305,9 @@ async fn record(deps: &Deps, ctx: OrderSaga) -> Result<OrderSaga, StepError> {
     }
     tracing::info!(order_id = %ctx.order_id, customer_id = %ctx.request.customer_id, fallback_used = ctx.fallback.is_some(),
         "Created order {} in database", ctx.order_id);
+    if ctx.fallback.is_some() {
+        deps.recheck_wake.notify_one();
+    }
     if ctx.reserved
         && let Err(e) = deps.product.commit(ctx.order_id).await
     {
