@@ -35,6 +35,7 @@ async fn an_order_crosses_all_three_services() {
             stack.product.base_url(),
             order.id
         ))
+        .bearer_auth(system_tests::SERVICE_TOKEN)
         .send()
         .await
         .unwrap()

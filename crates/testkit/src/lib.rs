@@ -21,6 +21,10 @@ use tokio_util::sync::CancellationToken;
 /// Staff token the tests configure services with.
 pub const STAFF_TOKEN: &str = "test-staff-token";
 
+/// Service token the tests configure product and delivery with, and sales with
+/// for its calls to them.
+pub const SERVICE_TOKEN: &str = "test-service-token";
+
 /// An HTTP client for one service.
 #[derive(Clone, Debug)]
 pub struct Api {
@@ -34,6 +38,28 @@ impl Api {
             base: base.into(),
             http: reqwest::Client::new(),
         }
+    }
+
+    /// A client that sends `Authorization: Bearer <token>` on every request that
+    /// sets no credential of its own (as sales calls product and delivery).
+    pub fn with_bearer(base: impl Into<String>, token: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        Self {
+            base: base.into(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// The same service without any credential.
+    pub fn anonymous(&self) -> Self {
+        Self::new(self.base.clone())
     }
 
     pub fn url(&self, path: &str) -> String {

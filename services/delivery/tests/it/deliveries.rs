@@ -105,6 +105,7 @@ async fn couriers_move_deliveries_along_valid_transitions_only(pool: PgPool) {
     .await;
     let anon = app
         .api
+        .anonymous()
         .post(
             &format!("/deliveries/{}/status", d.id),
             &json!({"status": "PICKED_UP"}),
