@@ -314,6 +314,7 @@ where
             Err(PathRejection::FailedToDeserializePathParams(e)) => {
                 let name = match e.kind() {
                     ErrorKind::ParseErrorAtKey { key, .. }
+                    | ErrorKind::DeserializeError { key, .. }
                     | ErrorKind::InvalidUtf8InPathParam { key } => Some(key.clone()),
                     ErrorKind::ParseError { .. } | ErrorKind::ParseErrorAtIndex { .. } => {
                         raw_names(parts, state).await.into_iter().next()

@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - [`Api`]: a `reqwest` client with a base URL and an optional staff token.
-//! - [`expect_json`] / [`expect_problem`]: status + body assertions.
+//! - [`expect_json`] / [`expect_problem`] / [`expect_rejected`]: status + body assertions.
+//! - [`snapshot`]: every row of a database schema, to prove a request changed nothing.
 //! - [`Running`]: a service task cancelled when the handle drops.
 //! - [`proxy`]: a TCP proxy that cuts and refuses connections to a dependency.
 #![allow(clippy::unwrap_used)]
@@ -136,6 +137,51 @@ pub fn expect_problem(response: Response, status: u16) -> impl Future<Output = P
         );
         let problem: Problem = serde_json::from_str(&text).unwrap();
         assert_eq!(problem.status, status, "status member at {caller}");
+        problem
+    }
+}
+
+/// Every row of every table of the pool's schema (its `search_path`), as JSON
+/// text per table: equal snapshots before and after a request prove it changed
+/// nothing. sqlx's migration table is left out.
+pub async fn snapshot(pool: &sqlx::PgPool) -> std::collections::BTreeMap<String, String> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()
+         AND tablename <> '_sqlx_migrations' ORDER BY tablename",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for table in tables {
+        let rows: String = sqlx::query_scalar(&format!(
+            "SELECT coalesce(json_agg(r ORDER BY r::text), '[]')::text FROM (SELECT to_jsonb(t) AS r FROM \"{table}\" t) s"
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        out.insert(table, rows);
+    }
+    out
+}
+
+/// Asserts `response` is a 4xx problem naming `field` (when given) among its errors.
+#[track_caller]
+pub fn expect_rejected(
+    response: Response,
+    status: u16,
+    field: Option<&'static str>,
+) -> impl Future<Output = Problem> {
+    let caller = std::panic::Location::caller();
+    let problem = expect_problem(response, status);
+    async move {
+        let problem = problem.await;
+        if let Some(field) = field {
+            assert!(
+                fields(&problem).contains(&field),
+                "the problem at {caller} does not name {field}: {problem:?}"
+            );
+        }
         problem
     }
 }

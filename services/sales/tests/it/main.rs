@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod alerting;
+mod bad_input;
 mod caching;
 mod cancelling;
 mod faults;
