@@ -99,7 +99,10 @@ pub fn forbidden(c: char, multiline: bool) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LineItem {
     /// Product id (SKU).
-    #[schema(max_length = 200, pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]*$")]
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]*$"
+    )]
     pub product_id: String,
     /// Units, 1 to 10000.
     #[schema(minimum = 1, maximum = 10000)]
@@ -109,16 +112,28 @@ pub struct LineItem {
 /// A shipping address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Address {
-    #[schema(max_length = 200, pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]*$")]
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]*$"
+    )]
     pub recipient: String,
-    #[schema(max_length = 200, pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]*$")]
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]*$"
+    )]
     pub line1: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 200, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub line2: Option<String>,
-    #[schema(max_length = 200, pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]*$")]
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]*$"
+    )]
     pub city: String,
-    #[schema(max_length = 200, pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]*$")]
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]*$"
+    )]
     pub postal_code: String,
     /// ISO 3166-1 alpha-2 country code, e.g. `DE`.
     #[schema(pattern = "^[A-Z]{2}$")]
@@ -244,7 +259,11 @@ mod tests {
     #[test]
     fn repeated_products_are_bounded_together() {
         let mut errors = Vec::new();
-        check_items(&mut errors, "items", &[item("a", 6000), item("b", 1), item("a", 6000)]);
+        check_items(
+            &mut errors,
+            "items",
+            &[item("a", 6000), item("b", 1), item("a", 6000)],
+        );
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["items[2].quantity"]);
     }
@@ -265,7 +284,11 @@ mod tests {
         assert!(line.problem("a\u{85}b").is_some(), "C1 controls too");
         assert_eq!(line.problem(" \u{3000} ").unwrap(), "must not be blank");
         assert!(line.problem(&"x".repeat(MAX_TEXT + 1)).is_some());
-        assert_eq!(line.problem(&"é".repeat(MAX_TEXT)), None, "characters, not bytes");
+        assert_eq!(
+            line.problem(&"é".repeat(MAX_TEXT)),
+            None,
+            "characters, not bytes"
+        );
         let note = TextRule::text(true, 20);
         assert_eq!(note.problem("two\r\nlines\t"), None);
         assert!(note.problem("a\u{0}").is_some());
@@ -277,7 +300,14 @@ mod tests {
     fn the_patterns_say_what_the_rules_check() {
         let samples: Vec<String> = (0u32..0x3100)
             .filter_map(char::from_u32)
-            .flat_map(|c| [c.to_string(), format!("a{c}"), format!("{c} "), format!("{c}{c}")])
+            .flat_map(|c| {
+                [
+                    c.to_string(),
+                    format!("a{c}"),
+                    format!("{c} "),
+                    format!("{c}{c}"),
+                ]
+            })
             .chain(["".to_owned(), " ".to_owned(), "\u{feff}".to_owned()])
             .collect();
         for (pattern, rule) in [
@@ -308,8 +338,14 @@ mod tests {
         assert_eq!(item["properties"]["quantity"]["maximum"], MAX_QUANTITY);
         let address = serde_json::to_value(<Address as utoipa::PartialSchema>::schema()).unwrap();
         for field in ["recipient", "line1", "city", "postal_code"] {
-            assert_eq!(address["properties"][field]["pattern"], REQUIRED_LINE_PATTERN, "{field}");
-            assert_eq!(address["properties"][field]["maxLength"], MAX_TEXT, "{field}");
+            assert_eq!(
+                address["properties"][field]["pattern"], REQUIRED_LINE_PATTERN,
+                "{field}"
+            );
+            assert_eq!(
+                address["properties"][field]["maxLength"], MAX_TEXT,
+                "{field}"
+            );
         }
         assert_eq!(address["properties"]["line2"]["pattern"], LINE_PATTERN);
         assert_eq!(address["properties"]["country"]["pattern"], COUNTRY_PATTERN);

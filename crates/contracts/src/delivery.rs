@@ -101,7 +101,10 @@ pub struct DeliveryStatusUpdate {
     pub status: DeliveryStatus,
     /// What happened (up to 1000 characters; line breaks allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 1000, pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*$")]
+    #[schema(
+        max_length = 1000,
+        pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*$"
+    )]
     pub note: Option<String>,
 }
 

@@ -260,9 +260,18 @@ mod tests {
     #[tokio::test]
     async fn internal_endpoints_take_a_service_or_staff_token() {
         let tokens = Some("old-svc,new-svc");
-        assert_eq!(internal(Some("Bearer new-svc"), tokens).await, Ok(Internal::Service));
-        assert_eq!(internal(Some("Bearer old-svc"), tokens).await, Ok(Internal::Service));
-        assert_eq!(internal(Some("Bearer staff"), tokens).await, Ok(Internal::Staff));
+        assert_eq!(
+            internal(Some("Bearer new-svc"), tokens).await,
+            Ok(Internal::Service)
+        );
+        assert_eq!(
+            internal(Some("Bearer old-svc"), tokens).await,
+            Ok(Internal::Service)
+        );
+        assert_eq!(
+            internal(Some("Bearer staff"), tokens).await,
+            Ok(Internal::Staff)
+        );
         assert_eq!(internal(None, tokens).await, Err(401));
         assert_eq!(internal(Some("Bearer customer"), tokens).await, Err(403));
         // Unset: no service token passes, not even an empty one.

@@ -6,15 +6,14 @@
 use axum::{
     body::Bytes,
     extract::{
-        FromRequest, FromRequestParts, RawPathParams, Request,
-        path::ErrorKind,
+        FromRequest, FromRequestParts, RawPathParams, Request, path::ErrorKind,
         rejection::PathRejection,
     },
     http::{StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
-use contracts::{FieldError, Problem};
 use contracts::common::{MAX_TEXT, forbidden};
+use contracts::{FieldError, Problem};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
@@ -276,8 +275,7 @@ pub fn param_problem(value: &str) -> Option<String> {
             c as u32
         ));
     }
-    (value.chars().count() > MAX_PARAM)
-        .then(|| format!("must be at most {MAX_PARAM} characters"))
+    (value.chars().count() > MAX_PARAM).then(|| format!("must be at most {MAX_PARAM} characters"))
 }
 
 /// Path extractor answering 400 problem+json, naming the parameter, for a
@@ -358,7 +356,10 @@ where
         let mut errors = Vec::new();
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             if let Some(message) = param_problem(&name) {
-                errors.push(FieldError::new("query", format!("a parameter name {message}")));
+                errors.push(FieldError::new(
+                    "query",
+                    format!("a parameter name {message}"),
+                ));
             } else if let Some(message) = param_problem(&value) {
                 errors.push(FieldError::new(name, message));
             } else if !value.is_empty() {
@@ -501,7 +502,10 @@ mod tests {
             br#"{"customer":5,"id":"nope","items":[{"quantity":"x"},{"quantity":1}],"address":{"city":"a","zip":"b"},"note":7}"#,
         )
         .expect_err("types");
-        assert_eq!(fields_of(&p), ["customer", "id", "items[0].quantity", "note"]);
+        assert_eq!(
+            fields_of(&p),
+            ["customer", "id", "items[0].quantity", "note"]
+        );
     }
 
     #[test]
@@ -536,7 +540,9 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        Query::<T>::from_request_parts(&mut parts, &()).await.map(|Query(v)| v)
+        Query::<T>::from_request_parts(&mut parts, &())
+            .await
+            .map(|Query(v)| v)
     }
 
     #[derive(Debug, serde::Deserialize)]

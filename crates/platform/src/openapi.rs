@@ -51,7 +51,10 @@ pub fn finish(doc: &mut OpenApi) {
 fn finish_operation(operation: &mut Value) {
     let has_body = operation.get("requestBody").is_some();
     let mut has_params = false;
-    if let Some(params) = operation.get_mut("parameters").and_then(Value::as_array_mut) {
+    if let Some(params) = operation
+        .get_mut("parameters")
+        .and_then(Value::as_array_mut)
+    {
         for param in params.iter_mut() {
             let place = param.get("in").and_then(Value::as_str).unwrap_or("");
             if matches!(place, "path" | "query") {
@@ -67,7 +70,10 @@ fn finish_operation(operation: &mut Value) {
     let secured = operation
         .get("security")
         .and_then(Value::as_array)
-        .is_some_and(|s| s.iter().any(|r| r.as_object().is_some_and(|o| !o.is_empty())));
+        .is_some_and(|s| {
+            s.iter()
+                .any(|r| r.as_object().is_some_and(|o| !o.is_empty()))
+        });
     let responses = operation
         .as_object_mut()
         .map(|o| o.entry("responses").or_insert_with(|| json!({})));
@@ -100,7 +106,11 @@ fn finish_operation(operation: &mut Value) {
         );
     }
     if secured {
-        add(responses, "401", "No credential (`WWW-Authenticate: Bearer`)");
+        add(
+            responses,
+            "401",
+            "No credential (`WWW-Authenticate: Bearer`)",
+        );
         add(responses, "403", "A credential that does not grant this");
         if let Some(unauthorized) = responses.get_mut("401").and_then(Value::as_object_mut) {
             header(
@@ -236,7 +246,9 @@ mod tests {
         let statuses: Vec<&String> = thing["responses"].as_object().unwrap().keys().collect();
         assert_eq!(
             statuses,
-            ["200", "400", "401", "403", "404", "413", "415", "422", "503"]
+            [
+                "200", "400", "401", "403", "404", "413", "415", "422", "503"
+            ]
         );
         assert!(thing["responses"]["404"]["content"][PROBLEM_JSON].is_object());
         assert!(thing["responses"]["404"]["content"]["application/json"].is_null());

@@ -307,7 +307,10 @@ pub const MAX_REASON: usize = 500;
 pub struct CancelRequest {
     /// Up to 500 characters; line breaks allowed.
     #[serde(default)]
-    #[schema(max_length = 500, pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*$")]
+    #[schema(
+        max_length = 500,
+        pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*$"
+    )]
     pub reason: Option<String>,
 }
 

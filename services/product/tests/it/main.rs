@@ -2,6 +2,7 @@
 //! fresh PostgreSQL database per test (`#[sqlx::test]`).
 #![allow(clippy::unwrap_used)]
 
+mod bad_input;
 mod catalog;
 mod http;
 mod order_events;

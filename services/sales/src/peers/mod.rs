@@ -53,7 +53,10 @@ impl std::fmt::Debug for HttpPeer {
         f.debug_struct("HttpPeer")
             .field("name", &self.name)
             .field("base", &self.base)
-            .field("authorization", &self.authorization.as_ref().map(|_| "<set>"))
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<set>"),
+            )
             .finish_non_exhaustive()
     }
 }

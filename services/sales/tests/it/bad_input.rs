@@ -15,7 +15,6 @@ use uuid::Uuid;
 
 use crate::{Stack, order_body};
 
-
 /// What a request is sent with.
 enum Body {
     Json(Value),
@@ -125,7 +124,10 @@ async fn bad_input_to_any_handler_with_effects_changes_nothing(
         ("shipping_address.line1", "/shipping_address/line1"),
         ("shipping_address.line2", "/shipping_address/line2"),
         ("shipping_address.city", "/shipping_address/city"),
-        ("shipping_address.postal_code", "/shipping_address/postal_code"),
+        (
+            "shipping_address.postal_code",
+            "/shipping_address/postal_code",
+        ),
         ("shipping_address.country", "/shipping_address/country"),
     ];
     for (field, pointer) in text_fields {
@@ -133,62 +135,217 @@ async fn bad_input_to_any_handler_with_effects_changes_nothing(
             let mut body = order_body("bad-input", &[("SKU-A", 1)]);
             let (parent, key) = pointer.rsplit_once('/').unwrap();
             body.pointer_mut(parent).unwrap()[key] = bad;
-            cases.push(case(Method::POST, "/orders", Body::Json(body), 422, Some(field)));
+            cases.push(case(
+                Method::POST,
+                "/orders",
+                Body::Json(body),
+                422,
+                Some(field),
+            ));
         }
     }
     let mut blank = order_body(" ", &[(" ", 1)]);
     blank["shipping_address"]["city"] = json!("\t");
-    cases.push(case(Method::POST, "/orders", Body::Json(blank), 422, Some("items[0].product_id")));
-    cases.push(case(Method::POST, "/orders", Body::Json(json!({})), 422, Some("shipping_address")));
-    cases.push(case(Method::POST, "/orders", Body::Raw("text/plain", "hello"), 415, None));
-    cases.push(case(Method::POST, "/orders", Body::Raw("application/json", "{not json"), 400, None));
+    cases.push(case(
+        Method::POST,
+        "/orders",
+        Body::Json(blank),
+        422,
+        Some("items[0].product_id"),
+    ));
+    cases.push(case(
+        Method::POST,
+        "/orders",
+        Body::Json(json!({})),
+        422,
+        Some("shipping_address"),
+    ));
+    cases.push(case(
+        Method::POST,
+        "/orders",
+        Body::Raw("text/plain", "hello"),
+        415,
+        None,
+    ));
+    cases.push(case(
+        Method::POST,
+        "/orders",
+        Body::Raw("application/json", "{not json"),
+        400,
+        None,
+    ));
 
     // Cancelling, rejecting and approving both orders.
     for order in [normal.id, fallback.id] {
         let cancel = format!("/orders/{order}/cancel");
         for bad in bad_texts(500) {
-            cases.push(case(Method::POST, &cancel, Body::Json(json!({"reason": bad})), 422, Some("reason")));
+            cases.push(case(
+                Method::POST,
+                &cancel,
+                Body::Json(json!({"reason": bad})),
+                422,
+                Some("reason"),
+            ));
         }
-        cases.push(case(Method::POST, &cancel, Body::Json(json!("why")), 422, Some("body")));
-        cases.push(case(Method::POST, &cancel, Body::Raw("text/plain", "why"), 415, None));
-        cases.push(case(Method::POST, &cancel, Body::Raw("application/json", "{"), 400, None));
+        cases.push(case(
+            Method::POST,
+            &cancel,
+            Body::Json(json!("why")),
+            422,
+            Some("body"),
+        ));
+        cases.push(case(
+            Method::POST,
+            &cancel,
+            Body::Raw("text/plain", "why"),
+            415,
+            None,
+        ));
+        cases.push(case(
+            Method::POST,
+            &cancel,
+            Body::Raw("application/json", "{"),
+            400,
+            None,
+        ));
         for decision in ["approve", "reject"] {
             let path = format!("/review/orders/{order}/{decision}");
-            for bad in bad_texts(2000).into_iter().chain([json!(" \n "), json!(null)]) {
-                cases.push(case(Method::POST, &path, Body::Json(json!({"note": bad})), 422, Some("note")));
+            for bad in bad_texts(2000)
+                .into_iter()
+                .chain([json!(" \n "), json!(null)])
+            {
+                cases.push(case(
+                    Method::POST,
+                    &path,
+                    Body::Json(json!({"note": bad})),
+                    422,
+                    Some("note"),
+                ));
             }
-            cases.push(case(Method::POST, &path, Body::Json(json!({})), 422, Some("note")));
+            cases.push(case(
+                Method::POST,
+                &path,
+                Body::Json(json!({})),
+                422,
+                Some("note"),
+            ));
             cases.push(case(Method::POST, &path, Body::None, 415, None));
-            cases.push(case(Method::POST, &path, Body::Raw("text/plain", "ok"), 415, None));
-            let mut anonymous = case(Method::POST, &path, Body::Json(json!({"note": "ok"})), 401, None);
+            cases.push(case(
+                Method::POST,
+                &path,
+                Body::Raw("text/plain", "ok"),
+                415,
+                None,
+            ));
+            let mut anonymous = case(
+                Method::POST,
+                &path,
+                Body::Json(json!({"note": "ok"})),
+                401,
+                None,
+            );
             anonymous.staff = false;
             cases.push(anonymous);
         }
     }
-    for path in ["/orders/not-a-uuid/cancel", "/orders/a%00b/cancel", "/review/orders/a%00b/reject"] {
-        cases.push(case(Method::POST, path, Body::Json(json!({"note": "ok"})), 400, Some("id")));
+    for path in [
+        "/orders/not-a-uuid/cancel",
+        "/orders/a%00b/cancel",
+        "/review/orders/a%00b/reject",
+    ] {
+        cases.push(case(
+            Method::POST,
+            path,
+            Body::Json(json!({"note": "ok"})),
+            400,
+            Some("id"),
+        ));
     }
     let long = "x".repeat(201);
-    cases.push(case(Method::POST, &format!("/review/orders/{long}/approve"), Body::Json(json!({"note": "ok"})), 400, Some("id")));
+    cases.push(case(
+        Method::POST,
+        &format!("/review/orders/{long}/approve"),
+        Body::Json(json!({"note": "ok"})),
+        400,
+        Some("id"),
+    ));
 
     // Dead letters.
     let discard = format!("/outbox/failed/{dead}/discard");
     for bad in bad_texts(1000).into_iter().chain([json!(""), json!(" ")]) {
-        cases.push(case(Method::POST, &discard, Body::Json(json!({"reason": bad})), 422, Some("reason")));
+        cases.push(case(
+            Method::POST,
+            &discard,
+            Body::Json(json!({"reason": bad})),
+            422,
+            Some("reason"),
+        ));
     }
-    cases.push(case(Method::POST, &discard, Body::Json(json!({})), 422, Some("reason")));
-    cases.push(case(Method::POST, &discard, Body::Raw("text/plain", "dup"), 415, None));
-    cases.push(case(Method::POST, "/outbox/failed/a%00b/discard", Body::Json(json!({"reason": "dup"})), 400, Some("id")));
-    cases.push(case(Method::POST, "/outbox/failed/nope/replay", Body::None, 400, Some("id")));
-    for path in [format!("/outbox/failed/{dead}/replay"), "/outbox/failed/replay".to_owned(), discard.clone()] {
-        let mut anonymous = case(Method::POST, &path, Body::Json(json!({"reason": "dup"})), 401, None);
+    cases.push(case(
+        Method::POST,
+        &discard,
+        Body::Json(json!({})),
+        422,
+        Some("reason"),
+    ));
+    cases.push(case(
+        Method::POST,
+        &discard,
+        Body::Raw("text/plain", "dup"),
+        415,
+        None,
+    ));
+    cases.push(case(
+        Method::POST,
+        "/outbox/failed/a%00b/discard",
+        Body::Json(json!({"reason": "dup"})),
+        400,
+        Some("id"),
+    ));
+    cases.push(case(
+        Method::POST,
+        "/outbox/failed/nope/replay",
+        Body::None,
+        400,
+        Some("id"),
+    ));
+    for path in [
+        format!("/outbox/failed/{dead}/replay"),
+        "/outbox/failed/replay".to_owned(),
+        discard.clone(),
+    ] {
+        let mut anonymous = case(
+            Method::POST,
+            &path,
+            Body::Json(json!({"reason": "dup"})),
+            401,
+            None,
+        );
         anonymous.staff = false;
         cases.push(anonymous);
     }
     // Reads with bad parameters (no effects, but no 500 either).
-    cases.push(case(Method::GET, "/orders?customer_id=a%00b", Body::None, 400, Some("customer_id")));
-    cases.push(case(Method::GET, &format!("/orders?cursor={long}"), Body::None, 400, Some("cursor")));
-    cases.push(case(Method::GET, "/review/orders?reason=%01", Body::None, 400, Some("reason")));
+    cases.push(case(
+        Method::GET,
+        "/orders?customer_id=a%00b",
+        Body::None,
+        400,
+        Some("customer_id"),
+    ));
+    cases.push(case(
+        Method::GET,
+        &format!("/orders?cursor={long}"),
+        Body::None,
+        400,
+        Some("cursor"),
+    ));
+    cases.push(case(
+        Method::GET,
+        "/review/orders?reason=%01",
+        Body::None,
+        400,
+        Some("reason"),
+    ));
 
     let before = database_state(&stack, &product_db).await;
     for c in &cases {
@@ -198,11 +355,19 @@ async fn bad_input_to_any_handler_with_effects_changes_nothing(
             assert!(problem.title.contains("credential"), "{problem:?}");
         }
     }
-    assert_eq!(database_state(&stack, &product_db).await, before, "a rejected request changed something");
+    assert_eq!(
+        database_state(&stack, &product_db).await,
+        before,
+        "a rejected request changed something"
+    );
 
     // Nothing changed: the orders are as they were, delivery and reservation too.
-    for (order, status) in [(&normal, OrderStatus::PendingShipment), (&fallback, OrderStatus::PendingShipment)] {
-        let now: Order = expect_json(stack.api().get(&format!("/orders/{}", order.id)).await, 200).await;
+    for (order, status) in [
+        (&normal, OrderStatus::PendingShipment),
+        (&fallback, OrderStatus::PendingShipment),
+    ] {
+        let now: Order =
+            expect_json(stack.api().get(&format!("/orders/{}", order.id)).await, 200).await;
         assert_eq!((now.status, now.version), (status, order.version));
     }
     // And the breaker saw no database failure.
@@ -215,14 +380,21 @@ async fn bad_input_to_any_handler_with_effects_changes_nothing(
         .cloned()
         .unwrap();
     let state = database["state"].as_str().map(str::to_ascii_uppercase);
-    assert_eq!((state.as_deref(), database["failures"].as_u64()), (Some("CLOSED"), Some(0)), "{database}");
+    assert_eq!(
+        (state.as_deref(), database["failures"].as_u64()),
+        (Some("CLOSED"), Some(0)),
+        "{database}"
+    );
     println!("{} bad requests, none changed anything", cases.len());
 
     // The same orders do change with a valid request: the checks above can fail.
     let cancelled: Order = expect_json(
         stack
             .api()
-            .post(&format!("/orders/{}/cancel", normal.id), &json!({"reason": "changed my mind\nreally"}))
+            .post(
+                &format!("/orders/{}/cancel", normal.id),
+                &json!({"reason": "changed my mind\nreally"}),
+            )
             .await,
         200,
     )
@@ -234,7 +406,12 @@ async fn bad_input_to_any_handler_with_effects_changes_nothing(
 #[sqlx::test(migrations = false)]
 async fn cancel_takes_no_body_null_or_an_object(_pool: PgPoolOptions, options: PgConnectOptions) {
     let stack = Stack::start(options).await;
-    for body in [Body::None, Body::Raw("application/json", "null"), Body::Json(json!({})), Body::Json(json!({"reason": null}))] {
+    for body in [
+        Body::None,
+        Body::Raw("application/json", "null"),
+        Body::Json(json!({})),
+        Body::Json(json!({"reason": null})),
+    ] {
         let order: Order = expect_json(
             stack.place(&order_body("c", &[("SKU-A", 1)]), None).await,
             201,

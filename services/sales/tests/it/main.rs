@@ -226,9 +226,7 @@ impl Stack {
         let app = delivery::Application::with_pool(config, self.delivery_db.clone())
             .await
             .unwrap();
-        self.delivery = Some(as_sales(Running::spawn(self.delivery_port, |t| {
-            app.run(t)
-        })));
+        self.delivery = Some(as_sales(Running::spawn(self.delivery_port, |t| app.run(t))));
     }
 
     /// Starts product on the port sales calls (after [`Peers::ProductDown`]).
@@ -248,9 +246,7 @@ impl Stack {
         let app = product::Application::with_pool(config, self.product_db.clone())
             .await
             .unwrap();
-        self.product = Some(as_sales(Running::spawn(self.product_port, |t| {
-            app.run(t)
-        })));
+        self.product = Some(as_sales(Running::spawn(self.product_port, |t| app.run(t))));
     }
 
     /// Delivery's API (panics while delivery is down).
