@@ -422,6 +422,7 @@ fn unsupported_media_type() -> Problem {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

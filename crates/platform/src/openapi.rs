@@ -211,6 +211,7 @@ fn drop_null(schema: &mut Value) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use utoipa::OpenApi as _;
 
