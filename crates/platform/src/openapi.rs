@@ -154,11 +154,15 @@ fn problem_media_type(response: &mut Value) {
 }
 
 /// Documents `status` with a problem body, or adds the problem body to a status
-/// documented with another body (e.g. readiness' own 503 report).
+/// documented with another body (e.g. readiness' own 503 report), and says what
+/// it means where the annotation did not.
 fn add(responses: &mut Map<String, Value>, status: &str, description: &str) {
     let problem = json!({"schema": {"$ref": PROBLEM_REF}});
     match responses.get_mut(status).and_then(Value::as_object_mut) {
         Some(existing) => {
+            if existing.get("description").and_then(Value::as_str) == Some("") {
+                existing.insert("description".into(), Value::from(description));
+            }
             let content = existing
                 .entry("content")
                 .or_insert_with(|| json!({}))
