@@ -54,8 +54,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     from_json_value(value)
 }
 
-/// Most repairs [`from_json_value`] makes to look for further bad fields.
-const MAX_REPAIRS: usize = 32;
+/// Most repairs [`from_json_value`] makes to look for further bad fields: each
+/// costs a few deserializations of the body, so a body full of bad fields is
+/// bounded to about a hundred of them.
+const MAX_REPAIRS: usize = 16;
 
 /// [`parse_json`] of a parsed document. No string with a control character other
 /// than tab, line feed and carriage return gets through, into any request type:
