@@ -369,7 +369,12 @@ where
             }
         }
         if !errors.is_empty() {
-            return Err(Problem::bad_query("query", "").with_errors(errors));
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-query",
+                "Invalid query parameters",
+            )
+            .with_errors(errors));
         }
         let kept = kept.finish();
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(kept.as_bytes()));

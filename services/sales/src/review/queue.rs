@@ -32,7 +32,7 @@ use crate::{
 #[into_params(parameter_in = Query)]
 pub struct QueueQuery {
     /// `open` (default), `approved`, `rejected` or `resolved` (any case).
-    #[param(value_type = Option<String>, max_length = 200, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
+    #[param(max_length = 200, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub status: Option<String>,
     /// Only this reason, e.g. `AVAILABILITY_UNVERIFIED` (any case).
     #[param(max_length = 200, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
