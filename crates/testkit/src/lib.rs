@@ -186,6 +186,71 @@ pub fn expect_rejected(
     }
 }
 
+/// Checks what every service's OpenAPI document must say (`platform::openapi`):
+/// every error body is `application/problem+json`; every operation documents 503;
+/// one with a body 400, 413, 415 and 422; one with a path parameter 400; one that
+/// needs a credential 401 (with `WWW-Authenticate`) and 403. `internal` lists the
+/// operations (`"post /reservations"`) that must take the service credential.
+pub fn assert_openapi_is_exact(doc: &serde_json::Value, internal: &[&str]) {
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut seen_internal = Vec::new();
+    for (path, item) in paths {
+        for (method, op) in item.as_object().expect("a path item") {
+            let at = format!("{method} {path}");
+            let responses = op["responses"].as_object().expect("responses");
+            let has = |status: &str| responses.contains_key(status);
+            for (status, response) in responses {
+                if status.starts_with(['4', '5']) {
+                    assert!(
+                        response["content"]["application/problem+json"].is_object(),
+                        "{at} {status}: no application/problem+json body"
+                    );
+                    assert!(
+                        response["content"]["application/json"]["schema"]["$ref"]
+                            != "#/components/schemas/Problem",
+                        "{at} {status}: a problem documented as application/json"
+                    );
+                }
+            }
+            assert!(has("503"), "{at}: 503 undocumented");
+            if op.get("requestBody").is_some() {
+                for status in ["400", "413", "415", "422"] {
+                    assert!(has(status), "{at}: {status} undocumented");
+                }
+            }
+            if path.contains('{') {
+                assert!(has("400"), "{at}: 400 undocumented");
+            }
+            let schemes: Vec<&str> = op["security"]
+                .as_array()
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|r| r.as_object())
+                        .flat_map(|r| r.keys().map(String::as_str))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !schemes.is_empty() {
+                assert!(has("401") && has("403"), "{at}: 401/403 undocumented");
+                assert!(
+                    responses["401"]["headers"]["WWW-Authenticate"].is_object(),
+                    "{at}: 401 without WWW-Authenticate"
+                );
+            }
+            if schemes.contains(&"service") {
+                seen_internal.push(at.clone());
+            }
+        }
+    }
+    seen_internal.sort();
+    let mut internal: Vec<String> = internal.iter().map(|s| (*s).to_owned()).collect();
+    internal.sort();
+    assert_eq!(
+        seen_internal, internal,
+        "operations taking the service credential"
+    );
+}
+
 /// The fields named by a problem's field errors.
 pub fn fields(problem: &Problem) -> Vec<&str> {
     problem.errors.iter().map(|e| e.field.as_str()).collect()

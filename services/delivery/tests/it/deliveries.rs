@@ -211,6 +211,7 @@ async fn health_and_openapi_cover_every_route(pool: PgPool) {
         );
     }
     expect_problem(app.api.get("/nowhere").await, 404).await;
+    testkit::assert_openapi_is_exact(&doc, &["post /deliveries", "post /deliveries/{id}/cancel"]);
 }
 
 /// Bad input gets a 4xx problem naming the field and changes nothing, at every
