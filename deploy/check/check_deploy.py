@@ -22,6 +22,11 @@ No Docker engine and no cluster are needed. What it checks:
   ConfigMaps/Secrets/ServiceAccounts exist, the listen port in the ConfigMap equals the container
   port and the Service's, HPAs and PDBs point at Deployments, configuration keys are read by the
   code (as above), and inter-service URLs name a Service and its port;
+- service credentials: product and delivery are given their accepted service tokens
+  ({P}SERVICE_TOKEN) and sales the token it sends each of them (SALES_{PRODUCT,DELIVERY}_SERVICE_TOKEN),
+  one of the accepted ones, in compose and (from Secrets, never ConfigMaps) in Kubernetes, where a
+  NetworkPolicy per internal service admits sales' pods to its port and otherwise only peers in other,
+  named namespaces (the metrics scraper);
 - `bash -n` on every shell script.
 """
 
@@ -90,6 +95,8 @@ def code_variables():
     for service, prefix in SERVICES.items():
         src = (ROOT / f"services/{service}/src/config.rs").read_text()
         keys = {k: m for m, k in reader.findall(src)}
+        # sales' tokens for its peers: service_token(env, "X") reads env.optional(X).
+        keys.update({k: "optional" for k in re.findall(r"\bservice_token\(\s*env\s*,\s*\"([A-Z0-9_]+)\"", src)})
         if "ServerConfig::from_env" in src and "DatabaseConfig::from_env" in src:
             keys.update(platform_keys)
         # Breakers: `let key = |k: &str| format!("BREAKER_{dep}_{k}")` with breaker(env, "DEP", ..),
@@ -178,6 +185,75 @@ def broker_rule(where, env):
         "SALES_BROKER_PROVISION", "false"
     ):
         check(bool(env.get("SALES_BROKER_TOPIC_ARN")), f"{where}: SALES_BROKER_TOPIC_ARN set (broker on, provisioning off)")
+
+
+# ---------------------------------------------------------------------------
+# Service credentials
+
+
+TOKEN_PAIRS = [("product", "PRODUCT_SERVICE_TOKEN", "SALES_PRODUCT_SERVICE_TOKEN"),
+               ("delivery", "DELIVERY_SERVICE_TOKEN", "SALES_DELIVERY_SERVICE_TOKEN")]
+
+
+def resolve(value):
+    """A compose value with ${VAR:-default} interpolations replaced by their defaults."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", str(value))
+
+
+def check_service_tokens(where, envs, secret_keys=None):
+    """product and delivery accept a service token; sales sends one of the accepted ones."""
+    sales = envs.get("sales", {})
+    for service, accepted_key, sent_key in TOKEN_PAIRS:
+        accepted = [t.strip() for t in resolve(envs.get(service, {}).get(accepted_key, "")).split(",") if t.strip()]
+        sent = resolve(sales.get(sent_key, "")).strip()
+        check(bool(accepted), f"{where} {service}: {accepted_key} is set (unset refuses sales)")
+        check(bool(sent), f"{where} sales: {sent_key} is set")
+        check(sent in accepted, f"{where} sales → {service}: {sent_key} is one of {service}'s {accepted_key}")
+        if secret_keys is not None:
+            check(accepted_key in secret_keys.get(service, set()), f"{where} {service}: {accepted_key} comes from a Secret")
+            check(sent_key in secret_keys.get("sales", set()), f"{where} sales: {sent_key} comes from a Secret")
+
+
+def check_network_policies(where, by_kind, deployments):
+    """Each internal service's pods admit, in their namespace, sales' pods only."""
+    policies = by_kind.get("NetworkPolicy", {})
+    for service in ("product", "delivery"):
+        dep = deployments.get(service)
+        if dep is None:
+            continue
+        labels = dep["spec"]["template"]["metadata"].get("labels", {})
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        named = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+        mine = [
+            p for p in policies.values()
+            if (p["spec"].get("podSelector") or {}).get("matchLabels")
+            and all(labels.get(k) == v for k, v in p["spec"]["podSelector"]["matchLabels"].items())
+        ]
+        if not check(bool(mine), f"{where} {service}: a NetworkPolicy selects its pods"):
+            continue
+        for policy in mine:
+            name = policy["metadata"]["name"]
+            spec = policy["spec"]
+            check("Ingress" in spec.get("policyTypes", []), f"{where} NetworkPolicy {name}: restricts Ingress")
+            rules = spec.get("ingress") or []
+            admits_sales = False
+            for rule in rules:
+                peers = rule.get("from") or []
+                ports = [named.get(p.get("port"), p.get("port")) for p in rule.get("ports") or []]
+                check(bool(peers), f"{where} NetworkPolicy {name}: no rule admits every source")
+                check(ports and all(port in named.values() for port in ports), f"{where} NetworkPolicy {name}: each rule names the container port", str(ports))
+                for peer in peers:
+                    pod = (peer.get("podSelector") or {}).get("matchLabels") or {}
+                    ns = peer.get("namespaceSelector")
+                    if "ipBlock" in peer:
+                        fail(f"{where} NetworkPolicy {name}: an ipBlock peer ({peer['ipBlock']}) admits more than sales")
+                    elif ns is None:
+                        ok_sales = pod == {"app.kubernetes.io/name": "sales"}
+                        check(ok_sales, f"{where} NetworkPolicy {name}: the only pods admitted from its namespace are sales'", str(pod))
+                        admits_sales |= ok_sales
+                    else:
+                        check(bool((ns or {}).get("matchLabels")), f"{where} NetworkPolicy {name}: peers of other namespaces are named namespaces", str(ns))
+            check(admits_sales, f"{where} NetworkPolicy {name}: admits sales' pods")
 
 
 # ---------------------------------------------------------------------------
@@ -322,6 +398,7 @@ def check_compose(code_vars, std_vars, init_defaults, venv_bin):
 
     # The three services.
     ports = {}
+    envs = {}
     for service in SERVICES:
         svc = services.get(service)
         if not check(svc is not None, f"{service}: is in compose"):
@@ -333,6 +410,7 @@ def check_compose(code_vars, std_vars, init_defaults, venv_bin):
             f"{service}: built from the Dockerfile with SERVICE={service}",
         )
         env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
+        envs[service] = env
         check_variables(f"compose {service}", service, env.keys(), code_vars, std_vars)
         check_values(f"compose {service}", service, env, code_vars)
         host, port = service_port(env, service)
@@ -357,6 +435,7 @@ def check_compose(code_vars, std_vars, init_defaults, venv_bin):
         if env.get(SERVICES[service] + "BROKER_ENABLED", "false").lower() in ("1", "true", "yes", "on"):
             check("localstack" in deps, f"{service}: waits for localstack (broker enabled)")
 
+    check_service_tokens("compose", envs)
     sales_env = {k: str(v) for k, v in (services.get("sales", {}).get("environment") or {}).items()}
     for dep in ("product", "delivery"):
         u = urlparse(sales_env.get(f"SALES_{dep.upper()}_URL", ""))
@@ -468,6 +547,8 @@ def check_k8s_objects(where, docs, code_vars, std_vars):
     k8s_services = by_kind.get("Service", {})
     check(set(deployments) == set(SERVICES), f"{where}: a Deployment per service", sorted(deployments))
     ports = {}
+    envs = {}
+    secret_keys = {}
     for name, dep in deployments.items():
         spec = dep["spec"]
         pod = spec["template"]
@@ -501,9 +582,12 @@ def check_k8s_objects(where, docs, code_vars, std_vars):
             if "secretRef" in src:
                 ref = src["secretRef"]["name"]
                 if check(ref in secrets, f"{where} {name}: Secret {ref} exists"):
-                    env.update({k: str(v) for k, v in (secrets[ref].get("stringData") or secrets[ref].get("data") or {}).items()})
+                    data = secrets[ref].get("stringData") or secrets[ref].get("data") or {}
+                    env.update({k: str(v) for k, v in data.items()})
+                    secret_keys.setdefault(name, set()).update(data.keys())
         for e in c.get("env", []):
             env[e["name"]] = str(e.get("value", ""))
+        envs[name] = env
         if name in SERVICES:
             check_variables(f"{where} {name}", name, env.keys(), code_vars, std_vars)
             check_values(f"{where} {name}", name, env, code_vars)
@@ -533,6 +617,8 @@ def check_k8s_objects(where, docs, code_vars, std_vars):
             f"{where} PDB {name}: selects a Deployment's pods",
         )
     check(set(by_kind.get("PodDisruptionBudget", {})) == set(SERVICES), f"{where}: a PDB per service")
+    check_service_tokens(where, envs, secret_keys)
+    check_network_policies(where, by_kind, deployments)
     sales = deployments.get("sales")
     if sales:
         cm = config_maps.get("sales-config", {}).get("data", {})

@@ -30,6 +30,9 @@ use uuid::Uuid;
 /// Staff token the stack is started with.
 pub const STAFF_TOKEN: &str = "system-test-staff-token";
 
+/// Service token product and delivery are started with, and sales sends them.
+pub const SERVICE_TOKEN: &str = "system-test-service-token";
+
 /// Base URL of the PostgreSQL server the tests use (no database name).
 pub fn postgres_base() -> String {
     let url = std::env::var("DATABASE_URL")
@@ -321,8 +324,13 @@ impl Stack {
         };
         let mut product_env = common("PRODUCT_", product_port, &databases["product"]);
         product_env.insert("PRODUCT_SEED_DEMO_CATALOG".into(), "true".into());
+        product_env.insert("PRODUCT_SERVICE_TOKEN".into(), SERVICE_TOKEN.into());
         let mut delivery_env = common("DELIVERY_", delivery_port, &databases["delivery"]);
+        delivery_env.insert("DELIVERY_SERVICE_TOKEN".into(), SERVICE_TOKEN.into());
         let mut sales_env = common("SALES_", sales_port, &databases["sales"]);
+        for peer in ["PRODUCT", "DELIVERY"] {
+            sales_env.insert(format!("SALES_{peer}_SERVICE_TOKEN"), SERVICE_TOKEN.into());
+        }
         sales_env.insert(
             "SALES_PRODUCT_URL".into(),
             format!("http://127.0.0.1:{product_port}"),

@@ -264,6 +264,7 @@ async fn out_of_stock_after_fallback_waits_for_staff_who_reject_through_the_comp
             stack.product.base_url(),
             greedy.id
         ))
+        .bearer_auth(system_tests::SERVICE_TOKEN)
         .send()
         .await
         .unwrap();

@@ -35,6 +35,7 @@ async fn an_order_crosses_all_three_services() {
             stack.product.base_url(),
             order.id
         ))
+        .bearer_auth(system_tests::SERVICE_TOKEN)
         .send()
         .await
         .unwrap()
@@ -110,5 +111,81 @@ async fn an_order_survives_delivery_being_down() {
         .unwrap();
     assert_eq!(read.id, order.id);
     stack.delivery.start().await;
+    assert!(stack.shutdown().await);
+}
+
+/// Product's and delivery's internal endpoints, as the real processes answer
+/// them: no credential is 401 (`WWW-Authenticate: Bearer`), a customer's token 403,
+/// nothing changes; sales' own token gets through (an order crosses). A sales whose
+/// token product refuses treats product as unavailable: the order is taken on the
+/// fallback, flagged for review, and no stock is held.
+#[tokio::test]
+async fn internal_endpoints_admit_only_a_service_credential() {
+    let stack = Stack::start_with(system_tests::StackOptions {
+        sales_env: vec![("SALES_PRODUCT_SERVICE_TOKEN", "not-product-s-token".into())],
+        ..Default::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let order = uuid::Uuid::new_v4();
+    let (product, delivery) = (stack.product.base_url(), stack.delivery.base_url());
+    let reservation =
+        json!({"order_id": order, "items": [{"product_id": "SKU-MOUSE", "quantity": 1}]});
+    let delivery_body = json!({"order_id": order, "items": [{"product_id": "SKU-MOUSE", "quantity": 1}],
+        "address": {"recipient": "Ada", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}});
+    let writes = [
+        http.post(format!("{product}/reservations"))
+            .json(&reservation),
+        http.post(format!("{product}/reservations/{order}/commit")),
+        http.delete(format!("{product}/reservations/{order}")),
+        http.post(format!("{delivery}/deliveries"))
+            .json(&delivery_body),
+        http.post(format!("{delivery}/deliveries/{order}/cancel")),
+    ];
+    for write in writes {
+        let request = write.try_clone().unwrap();
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{:?}", write);
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let response = write.bearer_auth("a-customer-token").send().await.unwrap();
+        assert_eq!(response.status(), 403);
+    }
+    let product_db = stack.db("product").await;
+    let delivery_db = stack.db("delivery").await;
+    let count = |pool: &sqlx::PgPool, table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {table}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count(&product_db, "reservations").await, 0);
+    assert_eq!(count(&delivery_db, "deliveries").await, 0);
+
+    // Sales' product token is wrong here: product refuses it, sales falls back.
+    let response = http
+        .post(format!("{}/orders", stack.sales.base_url()))
+        .json(&system_tests::order_body(
+            "customer-auth",
+            &[("SKU-MOUSE", 1)],
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let placed: Order = response.json().await.unwrap();
+    assert!(
+        placed.fallback_used && placed.requires_manual_review,
+        "{placed:?}"
+    );
+    assert_eq!(count(&product_db, "reservations").await, 0);
+    // Delivery took sales' (right) delivery token.
+    assert!(placed.delivery_id.is_some(), "{placed:?}");
     assert!(stack.shutdown().await);
 }

@@ -28,9 +28,20 @@ pub struct Product {
 /// Staff request to add a product.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NewProduct {
+    /// SKU.
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]*$"
+    )]
     pub id: String,
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]*$"
+    )]
     pub name: String,
+    #[schema(minimum = 0)]
     pub price_cents: i64,
+    #[schema(minimum = 0)]
     pub stock_on_hand: i32,
 }
 
@@ -52,6 +63,7 @@ impl NewProduct {
 /// Staff request to set a product's stock on hand (e.g. after a stock count).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StockUpdate {
+    #[schema(minimum = 0)]
     pub stock_on_hand: i32,
 }
 
@@ -68,6 +80,7 @@ impl StockUpdate {
 /// Read-only availability question for a set of items.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AvailabilityRequest {
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<LineItem>,
 }
 
@@ -101,6 +114,7 @@ pub struct AvailabilityResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ReservationRequest {
     pub order_id: Uuid,
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<LineItem>,
 }
 

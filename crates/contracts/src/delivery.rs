@@ -5,13 +5,20 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::{Address, FieldError, LineItem, common::check_items};
+use crate::{
+    Address, FieldError, LineItem,
+    common::{TextRule, check_items},
+};
+
+/// Longest note of a status update.
+pub const MAX_STATUS_NOTE: usize = 1000;
 
 /// Ask for a delivery of an order. Idempotent by `order_id`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryRequest {
     pub order_id: Uuid,
     pub address: Address,
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<LineItem>,
 }
 
@@ -92,8 +99,23 @@ pub struct Delivery {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryStatusUpdate {
     pub status: DeliveryStatus,
+    /// What happened (up to 1000 characters; line breaks allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 1000,
+        pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*$"
+    )]
     pub note: Option<String>,
+}
+
+impl DeliveryStatusUpdate {
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if let Some(note) = &self.note {
+            TextRule::text(false, MAX_STATUS_NOTE).check(&mut errors, "note", note);
+        }
+        errors
+    }
 }
 
 #[cfg(test)]

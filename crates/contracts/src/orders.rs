@@ -13,7 +13,12 @@ use crate::{
 /// A customer's order request.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PlaceOrder {
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]*$"
+    )]
     pub customer_id: String,
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<LineItem>,
     pub shipping_address: Address,
 }

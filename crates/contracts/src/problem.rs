@@ -134,7 +134,7 @@ impl Problem {
         Self::new(StatusCode::CONFLICT, slug, "Conflict").with_detail(detail)
     }
 
-    /// 401: a staff credential is needed.
+    /// 401 (with `WWW-Authenticate: Bearer`): a staff credential is needed.
     pub fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -149,6 +149,25 @@ impl Problem {
             StatusCode::FORBIDDEN,
             "forbidden",
             "This credential does not grant staff access",
+        )
+    }
+
+    /// 401 of an internal endpoint: a service (or staff) credential is needed.
+    pub fn service_unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "A valid service credential is required",
+        )
+        .with_detail("this endpoint is for the services of the system: send Authorization: Bearer <service token>")
+    }
+
+    /// 403 of an internal endpoint: the credential is neither a service's nor staff's.
+    pub fn service_forbidden() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "This credential does not grant access to internal endpoints",
         )
     }
 
@@ -206,6 +225,10 @@ impl IntoResponse for Problem {
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 9110 §11.6.1: a 401 names the scheme that would be accepted.
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         response
     }
 }
@@ -233,5 +256,13 @@ mod tests {
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "5");
         assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+    }
+
+    #[test]
+    fn a_401_names_the_bearer_scheme() {
+        let response = Problem::unauthorized().into_response();
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let response = Problem::forbidden().into_response();
+        assert!(response.headers().get(header::WWW_AUTHENTICATE).is_none());
     }
 }

@@ -1,10 +1,15 @@
-//! The staff credential: `Authorization: Bearer <token>` compared with the
-//! tokens the service was configured with (`{P}STAFF_TOKEN`, several separated
-//! by commas, so a token can be rotated without locking anyone out). Without a
-//! configured token, staff endpoints refuse everyone.
+//! The credentials: `Authorization: Bearer <token>` compared with the tokens the
+//! service was configured with, several separated by commas, so a token can be
+//! rotated without locking anyone out:
 //!
-//! No credential (or not a bearer one) → 401; a bearer token that is not a
-//! staff token, such as a customer's → 403.
+//! - staff (`{P}STAFF_TOKEN`): people's endpoints, [`Staff`];
+//! - services (`{P}SERVICE_TOKEN` at product and delivery): the internal endpoints
+//!   that change an order's stock or delivery, which only sales calls, [`Internal`]
+//!   (a staff token passes too, for operators).
+//!
+//! Without a configured token, the endpoints it guards refuse everyone. No
+//! credential (or not a bearer one) → 401 with `WWW-Authenticate: Bearer`; a
+//! bearer token that is not one of them, such as a customer's → 403.
 
 use std::sync::Arc;
 
@@ -15,15 +20,9 @@ use axum::{
 use contracts::Problem;
 use sha2::{Digest, Sha256};
 
-/// The configured staff tokens, kept only as digests.
+/// A set of accepted tokens, kept only as digests.
 #[derive(Clone, Default)]
-pub struct StaffToken(Arc<[[u8; 32]]>);
-
-impl std::fmt::Debug for StaffToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "StaffToken(<{} set>)", self.0.len())
-    }
-}
+struct Digests(Arc<[[u8; 32]]>);
 
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -34,11 +33,10 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-impl StaffToken {
-    /// The tokens of a `{P}STAFF_TOKEN` value: comma-separated, blanks ignored.
-    pub fn new(tokens: Option<String>) -> Self {
+impl Digests {
+    /// The tokens of a `{P}…_TOKEN` value: comma-separated, blanks ignored.
+    fn new(tokens: Option<&str>) -> Self {
         let digests: Vec<[u8; 32]> = tokens
-            .as_deref()
             .unwrap_or("")
             .split(',')
             .map(str::trim)
@@ -48,18 +46,64 @@ impl StaffToken {
         Self(digests.into())
     }
 
-    pub fn is_set(&self) -> bool {
-        !self.0.is_empty()
-    }
-
     /// Compares digests, each of them, so the time taken says nothing about
     /// the tokens or which one matched.
-    pub fn verify(&self, presented: &str) -> bool {
+    fn verify(&self, presented: &str) -> bool {
         let presented = digest(presented);
         self.0
             .iter()
             .fold(false, |found, expected| found | same(expected, &presented))
     }
+}
+
+macro_rules! token_set {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Default)]
+        pub struct $name(Digests);
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}(<{} set>)", stringify!($name), self.0.0.len())
+            }
+        }
+
+        impl $name {
+            /// The tokens of the variable's value: comma-separated, blanks ignored.
+            pub fn new(tokens: Option<String>) -> Self {
+                Self(Digests::new(tokens.as_deref()))
+            }
+
+            pub fn is_set(&self) -> bool {
+                !self.0.0.is_empty()
+            }
+
+            /// Whether `presented` is one of the tokens (in constant time).
+            pub fn verify(&self, presented: &str) -> bool {
+                self.0.verify(presented)
+            }
+        }
+    };
+}
+
+token_set!(
+    /// The configured staff tokens (`{P}STAFF_TOKEN`), kept only as digests.
+    StaffToken
+);
+token_set!(
+    /// The configured service tokens (`{P}SERVICE_TOKEN`), kept only as digests.
+    ServiceToken
+);
+
+/// The bearer token of a request, if it presents one.
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// Who acts, for audit records: `X-Staff-Member` if given (1–100 characters), else `staff`.
@@ -85,18 +129,41 @@ where
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let token = StaffToken::from_ref(state);
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty());
-        match presented {
+        match bearer(parts) {
             None => Err(Problem::unauthorized()),
-            Some(p) if token.verify(p) => Ok(Staff),
+            Some(p) if StaffToken::from_ref(state).verify(p) => Ok(Staff),
             Some(_) => Err(Problem::forbidden()),
+        }
+    }
+}
+
+/// Extractor proving the caller holds a service credential, or a staff one
+/// (else 401 or 403): the internal endpoints sales calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Internal {
+    Service,
+    Staff,
+}
+
+impl<S> FromRequestParts<S> for Internal
+where
+    ServiceToken: FromRef<S>,
+    StaffToken: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Some(presented) = bearer(parts) else {
+            return Err(Problem::service_unauthorized());
+        };
+        // Both are compared, whichever matches, so the time taken says nothing.
+        let service = ServiceToken::from_ref(state).verify(presented);
+        let staff = StaffToken::from_ref(state).verify(presented);
+        match (service, staff) {
+            (true, _) => Ok(Self::Service),
+            (false, true) => Ok(Self::Staff),
+            (false, false) => Err(Problem::service_forbidden()),
         }
     }
 }
@@ -155,6 +222,62 @@ mod tests {
                 .expect_err("not staff"),
             403
         );
+    }
+
+    #[derive(Clone)]
+    struct Both {
+        staff: StaffToken,
+        service: ServiceToken,
+    }
+
+    impl FromRef<Both> for StaffToken {
+        fn from_ref(s: &Both) -> Self {
+            s.staff.clone()
+        }
+    }
+
+    impl FromRef<Both> for ServiceToken {
+        fn from_ref(s: &Both) -> Self {
+            s.service.clone()
+        }
+    }
+
+    async fn internal(authorization: Option<&str>, service: Option<&str>) -> Result<Internal, u16> {
+        let mut request = Request::builder().uri("/");
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let (mut parts, ()) = request.body(()).expect("request").into_parts();
+        let state = Both {
+            staff: StaffToken::new(Some("staff".into())),
+            service: ServiceToken::new(service.map(str::to_owned)),
+        };
+        Internal::from_request_parts(&mut parts, &state)
+            .await
+            .map_err(|p| p.status)
+    }
+
+    #[tokio::test]
+    async fn internal_endpoints_take_a_service_or_staff_token() {
+        let tokens = Some("old-svc,new-svc");
+        assert_eq!(
+            internal(Some("Bearer new-svc"), tokens).await,
+            Ok(Internal::Service)
+        );
+        assert_eq!(
+            internal(Some("Bearer old-svc"), tokens).await,
+            Ok(Internal::Service)
+        );
+        assert_eq!(
+            internal(Some("Bearer staff"), tokens).await,
+            Ok(Internal::Staff)
+        );
+        assert_eq!(internal(None, tokens).await, Err(401));
+        assert_eq!(internal(Some("Bearer customer"), tokens).await, Err(403));
+        // Unset: no service token passes, not even an empty one.
+        assert_eq!(internal(Some("Bearer new-svc"), None).await, Err(403));
+        assert_eq!(internal(Some("Bearer "), None).await, Err(401));
+        assert!(!format!("{:?}", ServiceToken::new(tokens.map(str::to_owned))).contains("svc"));
     }
 
     #[test]

@@ -53,7 +53,7 @@ fn ready_doc() {}
 
 /// This OpenAPI document.
 #[utoipa::path(get, path = "/openapi.json", tag = "health",
-    responses((status = 200, description = "The OpenAPI document of this service")))]
+    responses((status = 200, description = "The OpenAPI document of this service", body = Object)))]
 #[allow(dead_code)]
 fn openapi_doc() {}
 

@@ -9,6 +9,7 @@
 //! - [`shutdown`]: ctrl-c / SIGTERM into a `CancellationToken`.
 //! - [`extract`]: `Json`, `Path` and `Query` extractors whose rejections are problem+json.
 //! - [`server`]: the common middleware stack, 404/405 as problems, serving until cancelled.
+//! - [`openapi`]: finishing a service's OpenAPI document (problem+json, the stack's statuses).
 //! - [`health`]: `/health/live` and `/health/ready` (database reachable, migrations applied).
 //! - [`metrics`]: the Prometheus recorder, `GET /metrics` and the HTTP request metrics middleware.
 //! - [`db`]: pool set-up, create-if-missing, migrations, and mapping database errors to 503.
@@ -23,6 +24,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

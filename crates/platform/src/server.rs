@@ -184,3 +184,25 @@ impl utoipa::Modify for StaffSecurity {
         );
     }
 }
+
+/// Adds the `service` bearer security scheme: the internal endpoints that only
+/// the system's services call (a staff token passes there too).
+pub struct ServiceSecurity;
+
+impl utoipa::Modify for ServiceSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "service",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A service token of this service ({P}SERVICE_TOKEN); sales holds one",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}

@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - [`Api`]: a `reqwest` client with a base URL and an optional staff token.
-//! - [`expect_json`] / [`expect_problem`]: status + body assertions.
+//! - [`expect_json`] / [`expect_problem`] / [`expect_rejected`]: status + body assertions.
+//! - [`snapshot`]: every row of a database schema, to prove a request changed nothing.
 //! - [`Running`]: a service task cancelled when the handle drops.
 //! - [`proxy`]: a TCP proxy that cuts and refuses connections to a dependency.
 #![allow(clippy::unwrap_used)]
@@ -21,6 +22,10 @@ use tokio_util::sync::CancellationToken;
 /// Staff token the tests configure services with.
 pub const STAFF_TOKEN: &str = "test-staff-token";
 
+/// Service token the tests configure product and delivery with, and sales with
+/// for its calls to them.
+pub const SERVICE_TOKEN: &str = "test-service-token";
+
 /// An HTTP client for one service.
 #[derive(Clone, Debug)]
 pub struct Api {
@@ -34,6 +39,28 @@ impl Api {
             base: base.into(),
             http: reqwest::Client::new(),
         }
+    }
+
+    /// A client that sends `Authorization: Bearer <token>` on every request that
+    /// sets no credential of its own (as sales calls product and delivery).
+    pub fn with_bearer(base: impl Into<String>, token: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        Self {
+            base: base.into(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// The same service without any credential.
+    pub fn anonymous(&self) -> Self {
+        Self::new(self.base.clone())
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -112,6 +139,116 @@ pub fn expect_problem(response: Response, status: u16) -> impl Future<Output = P
         assert_eq!(problem.status, status, "status member at {caller}");
         problem
     }
+}
+
+/// Every row of every table of the pool's schema (its `search_path`), as JSON
+/// text per table: equal snapshots before and after a request prove it changed
+/// nothing. sqlx's migration table is left out.
+pub async fn snapshot(pool: &sqlx::PgPool) -> std::collections::BTreeMap<String, String> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()
+         AND tablename <> '_sqlx_migrations' ORDER BY tablename",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for table in tables {
+        let rows: String = sqlx::query_scalar(&format!(
+            "SELECT coalesce(json_agg(r ORDER BY r::text), '[]')::text FROM (SELECT to_jsonb(t) AS r FROM \"{table}\" t) s"
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        out.insert(table, rows);
+    }
+    out
+}
+
+/// Asserts `response` is a 4xx problem naming `field` (when given) among its errors.
+#[track_caller]
+pub fn expect_rejected(
+    response: Response,
+    status: u16,
+    field: Option<&'static str>,
+) -> impl Future<Output = Problem> {
+    let caller = std::panic::Location::caller();
+    let problem = expect_problem(response, status);
+    async move {
+        let problem = problem.await;
+        if let Some(field) = field {
+            assert!(
+                fields(&problem).contains(&field),
+                "the problem at {caller} does not name {field}: {problem:?}"
+            );
+        }
+        problem
+    }
+}
+
+/// Checks what every service's OpenAPI document must say (`platform::openapi`):
+/// every error body is `application/problem+json`; every operation documents 503;
+/// one with a body 400, 413, 415 and 422; one with a path parameter 400; one that
+/// needs a credential 401 (with `WWW-Authenticate`) and 403. `internal` lists the
+/// operations (`"post /reservations"`) that must take the service credential.
+pub fn assert_openapi_is_exact(doc: &serde_json::Value, internal: &[&str]) {
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut seen_internal = Vec::new();
+    for (path, item) in paths {
+        for (method, op) in item.as_object().expect("a path item") {
+            let at = format!("{method} {path}");
+            let responses = op["responses"].as_object().expect("responses");
+            let has = |status: &str| responses.contains_key(status);
+            for (status, response) in responses {
+                if status.starts_with(['4', '5']) {
+                    assert!(
+                        response["content"]["application/problem+json"].is_object(),
+                        "{at} {status}: no application/problem+json body"
+                    );
+                    assert!(
+                        response["content"]["application/json"]["schema"]["$ref"]
+                            != "#/components/schemas/Problem",
+                        "{at} {status}: a problem documented as application/json"
+                    );
+                }
+            }
+            assert!(has("503"), "{at}: 503 undocumented");
+            if op.get("requestBody").is_some() {
+                for status in ["400", "413", "415", "422"] {
+                    assert!(has(status), "{at}: {status} undocumented");
+                }
+            }
+            if path.contains('{') {
+                assert!(has("400"), "{at}: 400 undocumented");
+            }
+            let schemes: Vec<&str> = op["security"]
+                .as_array()
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|r| r.as_object())
+                        .flat_map(|r| r.keys().map(String::as_str))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !schemes.is_empty() {
+                assert!(has("401") && has("403"), "{at}: 401/403 undocumented");
+                assert!(
+                    responses["401"]["headers"]["WWW-Authenticate"].is_object(),
+                    "{at}: 401 without WWW-Authenticate"
+                );
+            }
+            if schemes.contains(&"service") {
+                seen_internal.push(at.clone());
+            }
+        }
+    }
+    seen_internal.sort();
+    let mut internal: Vec<String> = internal.iter().map(|s| (*s).to_owned()).collect();
+    internal.sort();
+    assert_eq!(
+        seen_internal, internal,
+        "operations taking the service credential"
+    );
 }
 
 /// The fields named by a problem's field errors.

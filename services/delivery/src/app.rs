@@ -2,7 +2,10 @@
 
 use anyhow::Context;
 use axum::{Router, extract::FromRef};
-use platform::{auth::StaffToken, server::StaffSecurity};
+use platform::{
+    auth::{ServiceToken, StaffToken},
+    server::{ServiceSecurity, StaffSecurity},
+};
 use sqlx::{PgPool, migrate::Migrator};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -18,11 +21,19 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/delivery");
 pub struct AppState {
     pub pool: PgPool,
     pub staff_token: StaffToken,
+    /// Who may initiate and cancel deliveries (sales).
+    pub service_token: ServiceToken,
 }
 
 impl FromRef<AppState> for StaffToken {
     fn from_ref(state: &AppState) -> Self {
         state.staff_token.clone()
+    }
+}
+
+impl FromRef<AppState> for ServiceToken {
+    fn from_ref(state: &AppState) -> Self {
+        state.service_token.clone()
     }
 }
 
@@ -37,7 +48,7 @@ impl FromRef<AppState> for StaffToken {
         deliveries::cancel_delivery,
         deliveries::update_status,
     ),
-    modifiers(&StaffSecurity)
+    modifiers(&StaffSecurity, &ServiceSecurity)
 )]
 pub struct ApiDoc;
 
@@ -46,6 +57,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(platform::health::HealthApi::openapi());
     doc.merge(platform::metrics::MetricsApi::openapi());
+    platform::openapi::finish(&mut doc);
     doc
 }
 
@@ -81,9 +93,16 @@ impl Application {
         if !staff_token.is_set() {
             tracing::warn!("DELIVERY_STAFF_TOKEN is not set: status updates refuse every caller");
         }
+        let service_token = ServiceToken::new(config.service_token.clone());
+        if !service_token.is_set() {
+            tracing::warn!(
+                "DELIVERY_SERVICE_TOKEN is not set: initiating and cancelling deliveries refuse every caller but staff"
+            );
+        }
         let state = AppState {
             pool: pool.clone(),
             staff_token,
+            service_token,
         };
         let router = router(state, &config);
         let listener = TcpListener::bind(config.server.listen_addr)

@@ -12,6 +12,10 @@ pub struct Config {
     /// `DELIVERY_STAFF_TOKEN` (no default): bearer token(s) for courier/ops status
     /// updates, comma-separated.
     pub staff_token: Option<String>,
+    /// `DELIVERY_SERVICE_TOKEN` (no default): bearer token(s) of the services allowed to
+    /// initiate and cancel deliveries (sales), comma-separated; unset refuses every
+    /// caller but staff.
+    pub service_token: Option<String>,
 }
 
 impl Config {
@@ -24,6 +28,7 @@ impl Config {
             server: ServerConfig::from_env(env, "127.0.0.1:8082")?,
             database: DatabaseConfig::from_env(env, "postgres://postgres@127.0.0.1:5432/delivery")?,
             staff_token: env.optional("STAFF_TOKEN"),
+            service_token: env.optional("SERVICE_TOKEN"),
         })
     }
 }

@@ -1,4 +1,5 @@
-//! Deliveries: idempotent initiation by order, reads, cancellation before pickup,
+//! Deliveries (initiating and cancelling one needs a service or staff credential,
+//! status updates a staff one): idempotent initiation by order, reads, cancellation before pickup,
 //! courier status updates along the allowed transitions, and their history.
 
 use axum::{
@@ -14,7 +15,7 @@ use contracts::{
 };
 use platform::{
     ApiResult,
-    auth::Staff,
+    auth::{Internal, Staff},
     ensure_valid,
     extract::{Json, Path, Query},
 };
@@ -104,12 +105,14 @@ async fn record_change(
 /// Initiate the delivery of an order. Idempotent by `order_id`: a repeat returns
 /// the delivery made the first time, never a second one.
 #[utoipa::path(post, path = "/deliveries", tag = "deliveries", request_body = DeliveryRequest,
+    security(("service" = []), ("staff" = [])),
     responses(
         (status = 201, body = Delivery, description = "Delivery created"),
         (status = 200, body = Delivery, description = "The order already had this delivery"),
         (status = 422, body = Problem)))]
 pub async fn create_delivery(
     State(state): State<AppState>,
+    _caller: Internal,
     Json(request): Json<DeliveryRequest>,
 ) -> ApiResult<(StatusCode, Json<Delivery>)> {
     ensure_valid(request.validate())?;
@@ -148,6 +151,7 @@ pub struct ListQuery {
     /// Only the delivery of this order.
     pub order_id: Option<Uuid>,
     /// At most this many, newest first (1–100, default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
 }
 
@@ -261,11 +265,12 @@ async fn transition(
 
 /// Cancel a delivery before pickup. Idempotent.
 #[utoipa::path(post, path = "/deliveries/{id}/cancel", tag = "deliveries",
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path)), security(("service" = []), ("staff" = [])),
     responses((status = 200, body = Delivery), (status = 404, body = Problem),
         (status = 409, body = Problem, description = "Already picked up or finished")))]
 pub async fn cancel_delivery(
     State(state): State<AppState>,
+    _caller: Internal,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Delivery>> {
     transition(
@@ -292,16 +297,7 @@ pub async fn update_status(
     Path(id): Path<Uuid>,
     Json(update): Json<DeliveryStatusUpdate>,
 ) -> ApiResult<Json<Delivery>> {
-    if let Some(note) = &update.note {
-        let mut errors = Vec::new();
-        if note.chars().count() > 1000 {
-            errors.push(contracts::FieldError::new(
-                "note",
-                "must be at most 1000 characters",
-            ));
-        }
-        ensure_valid(errors)?;
-    }
+    ensure_valid(update.validate())?;
     transition(&state, id, update.status, update.note.as_deref())
         .await
         .map(Json)

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::{Router, extract::FromRef};
-use platform::{auth::StaffToken, server::StaffSecurity};
+use platform::{
+    auth::{ServiceToken, StaffToken},
+    server::{ServiceSecurity, StaffSecurity},
+};
 use sqlx::{PgPool, migrate::Migrator};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -21,12 +24,20 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/product");
 pub struct AppState {
     pub pool: PgPool,
     pub staff_token: StaffToken,
+    /// Who may reserve, commit and release stock (sales).
+    pub service_token: ServiceToken,
     pub reservation_ttl: Duration,
 }
 
 impl FromRef<AppState> for StaffToken {
     fn from_ref(state: &AppState) -> Self {
         state.staff_token.clone()
+    }
+}
+
+impl FromRef<AppState> for ServiceToken {
+    fn from_ref(state: &AppState) -> Self {
+        state.service_token.clone()
     }
 }
 
@@ -44,7 +55,7 @@ impl FromRef<AppState> for StaffToken {
         reservations::commit_reservation,
         reservations::release_reservation,
     ),
-    modifiers(&StaffSecurity)
+    modifiers(&StaffSecurity, &ServiceSecurity)
 )]
 pub struct ApiDoc;
 
@@ -53,6 +64,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(platform::health::HealthApi::openapi());
     doc.merge(platform::metrics::MetricsApi::openapi());
+    platform::openapi::finish(&mut doc);
     doc
 }
 
@@ -145,9 +157,16 @@ impl Application {
         if !staff_token.is_set() {
             tracing::warn!("PRODUCT_STAFF_TOKEN is not set: staff endpoints refuse every caller");
         }
+        let service_token = ServiceToken::new(config.service_token.clone());
+        if !service_token.is_set() {
+            tracing::warn!(
+                "PRODUCT_SERVICE_TOKEN is not set: reservations refuse every caller but staff"
+            );
+        }
         let state = AppState {
             pool: pool.clone(),
             staff_token,
+            service_token,
             reservation_ttl: config.reservation_ttl,
         };
         let consumer = order_events_consumer(&config).await?;

@@ -79,7 +79,7 @@ pub async fn list_products(
 
 /// Read one product with its stock.
 #[utoipa::path(get, path = "/products/{id}", tag = "catalog",
-    params(("id" = String, Path, description = "Product id (SKU)")),
+    params(("id" = String, Path, description = "Product id (SKU)", max_length = 200, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")),
     responses((status = 200, body = Product), (status = 404, body = Problem)))]
 pub async fn get_product(
     axum::extract::State(state): axum::extract::State<AppState>,
@@ -129,7 +129,7 @@ pub async fn create_product(
 /// Set a product's stock on hand (staff), e.g. after a delivery from a supplier.
 /// It cannot go below the units currently reserved.
 #[utoipa::path(put, path = "/products/{id}/stock", tag = "catalog", request_body = StockUpdate,
-    params(("id" = String, Path, description = "Product id (SKU)")),
+    params(("id" = String, Path, description = "Product id (SKU)", max_length = 200, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")),
     security(("staff" = [])),
     responses((status = 200, body = Product), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem),

@@ -14,6 +14,10 @@ pub struct Config {
     /// `PRODUCT_STAFF_TOKEN` (no default): bearer token(s) for staff endpoints,
     /// comma-separated; unset disables them.
     pub staff_token: Option<String>,
+    /// `PRODUCT_SERVICE_TOKEN` (no default): bearer token(s) of the services allowed to
+    /// reserve, commit and release stock (sales), comma-separated; unset refuses every
+    /// caller but staff.
+    pub service_token: Option<String>,
     /// `PRODUCT_RESERVATION_TTL_MS` (default 900000 = 15 min): an uncommitted reservation's life.
     pub reservation_ttl: Duration,
     /// `PRODUCT_EXPIRY_SWEEP_INTERVAL_MS` (default 5000): how often expired reservations are released.
@@ -55,6 +59,7 @@ impl Config {
             server: ServerConfig::from_env(env, "127.0.0.1:8081")?,
             database: DatabaseConfig::from_env(env, "postgres://postgres@127.0.0.1:5432/product")?,
             staff_token: env.optional("STAFF_TOKEN"),
+            service_token: env.optional("SERVICE_TOKEN"),
             reservation_ttl: env.millis("RESERVATION_TTL_MS", 15 * 60 * 1000)?,
             expiry_sweep_interval: env.millis("EXPIRY_SWEEP_INTERVAL_MS", 5_000)?,
             seed_demo_catalog: env.flag("SEED_DEMO_CATALOG", false)?,

@@ -1,4 +1,5 @@
-//! Reservations hold stock for an order: all items or none, idempotent by order
+//! Reservations hold stock for an order (internal: only a service or staff
+//! credential may call these endpoints, see `platform::auth::Internal`): all items or none, idempotent by order
 //! id, expiring after a TTL unless committed. Stock arithmetic (`reserved`,
 //! `stock_on_hand`) changes only here, always under row locks taken in one order:
 //! the reservation row first, then its products by id. So concurrent reservations
@@ -24,7 +25,9 @@ use contracts::{
     common::merge_items,
 };
 use platform::{
-    ApiResult, ensure_valid,
+    ApiResult,
+    auth::Internal,
+    ensure_valid,
     extract::{Json, Path},
 };
 use sqlx::{PgConnection, PgPool};
@@ -474,7 +477,7 @@ pub async fn settle_in(
 
 /// Hold stock for an order: all items or none. Idempotent by `order_id`.
 #[utoipa::path(post, path = "/reservations", tag = "reservations",
-    request_body = ReservationRequest,
+    request_body = ReservationRequest, security(("service" = []), ("staff" = [])),
     responses(
         (status = 201, body = Reservation, description = "Stock held"),
         (status = 200, body = Reservation, description = "The order already held this reservation"),
@@ -482,6 +485,7 @@ pub async fn settle_in(
         (status = 422, body = Problem, description = "Invalid items or unknown products")))]
 pub async fn create_reservation(
     State(state): State<AppState>,
+    _caller: Internal,
     Json(request): Json<ReservationRequest>,
 ) -> ApiResult<(StatusCode, Json<Reservation>)> {
     ensure_valid(request.validate())?;
@@ -493,10 +497,11 @@ pub async fn create_reservation(
 
 /// Read an order's reservation.
 #[utoipa::path(get, path = "/reservations/{order_id}", tag = "reservations",
-    params(("order_id" = Uuid, Path)),
+    params(("order_id" = Uuid, Path)), security(("service" = []), ("staff" = [])),
     responses((status = 200, body = Reservation), (status = 404, body = Problem)))]
 pub async fn get_reservation(
     State(state): State<AppState>,
+    _caller: Internal,
     Path(order_id): Path<Uuid>,
 ) -> ApiResult<Json<Reservation>> {
     let mut conn = state.pool.acquire().await?;
@@ -508,11 +513,12 @@ pub async fn get_reservation(
 
 /// Commit an order's reservation: its units leave stock for good. Idempotent.
 #[utoipa::path(post, path = "/reservations/{order_id}/commit", tag = "reservations",
-    params(("order_id" = Uuid, Path)),
+    params(("order_id" = Uuid, Path)), security(("service" = []), ("staff" = [])),
     responses((status = 200, body = Reservation), (status = 404, body = Problem),
         (status = 409, body = Problem, description = "Released or expired")))]
 pub async fn commit_reservation(
     State(state): State<AppState>,
+    _caller: Internal,
     Path(order_id): Path<Uuid>,
 ) -> ApiResult<Json<Reservation>> {
     settle(&state.pool, order_id, Settle::Commit, Utc::now())
@@ -546,11 +552,12 @@ pub struct ReleaseQuery {
 /// `reason=order-cancelled`, a committed reservation is restocked as well, and the order's
 /// stock is never reserved again.
 #[utoipa::path(delete, path = "/reservations/{order_id}", tag = "reservations",
-    params(("order_id" = Uuid, Path), ReleaseQuery),
+    params(("order_id" = Uuid, Path), ReleaseQuery), security(("service" = []), ("staff" = [])),
     responses((status = 200, body = Reservation), (status = 404, body = Problem),
         (status = 409, body = Problem, description = "Already committed (not for a cancelled order)")))]
 pub async fn release_reservation(
     State(state): State<AppState>,
+    _caller: Internal,
     Path(order_id): Path<Uuid>,
     platform::extract::Query(query): platform::extract::Query<ReleaseQuery>,
 ) -> ApiResult<Json<Reservation>> {

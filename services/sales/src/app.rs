@@ -82,6 +82,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(platform::health::HealthApi::openapi());
     doc.merge(platform::metrics::MetricsApi::openapi());
+    platform::openapi::finish(&mut doc);
     doc
 }
 
@@ -178,10 +179,18 @@ impl Application {
         // Before the breakers: they take their metric handles when built.
         platform::metrics::install();
         let breakers = Registry::new();
-        let peer = |name, url: &str, breaker, max_concurrent| {
+        let peer = |name: &'static str, url: &str, token: &Option<String>, breaker, max_concurrent| {
+            if token.is_none() {
+                tracing::warn!(
+                    peer = name,
+                    "SALES_{}_SERVICE_TOKEN is not set: {name} refuses sales' reservations or deliveries",
+                    name.to_ascii_uppercase()
+                );
+            }
             HttpPeer::new(
                 name,
                 url,
+                token.as_deref(),
                 config.http_connect_timeout,
                 config.http_request_timeout,
                 breaker,
@@ -191,12 +200,14 @@ impl Application {
         let product = peer(
             "product",
             &config.product_url,
+            &config.product_service_token,
             breakers.register(config.breakers.product.clone()),
             config.bulkheads.product,
         )?;
         let delivery = peer(
             "delivery",
             &config.delivery_url,
+            &config.delivery_service_token,
             breakers.register(config.breakers.delivery.clone()),
             config.bulkheads.delivery,
         )?;

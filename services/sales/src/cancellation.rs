@@ -17,14 +17,15 @@
 //! interleave on one order. Cancelling a cancelled order changes nothing and
 //! answers the order again, so a retried request is safe.
 
-use axum::{Router, body::Bytes, extract::State, routing::post};
+use axum::{Router, extract::State, routing::post};
 use contracts::{
-    FieldError, Problem,
+    Problem,
+    common::TextRule,
     orders::{Order, OrderStatus},
 };
 use platform::{
     ApiError, ApiResult, ensure_valid,
-    extract::{Json, Path, parse_json},
+    extract::{Json, OptionalJson, Path},
 };
 use serde::Deserialize;
 use sqlx::PgConnection;
@@ -323,17 +324,26 @@ pub async fn release_stock(pool: &sqlx::PgPool, product: &ProductClient, order_i
     }
 }
 
+/// Longest reason of a customer's cancellation.
+pub const MAX_REASON: usize = 500;
+
 /// Why the customer cancels (optional).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct CancelRequest {
+    /// Up to 500 characters; line breaks allowed.
     #[serde(default)]
+    #[schema(
+        max_length = 500,
+        pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*$"
+    )]
     pub reason: Option<String>,
 }
 
 /// Cancel an order before it ships: the delivery is cancelled, the reservation
 /// released, the order CANCELLED. Repeating it is harmless.
 #[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", params(("id" = Uuid, Path)),
-    request_body(content = Option<CancelRequest>, description = "Optional: why"),
+    request_body(content = Option<CancelRequest>,
+        description = "Optional: why. No body, `null` and `{}` are the same: no reason"),
     responses(
         (status = 200, body = Order, description = "Cancelled (now or before)"),
         (status = 404, body = Problem),
@@ -344,23 +354,20 @@ pub struct CancelRequest {
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
-    body: Bytes,
+    OptionalJson(request): OptionalJson<CancelRequest>,
 ) -> ApiResult<Json<Order>> {
-    let request: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        CancelRequest::default()
-    } else {
-        parse_json(&body)?
-    };
+    let request = request.unwrap_or_default();
+    // The whole request is checked before the delivery is cancelled.
+    let mut errors = Vec::new();
+    if let Some(reason) = &request.reason {
+        TextRule::text(false, MAX_REASON).check(&mut errors, "reason", reason);
+    }
+    ensure_valid(errors)?;
     let reason = request
         .reason
         .as_deref()
         .map(str::trim)
         .filter(|r| !r.is_empty());
-    let mut errors = Vec::new();
-    if reason.is_some_and(|r| r.chars().count() > 500) {
-        errors.push(FieldError::new("reason", "must be at most 500 characters"));
-    }
-    ensure_valid(errors)?;
     let reason = reason.map_or_else(
         || "cancelled by the customer".to_owned(),
         |r| format!("cancelled by the customer: {r}"),

@@ -14,6 +14,12 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// `SALES_STAFF_TOKEN` (no default): bearer token(s) for staff endpoints, comma-separated.
     pub staff_token: Option<String>,
+    /// `SALES_PRODUCT_SERVICE_TOKEN` (no default): the bearer token sales sends on every
+    /// call to product (one of product's `PRODUCT_SERVICE_TOKEN`). Never logged.
+    pub product_service_token: Option<String>,
+    /// `SALES_DELIVERY_SERVICE_TOKEN` (no default): the bearer token sales sends on every
+    /// call to delivery (one of delivery's `DELIVERY_SERVICE_TOKEN`). Never logged.
+    pub delivery_service_token: Option<String>,
     /// `SALES_PRODUCT_URL` (default `http://127.0.0.1:8081`).
     pub product_url: String,
     /// `SALES_DELIVERY_URL` (default `http://127.0.0.1:8082`).
@@ -126,6 +132,24 @@ fn redis_url(env: &Env) -> Result<Option<String>, ConfigError> {
             message: "must be a redis:// URL, e.g. redis://127.0.0.1:6379".into(),
         }),
     }
+}
+
+/// A token sales sends: one bearer token (visible ASCII, no comma: rotation lists
+/// several on the receiving side, never here). The value is not echoed.
+fn service_token(env: &Env, key: &str) -> Result<Option<String>, ConfigError> {
+    let Some(token) = env.optional(key).map(|t| t.trim().to_owned()) else {
+        return Ok(None);
+    };
+    if token.is_empty() {
+        return Ok(None);
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+        return Err(ConfigError {
+            variable: env.name(key),
+            message: "must be one token of visible ASCII characters, without commas".into(),
+        });
+    }
+    Ok(Some(token))
 }
 
 fn per_second(env: &Env) -> Result<f64, ConfigError> {
@@ -319,6 +343,8 @@ impl Config {
             server: ServerConfig::from_env(env, "127.0.0.1:8080")?,
             database: DatabaseConfig::from_env(env, "postgres://postgres@127.0.0.1:5432/sales")?,
             staff_token: env.optional("STAFF_TOKEN"),
+            product_service_token: service_token(env, "PRODUCT_SERVICE_TOKEN")?,
+            delivery_service_token: service_token(env, "DELIVERY_SERVICE_TOKEN")?,
             product_url: env.http_url("PRODUCT_URL", "http://127.0.0.1:8081")?,
             delivery_url: env.http_url("DELIVERY_URL", "http://127.0.0.1:8082")?,
             http_connect_timeout: env.millis("HTTP_CONNECT_TIMEOUT_MS", 1_000)?,

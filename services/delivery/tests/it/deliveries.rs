@@ -105,6 +105,7 @@ async fn couriers_move_deliveries_along_valid_transitions_only(pool: PgPool) {
     .await;
     let anon = app
         .api
+        .anonymous()
         .post(
             &format!("/deliveries/{}/status", d.id),
             &json!({"status": "PICKED_UP"}),
@@ -210,4 +211,206 @@ async fn health_and_openapi_cover_every_route(pool: PgPool) {
         );
     }
     expect_problem(app.api.get("/nowhere").await, 404).await;
+    testkit::assert_openapi_is_exact(&doc, &["post /deliveries", "post /deliveries/{id}/cancel"]);
+}
+
+/// Bad input gets a 4xx problem naming the field and changes nothing, at every
+/// handler with effects (initiate, cancel, status update); the database is
+/// compared row by row. Initiating and cancelling are internal: no credential is a
+/// 401 with `WWW-Authenticate: Bearer`, a customer's token a 403; a staff token
+/// passes. Status updates are staff's: sales' service token is a 403 there.
+#[sqlx::test(migrations = "../../migrations/delivery")]
+async fn bad_input_changes_nothing(pool: PgPool) {
+    let app = spawn(pool.clone()).await;
+    let sales = &app.api;
+    let anonymous = app.api.anonymous();
+    let d: Delivery = expect_json(
+        sales.post("/deliveries", &request(Uuid::new_v4())).await,
+        201,
+    )
+    .await;
+    let status_path = format!("/deliveries/{}/status", d.id);
+    let cancel_path = format!("/deliveries/{}/cancel", d.id);
+
+    let mut cases: Vec<(reqwest::RequestBuilder, u16, Option<String>)> = Vec::new();
+    let bad_texts = [
+        json!("a\u{0}b"),
+        json!("bell\u{7}"),
+        json!("x".repeat(201)),
+        json!(3),
+    ];
+    for field in [
+        "recipient",
+        "line1",
+        "line2",
+        "city",
+        "postal_code",
+        "country",
+    ] {
+        for bad in &bad_texts {
+            let mut body = request(Uuid::new_v4());
+            body["address"][field] = bad.clone();
+            cases.push((
+                sales.request(Method::POST, "/deliveries").json(&body),
+                422,
+                Some(format!("address.{field}")),
+            ));
+        }
+    }
+    for bad in &bad_texts {
+        let mut body = request(Uuid::new_v4());
+        body["items"][0]["product_id"] = bad.clone();
+        cases.push((
+            sales.request(Method::POST, "/deliveries").json(&body),
+            422,
+            Some("items[0].product_id".into()),
+        ));
+    }
+    let mut blank = request(Uuid::new_v4());
+    blank["address"]["city"] = json!("  ");
+    cases.push((
+        sales.request(Method::POST, "/deliveries").json(&blank),
+        422,
+        Some("address.city".into()),
+    ));
+    cases.push((
+        sales.request(Method::POST, "/deliveries").json(&json!({})),
+        422,
+        Some("order_id".into()),
+    ));
+    cases.push((
+        sales
+            .request(Method::POST, "/deliveries")
+            .json(&json!({"order_id": Uuid::new_v4()})),
+        422,
+        Some("address".into()),
+    ));
+    cases.push((
+        sales
+            .request(Method::POST, "/deliveries")
+            .header("content-type", "text/plain")
+            .body("x"),
+        415,
+        None,
+    ));
+    cases.push((
+        anonymous
+            .request(Method::POST, "/deliveries")
+            .json(&request(Uuid::new_v4())),
+        401,
+        None,
+    ));
+    cases.push((
+        anonymous
+            .request(Method::POST, "/deliveries")
+            .bearer_auth("customer")
+            .json(&request(Uuid::new_v4())),
+        403,
+        None,
+    ));
+    cases.push((anonymous.request(Method::POST, &cancel_path), 401, None));
+    cases.push((
+        anonymous
+            .request(Method::POST, &cancel_path)
+            .bearer_auth("customer"),
+        403,
+        None,
+    ));
+    cases.push((
+        sales.request(Method::POST, "/deliveries/nope/cancel"),
+        400,
+        Some("id".into()),
+    ));
+    cases.push((
+        sales.request(Method::POST, "/deliveries/a%00b/cancel"),
+        400,
+        Some("id".into()),
+    ));
+    for note in [
+        json!("a\u{0}b"),
+        json!("esc\u{1b}"),
+        json!("x".repeat(1001)),
+        json!(5),
+    ] {
+        let body = json!({"status": "PICKED_UP", "note": note});
+        cases.push((
+            sales
+                .request(Method::POST, &status_path)
+                .bearer_auth(testkit::STAFF_TOKEN)
+                .json(&body),
+            422,
+            Some("note".into()),
+        ));
+    }
+    for status in [json!("LOST"), json!(null), json!(1)] {
+        let body = json!({"status": status});
+        cases.push((
+            sales
+                .request(Method::POST, &status_path)
+                .bearer_auth(testkit::STAFF_TOKEN)
+                .json(&body),
+            422,
+            Some("status".into()),
+        ));
+    }
+    cases.push((
+        sales
+            .request(Method::POST, &status_path)
+            .json(&json!({"status": "PICKED_UP"})),
+        403,
+        None,
+    ));
+    cases.push((
+        anonymous.request(Method::GET, "/deliveries?order_id=a%00b"),
+        400,
+        Some("order_id".into()),
+    ));
+    cases.push((
+        anonymous.request(Method::GET, "/deliveries?limit=101"),
+        400,
+        Some("limit".into()),
+    ));
+
+    let before = testkit::snapshot(&pool).await;
+    for (request, status, field) in cases {
+        let response = request.send().await.unwrap();
+        if status == 401 {
+            assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        }
+        let problem = expect_problem(response, status).await;
+        if let Some(field) = field {
+            assert!(
+                fields(&problem).contains(&field.as_str()),
+                "{field}: {problem:?}"
+            );
+        }
+    }
+    assert_eq!(
+        testkit::snapshot(&pool).await,
+        before,
+        "a rejected request changed something"
+    );
+
+    // A multi-line note is fine, and valid requests do change things.
+    let note = json!({"status": "PICKED_UP", "note": "left at\nthe door\t(back)"});
+    let moved = sales
+        .request(Method::POST, &status_path)
+        .bearer_auth(testkit::STAFF_TOKEN)
+        .json(&note)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        expect_json::<Delivery>(moved, 200).await.status,
+        DeliveryStatus::PickedUp
+    );
+    let staff_made = anonymous
+        .request(Method::POST, "/deliveries")
+        .bearer_auth(testkit::STAFF_TOKEN)
+        .json(&request(Uuid::new_v4()))
+        .send()
+        .await
+        .unwrap();
+    expect_json::<Delivery>(staff_made, 201).await;
+    assert_ne!(testkit::snapshot(&pool).await, before);
 }

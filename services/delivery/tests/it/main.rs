@@ -7,12 +7,15 @@ mod deliveries;
 use delivery::{Application, Config};
 use platform::config::Env;
 use sqlx::PgPool;
-use testkit::{Running, STAFF_TOKEN};
+use testkit::{Api, Running, SERVICE_TOKEN, STAFF_TOKEN};
 
+/// Starts the service on a free port. Its `api` calls as sales does, with the
+/// service token (`api.anonymous()` calls without any credential).
 pub async fn spawn(pool: PgPool) -> Running {
     let vars = [
         ("DELIVERY_LISTEN_ADDR", "127.0.0.1:0"),
         ("DELIVERY_STAFF_TOKEN", STAFF_TOKEN),
+        ("DELIVERY_SERVICE_TOKEN", SERVICE_TOKEN),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -20,5 +23,7 @@ pub async fn spawn(pool: PgPool) -> Running {
     let config = Config::from(&Env::from_map("DELIVERY_", vars)).unwrap();
     let app = Application::with_pool(config, pool).await.unwrap();
     let port = app.port();
-    Running::spawn(port, |token| app.run(token))
+    let mut running = Running::spawn(port, |token| app.run(token));
+    running.api = Api::with_bearer(running.api.base.clone(), SERVICE_TOKEN);
+    running
 }

@@ -25,7 +25,9 @@ async fn staff_add_products_and_customers_read_them(pool: PgPool) {
 async fn adding_products_needs_staff_and_valid_fields(pool: PgPool) {
     let app = spawn(pool.clone()).await;
     let body = json!({"id": "SKU-X", "name": "x", "price_cents": 100, "stock_on_hand": 1});
-    expect_problem(app.api.post("/products", &body).await, 401).await;
+    expect_problem(app.api.anonymous().post("/products", &body).await, 401).await;
+    // Sales' service token is not a staff one.
+    expect_problem(app.api.post("/products", &body).await, 403).await;
     let wrong = app
         .api
         .request(Method::POST, "/products")
@@ -92,6 +94,7 @@ async fn stock_can_be_set_but_not_below_reserved(pool: PgPool) {
     .await;
     let anon = app
         .api
+        .anonymous()
         .request(Method::PUT, "/products/SKU-S/stock")
         .json(&set(0))
         .send()

@@ -40,6 +40,18 @@ async fn openapi_documents_every_route(pool: PgPool) {
             "{method} {path} missing from the OpenAPI document"
         );
     }
+    testkit::assert_openapi_is_exact(
+        &doc,
+        &[
+            "post /reservations",
+            "get /reservations/{order_id}",
+            "delete /reservations/{order_id}",
+            "post /reservations/{order_id}/commit",
+        ],
+    );
+    let new_product = &doc["components"]["schemas"]["NewProduct"];
+    assert_eq!(new_product["properties"]["price_cents"]["minimum"], 0);
+    assert_eq!(new_product["properties"]["name"]["maxLength"], 200);
 }
 
 #[sqlx::test(migrations = "../../migrations/product")]

@@ -2,6 +2,7 @@
 //! fresh PostgreSQL database per test (`#[sqlx::test]`).
 #![allow(clippy::unwrap_used)]
 
+mod bad_input;
 mod catalog;
 mod http;
 mod order_events;
@@ -13,9 +14,10 @@ use platform::config::Env;
 use product::{Application, Config};
 use serde_json::json;
 use sqlx::PgPool;
-use testkit::{Api, Running, STAFF_TOKEN};
+use testkit::{Api, Running, SERVICE_TOKEN, STAFF_TOKEN};
 
-/// Starts the service on a free port with a short TTL knob available.
+/// Starts the service on a free port. Its `api` calls as sales does, with the
+/// service token (`api.anonymous()` calls without any credential).
 pub async fn spawn(pool: PgPool) -> Running {
     spawn_with(pool, &[]).await
 }
@@ -24,6 +26,7 @@ pub async fn spawn_with(pool: PgPool, extra: &[(&str, &str)]) -> Running {
     let mut vars: HashMap<String, String> = [
         ("PRODUCT_LISTEN_ADDR", "127.0.0.1:0"),
         ("PRODUCT_STAFF_TOKEN", STAFF_TOKEN),
+        ("PRODUCT_SERVICE_TOKEN", SERVICE_TOKEN),
         ("PRODUCT_EXPIRY_SWEEP_INTERVAL_MS", "3600000"),
     ]
     .into_iter()
@@ -35,7 +38,9 @@ pub async fn spawn_with(pool: PgPool, extra: &[(&str, &str)]) -> Running {
     let config = Config::from(&Env::from_map("PRODUCT_", vars)).unwrap();
     let app = Application::with_pool(config, pool).await.unwrap();
     let port = app.port();
-    Running::spawn(port, |token| app.run(token))
+    let mut running = Running::spawn(port, |token| app.run(token));
+    running.api = Api::with_bearer(running.api.base.clone(), SERVICE_TOKEN);
+    running
 }
 
 /// Adds a product through the staff API.

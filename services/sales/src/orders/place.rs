@@ -31,8 +31,8 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
 /// Place an order. Send an `Idempotency-Key` to make retries safe.
 #[utoipa::path(post, path = "/orders", tag = "orders", request_body = PlaceOrder,
-    params(("Idempotency-Key" = Option<String>, Header,
-        description = "Makes retries safe: a repeat with the same body replays the first answer")),
+    params(("Idempotency-Key" = Option<String>, Header, max_length = 200, pattern = "^[!-~]+$",
+        description = "Makes retries safe: a repeat with the same body replays the first answer (1–200 visible ASCII characters)")),
     responses(
         (status = 201, body = Order, description = "Order accepted (flagged for review if product could not be asked)"),
         (status = 400, body = Problem, description = "Unreadable body or bad Idempotency-Key"),

@@ -50,14 +50,19 @@ pub async fn get_order(
 
 /// Filters and paging of the order list.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Only this customer's orders.
+    /// Only this customer's orders (empty: every customer's).
+    #[param(max_length = 200, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub customer_id: Option<String>,
-    /// Only orders in this status, e.g. `PENDING_SHIPMENT`.
+    /// Only orders in this status.
+    #[param(value_type = Option<OrderStatus>)]
     pub status: Option<String>,
     /// Page size, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (empty: the first page).
+    #[param(max_length = 200, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub cursor: Option<String>,
 }
 

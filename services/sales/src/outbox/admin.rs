@@ -9,7 +9,7 @@ use axum::{
     routing::{get, post},
 };
 use chrono::{DateTime, Utc};
-use contracts::{FieldError, Problem};
+use contracts::{Problem, common::TextRule};
 use platform::{
     ApiResult,
     auth::{Staff, staff_member as actor},
@@ -49,9 +49,18 @@ pub struct Moved {
     pub count: u64,
 }
 
+/// Longest reason of a discard.
+pub const MAX_DISCARD_REASON: usize = 1000;
+
 /// Why an event is discarded.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct Discard {
+    /// Required, 1–1000 characters, not blank; line breaks allowed.
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*$"
+    )]
     pub reason: String,
 }
 
@@ -169,9 +178,7 @@ pub async fn discard_one(
     Json(body): Json<Discard>,
 ) -> ApiResult<Json<Moved>> {
     let mut errors = Vec::new();
-    if body.reason.trim().is_empty() || body.reason.len() > 1000 {
-        errors.push(FieldError::new("reason", "must be 1 to 1000 characters"));
-    }
+    TextRule::text(true, MAX_DISCARD_REASON).check(&mut errors, "reason", &body.reason);
     ensure_valid(errors)?;
     let actor = actor(&headers);
     state

@@ -2,8 +2,10 @@
 //! Every call's outcome is classified the same way: the peer answered (2xx), the
 //! peer refused the request (4xx with a problem document: our request is wrong
 //! or the state forbids it), or the peer is unavailable (cannot connect, timeout,
-//! 5xx, 429, unreadable answer, or its breaker is open). Only the last kind
-//! counts as a failure for the breaker.
+//! 5xx, 429, unreadable answer, or its breaker is open; also a 401/403: the peer
+//! refuses sales' own service credential, a fault of the deployment that no retry
+//! of the customer's request fixes). Only the last kind counts as a failure for
+//! the breaker. Every call carries sales' service token for that peer as a bearer.
 //!
 //! Each peer also has a bulkhead ([`resilience::Bulkhead`]): a cap on the calls in
 //! flight to it. A call over the cap is not sent and comes back `Unavailable`
@@ -48,6 +50,8 @@ pub struct HttpPeer {
     http: reqwest::Client,
     breaker: CircuitBreaker,
     bulkhead: resilience::Bulkhead,
+    /// `Authorization: Bearer <service token>`, marked sensitive (never logged).
+    authorization: Option<reqwest::header::HeaderValue>,
 }
 
 impl std::fmt::Debug for HttpPeer {
@@ -55,6 +59,10 @@ impl std::fmt::Debug for HttpPeer {
         f.debug_struct("HttpPeer")
             .field("name", &self.name)
             .field("base", &self.base)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<set>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -63,6 +71,7 @@ impl HttpPeer {
     pub fn new(
         name: &'static str,
         base: &str,
+        service_token: Option<&str>,
         connect_timeout: Duration,
         request_timeout: Duration,
         breaker: CircuitBreaker,
@@ -73,12 +82,20 @@ impl HttpPeer {
             .timeout(request_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;
+        let authorization = service_token
+            .map(|token| {
+                let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?;
+                value.set_sensitive(true);
+                Ok::<_, reqwest::header::InvalidHeaderValue>(value)
+            })
+            .transpose()?;
         Ok(Self {
             name,
             base: base.trim_end_matches('/').to_owned(),
             http,
             breaker,
             bulkhead: resilience::Bulkhead::new(name, max_concurrent),
+            authorization,
         })
     }
 
@@ -174,6 +191,9 @@ impl HttpPeer {
     ) -> Result<(StatusCode, T), PeerError> {
         let mut headers = reqwest::header::HeaderMap::new();
         platform::trace_context::inject_current_headers(&mut headers);
+        if let Some(authorization) = &self.authorization {
+            headers.insert(reqwest::header::AUTHORIZATION, authorization.clone());
+        }
         let mut request = self
             .http
             .request(method, format!("{}{}", self.base, path))
@@ -200,6 +220,12 @@ impl HttpPeer {
             let value = serde_json::from_slice(&bytes)
                 .map_err(|e| self.unavailable(format!("unreadable answer: {e}")))?;
             return Ok((status, value));
+        }
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            tracing::error!(peer = self.name, %status,
+                "the peer refuses sales' service credential: check SALES_{}_SERVICE_TOKEN",
+                self.name.to_ascii_uppercase());
+            return Err(self.unavailable(format!("refused sales' service credential ({status})")));
         }
         if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
             let problem = serde_json::from_slice::<Problem>(&bytes)

@@ -1,14 +1,14 @@
 //! Staff decisions on an order's open reviews: approve (the order proceeds)
 //! or reject (the order is cancelled through its compensations).
 
-use axum::{body::Bytes, extract::State, http::HeaderMap};
+use axum::{extract::State, http::HeaderMap};
 use chrono::Utc;
-use contracts::{FieldError, Problem, orders::OrderStatus};
+use contracts::{Problem, common::TextRule, orders::OrderStatus};
 use platform::{
     ApiResult,
     auth::{Staff, staff_member},
     ensure_valid,
-    extract::{Json, Path, parse_json},
+    extract::{Json, Path},
 };
 use uuid::Uuid;
 
@@ -25,23 +25,13 @@ use crate::{
 /// Longest note.
 pub const MAX_NOTE: usize = 2000;
 
-/// The note of a decision: required, 1–2000 characters (an empty body is a 422 too).
-fn note(body: &Bytes) -> ApiResult<String> {
-    let decision: Decision = if body.iter().all(u8::is_ascii_whitespace) {
-        Decision::default()
-    } else {
-        parse_json(body)?
-    };
-    let note = decision.note.trim().to_owned();
+/// The note of a decision: required, 1–2000 characters, line breaks allowed (no
+/// other control characters). Checked before anything is read or changed.
+fn note(decision: &Decision) -> ApiResult<String> {
     let mut errors = Vec::new();
-    if note.is_empty() || note.chars().count() > MAX_NOTE {
-        errors.push(FieldError::new(
-            "note",
-            "is required: 1 to 2000 characters saying why",
-        ));
-    }
+    TextRule::text(true, MAX_NOTE).check(&mut errors, "note", &decision.note);
     ensure_valid(errors)?;
-    Ok(note)
+    Ok(decision.note.trim().to_owned())
 }
 
 async fn reviewed(state: &AppState, id: Uuid) -> ApiResult<Json<ReviewedOrder>> {
@@ -51,20 +41,20 @@ async fn reviewed(state: &AppState, id: Uuid) -> ApiResult<Json<ReviewedOrder>> 
 /// Approve an order's open reviews: the flag is cleared and the order proceeds
 /// (a delivery whose retries were exhausted is retried again).
 #[utoipa::path(post, path = "/review/orders/{id}/approve", tag = "review",
-    params(("id" = Uuid, Path), ("X-Staff-Member" = Option<String>, Header, description = "Who decides (default `staff`)")),
+    params(("id" = Uuid, Path), ("X-Staff-Member" = Option<String>, Header, max_length = 100, description = "Who decides (default `staff`; 1–100 characters)")),
     request_body = Decision, security(("staff" = [])),
     responses((status = 200, body = ReviewedOrder), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem, description = "No open review: resolved already"),
-        (status = 422, body = Problem, description = "No note"), (status = 503, body = Problem)))]
+        (status = 422, body = Problem, description = "No note, or one that is blank, too long or holds control characters"), (status = 503, body = Problem)))]
 pub async fn approve(
     State(state): State<AppState>,
     _staff: Staff,
     headers: HeaderMap,
     Path(id): Path<Uuid>,
-    body: Bytes,
+    Json(decision): Json<Decision>,
 ) -> ApiResult<Json<ReviewedOrder>> {
-    let note = note(&body)?;
+    let note = note(&decision)?;
     let actor = staff_member(&headers);
     state
         .db
@@ -123,21 +113,21 @@ pub async fn approve(
 /// Reject an order in review: it is cancelled (delivery cancelled, reservation
 /// released, status CANCELLED, `ORDER_CANCELLED`) and its reviews REJECTED.
 #[utoipa::path(post, path = "/review/orders/{id}/reject", tag = "review",
-    params(("id" = Uuid, Path), ("X-Staff-Member" = Option<String>, Header, description = "Who decides (default `staff`)")),
+    params(("id" = Uuid, Path), ("X-Staff-Member" = Option<String>, Header, max_length = 100, description = "Who decides (default `staff`; 1–100 characters)")),
     request_body = Decision, security(("staff" = [])),
     responses((status = 200, body = ReviewedOrder), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem, description = "No open review, or the order has shipped and cannot be cancelled"),
-        (status = 422, body = Problem, description = "No note"),
+        (status = 422, body = Problem, description = "No note, or one that is blank, too long or holds control characters"),
         (status = 503, body = Problem, description = "Delivery or the database unavailable; nothing changed")))]
 pub async fn reject(
     State(state): State<AppState>,
     _staff: Staff,
     headers: HeaderMap,
     Path(id): Path<Uuid>,
-    body: Bytes,
+    Json(decision): Json<Decision>,
 ) -> ApiResult<Json<ReviewedOrder>> {
-    let note = note(&body)?;
+    let note = note(&decision)?;
     let actor = staff_member(&headers);
     state
         .db

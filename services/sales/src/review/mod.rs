@@ -127,7 +127,11 @@ pub struct ReviewedOrder {
 /// A staff decision.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct Decision {
-    /// Why (required, 1–2000 characters).
-    #[serde(default)]
+    /// Why (required, 1–2000 characters, not blank; line breaks allowed).
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*$"
+    )]
     pub note: String,
 }

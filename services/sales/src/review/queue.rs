@@ -29,14 +29,19 @@ use crate::{
 
 /// Filters and paging of the queue.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct QueueQuery {
-    /// `open` (default), `approved`, `rejected` or `resolved`.
+    /// `open` (default), `approved`, `rejected` or `resolved` (any case).
+    #[param(max_length = 200, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub status: Option<String>,
-    /// Only this reason, e.g. `AVAILABILITY_UNVERIFIED`.
+    /// Only this reason, e.g. `AVAILABILITY_UNVERIFIED` (any case).
+    #[param(max_length = 200, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub reason: Option<String>,
     /// Page size, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (empty: the first page).
+    #[param(max_length = 200, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub cursor: Option<String>,
 }
 

@@ -34,4 +34,26 @@ async fn health_and_openapi_cover_every_route(_pool: PgPoolOptions, options: PgC
     }
     expect_problem(stack.api().get("/nowhere").await, 404).await;
     expect_problem(stack.api().delete("/orders").await, 405).await;
+    testkit::assert_openapi_is_exact(&doc, &[]);
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["Decision"]["required"], serde_json::json!(["note"]));
+    assert_eq!(schemas["Decision"]["properties"]["note"]["maxLength"], 2000);
+    assert_eq!(
+        schemas["Discard"]["properties"]["reason"]["maxLength"],
+        1000
+    );
+    assert_eq!(schemas["PlaceOrder"]["properties"]["items"]["minItems"], 1);
+    let limit = doc["paths"]["/orders"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap();
+    assert_eq!(
+        (
+            limit["schema"]["minimum"].as_i64(),
+            limit["schema"]["maximum"].as_i64()
+        ),
+        (Some(1), Some(100))
+    );
 }

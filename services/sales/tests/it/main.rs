@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod alerting;
+mod bad_input;
 mod caching;
 mod cancelling;
 mod faults;
@@ -28,7 +29,7 @@ use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
-use testkit::{Api, Running, STAFF_TOKEN};
+use testkit::{Api, Running, SERVICE_TOKEN, STAFF_TOKEN};
 
 /// The three services of one test.
 pub struct Stack {
@@ -79,6 +80,12 @@ async fn schema_pool(options: &PgConnectOptions, schema: &str) -> PgPool {
         .unwrap()
 }
 
+/// A peer whose `api` calls as sales does, with the service token.
+fn as_sales(mut running: Running) -> Running {
+    running.api = Api::with_bearer(running.api.base.clone(), SERVICE_TOKEN);
+    running
+}
+
 /// A port nothing listens on (bound, then released).
 pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -120,6 +127,7 @@ impl Stack {
             vars(&[
                 ("PRODUCT_LISTEN_ADDR", "127.0.0.1:0".into()),
                 ("PRODUCT_STAFF_TOKEN", STAFF_TOKEN.into()),
+                ("PRODUCT_SERVICE_TOKEN", SERVICE_TOKEN.into()),
             ]),
         ))
         .unwrap();
@@ -128,13 +136,14 @@ impl Stack {
             .unwrap();
         let product_port = product_app.port();
         let product = (peers != Peers::ProductDown)
-            .then(|| Running::spawn(product_port, |t| product_app.run(t)));
+            .then(|| as_sales(Running::spawn(product_port, |t| product_app.run(t))));
 
         let delivery_config = delivery::Config::from(&Env::from_map(
             "DELIVERY_",
             vars(&[
                 ("DELIVERY_LISTEN_ADDR", "127.0.0.1:0".into()),
                 ("DELIVERY_STAFF_TOKEN", STAFF_TOKEN.into()),
+                ("DELIVERY_SERVICE_TOKEN", SERVICE_TOKEN.into()),
             ]),
         ))
         .unwrap();
@@ -143,7 +152,7 @@ impl Stack {
             .unwrap();
         let delivery_port = delivery_app.port();
         let delivery = (peers != Peers::DeliveryDown)
-            .then(|| Running::spawn(delivery_port, |t| delivery_app.run(t)));
+            .then(|| as_sales(Running::spawn(delivery_port, |t| delivery_app.run(t))));
 
         let port_of = |up: bool, port: u16| if up { port } else { closed_port() };
         let delivery_port = port_of(delivery.is_some(), delivery_port);
@@ -151,6 +160,8 @@ impl Stack {
         let mut sales_vars_map = vars(&[
             ("SALES_LISTEN_ADDR", "127.0.0.1:0".into()),
             ("SALES_STAFF_TOKEN", STAFF_TOKEN.into()),
+            ("SALES_PRODUCT_SERVICE_TOKEN", SERVICE_TOKEN.into()),
+            ("SALES_DELIVERY_SERVICE_TOKEN", SERVICE_TOKEN.into()),
             (
                 "SALES_PRODUCT_URL",
                 format!("http://127.0.0.1:{product_port}"),
@@ -212,13 +223,14 @@ impl Stack {
                     format!("127.0.0.1:{}", self.delivery_port),
                 ),
                 ("DELIVERY_STAFF_TOKEN", STAFF_TOKEN.into()),
+                ("DELIVERY_SERVICE_TOKEN", SERVICE_TOKEN.into()),
             ]),
         ))
         .unwrap();
         let app = delivery::Application::with_pool(config, self.delivery_db.clone())
             .await
             .unwrap();
-        self.delivery = Some(Running::spawn(self.delivery_port, |t| app.run(t)));
+        self.delivery = Some(as_sales(Running::spawn(self.delivery_port, |t| app.run(t))));
     }
 
     /// Starts product on the port sales calls (after [`Peers::ProductDown`], or after
@@ -233,13 +245,14 @@ impl Stack {
                     format!("127.0.0.1:{}", self.product_port),
                 ),
                 ("PRODUCT_STAFF_TOKEN", STAFF_TOKEN.into()),
+                ("PRODUCT_SERVICE_TOKEN", SERVICE_TOKEN.into()),
             ]),
         ))
         .unwrap();
         let app = product::Application::with_pool(config, self.product_db.clone())
             .await
             .unwrap();
-        self.product = Some(Running::spawn(self.product_port, |t| app.run(t)));
+        self.product = Some(as_sales(Running::spawn(self.product_port, |t| app.run(t))));
     }
 
     /// Delivery's API (panics while delivery is down).

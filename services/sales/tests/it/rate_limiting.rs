@@ -142,6 +142,14 @@ async fn another_instance(stack: &Stack, vars: &[(&str, &str)]) -> Running {
             "SALES_DELIVERY_URL",
             format!("http://127.0.0.1:{}", stack.delivery_port),
         ),
+        (
+            "SALES_PRODUCT_SERVICE_TOKEN",
+            testkit::SERVICE_TOKEN.to_owned(),
+        ),
+        (
+            "SALES_DELIVERY_SERVICE_TOKEN",
+            testkit::SERVICE_TOKEN.to_owned(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -183,7 +183,18 @@ async fn staff_list_read_and_approve_reviews(_pool: PgPoolOptions, options: PgCo
         .send()
         .await
         .unwrap();
-    expect_problem(empty, 422).await;
+    // The body is a JSON document, as for every other body.
+    expect_problem(empty, 415).await;
+    let plain = stack
+        .api()
+        .request(Method::POST, &format!("/review/orders/{}/approve", ids[0]))
+        .bearer_auth(testkit::STAFF_TOKEN)
+        .header("content-type", "text/plain")
+        .body("stock counted")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(plain, 415).await;
     let approved: Value = expect_json(
         decide(&stack, ids[0], "approve", "alice", "stock counted by hand").await,
         200,
