@@ -185,7 +185,11 @@ async fn internal_endpoints_admit_only_a_service_credential() {
         "{placed:?}"
     );
     assert_eq!(count(&product_db, "reservations").await, 0);
-    // Delivery took sales' (right) delivery token.
-    assert!(placed.delivery_id.is_some(), "{placed:?}");
+    // A fallback order holds its delivery until its stock is confirmed.
+    assert_eq!(placed.delivery_id, None, "{placed:?}");
+    assert_eq!(
+        placed.delivery_hold,
+        Some(contracts::orders::DeliveryHold::AvailabilityUnverified)
+    );
     assert!(stack.shutdown().await);
 }

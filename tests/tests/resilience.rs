@@ -66,9 +66,11 @@ async fn product_hanging_orders_are_flagged_and_fail_fast_once_the_breaker_opens
     assert!(order.requires_manual_review && order.fallback_used);
     ids.push(order.id);
     println!("fallback latency: while timing out {slow:?}; with the breaker open {fast:?}");
+    // Until the breaker opened, calls waited for the timeout (the availability re-check,
+    // woken by the first fallback order, calls product too and may open it sooner).
     assert!(
-        slow.iter().all(|d| *d >= Duration::from_millis(1000)),
-        "the first calls waited for the timeout"
+        slow[0] >= Duration::from_millis(1000),
+        "the first call waited for the timeout: {slow:?}"
     );
     assert!(
         fast < Duration::from_millis(500),

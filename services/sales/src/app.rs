@@ -179,7 +179,11 @@ impl Application {
         // Before the breakers: they take their metric handles when built.
         platform::metrics::install();
         let breakers = Registry::new();
-        let peer = |name: &'static str, url: &str, token: &Option<String>, breaker, max_concurrent| {
+        let peer = |name: &'static str,
+                    url: &str,
+                    token: &Option<String>,
+                    breaker,
+                    max_concurrent| {
             if token.is_none() {
                 tracing::warn!(
                     peer = name,

@@ -120,10 +120,19 @@ impl Worker {
         // A session lock on a connection of its own: held across product's calls without
         // holding a transaction open.
         let mut lock = self.db.pool.acquire().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(LOCK_KEY)
-            .fetch_one(&mut *lock)
-            .await?;
+        // Another round (another instance's, or this one's woken worker) may be finishing:
+        // wait a moment for it rather than skip a round that may have work.
+        let mut locked = false;
+        for _ in 0..50 {
+            locked = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(LOCK_KEY)
+                .fetch_one(&mut *lock)
+                .await?;
+            if locked {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         if !locked {
             report.skipped = true;
             return Ok(report);

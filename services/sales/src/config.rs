@@ -197,6 +197,11 @@ pub struct AvailabilityRecheckConfig {
     pub batch: i64,
     /// `SALES_AVAILABILITY_RECHECK_CONCURRENCY` (default 8): orders asked about at once.
     pub concurrency: usize,
+    /// `SALES_AVAILABILITY_RECHECK_WAKE` (default true): an order accepted on the fallback
+    /// wakes the worker, which then follows product's breaker (a round as soon as it lets a
+    /// trial through). Off, rounds come every interval only (tests that drive rounds
+    /// themselves).
+    pub wake: bool,
 }
 
 /// The outbox relay publishing sales' events to SNS. Endpoint, region and
@@ -398,6 +403,7 @@ impl Config {
                 interval: env.millis("AVAILABILITY_RECHECK_INTERVAL_MS", 10_000)?,
                 batch: env.positive("AVAILABILITY_RECHECK_BATCH", 100)?,
                 concurrency: env.positive("AVAILABILITY_RECHECK_CONCURRENCY", 8)?,
+                wake: env.flag("AVAILABILITY_RECHECK_WAKE", true)?,
             },
             cache: CacheConfig {
                 url: redis_url(env)?,

@@ -305,7 +305,7 @@ async fn record(deps: &Deps, ctx: OrderSaga) -> Result<OrderSaga, StepError> {
     }
     tracing::info!(order_id = %ctx.order_id, customer_id = %ctx.request.customer_id, fallback_used = ctx.fallback.is_some(),
         "Created order {} in database", ctx.order_id);
-    if ctx.fallback.is_some() {
+    if ctx.fallback.is_some() && deps.config.availability_recheck.wake {
         deps.recheck_wake.notify_one();
     }
     if ctx.reserved

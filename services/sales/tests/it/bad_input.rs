@@ -102,7 +102,7 @@ async fn bad_input_to_any_handler_with_effects_changes_nothing(
         201,
     )
     .await;
-    assert!(fallback.requires_manual_review && fallback.delivery_id.is_some());
+    assert!(fallback.requires_manual_review && fallback.delivery_hold.is_some());
     // A dead letter, to replay and discard.
     let dead = Uuid::now_v7();
     sqlx::query(

@@ -176,6 +176,7 @@ impl Stack {
             ("SALES_RECONCILIATION_INTERVAL_MS", "3600000".into()),
             ("SALES_RECONCILIATION_STALE_AFTER_MS", "0".into()),
             ("SALES_AVAILABILITY_RECHECK_INTERVAL_MS", "3600000".into()),
+            ("SALES_AVAILABILITY_RECHECK_WAKE", "false".into()),
             ("SALES_ALERTS_INTERVAL_MS", "3600000".into()),
         ]);
         for (k, v) in sales_vars {
