@@ -12,6 +12,17 @@
 //!    database migrated like sales' on the same PostgreSQL. The ratio says what
 //!    share of the database's own ceiling an order through the system reaches.
 //!
+//! 3. **Whole-order ceiling**: `pgbench` runs `bench/pgbench/whole_order.sql`, the five
+//!    transactions an order needs across the three services' schemas (reserve, record,
+//!    create the delivery, store its id, commit the reservation with the events marked
+//!    SENT), in one database holding the three schemas, same clients, same products.
+//!
+//! Then **the cost of one order**: 200 sequential orders, with the transactions each
+//! database committed per order (`pg_stat_database.xact_commit`, read-only ones included,
+//! the background workers' idle rate subtracted) and the CPU seconds per order of each
+//! process (sales, product, delivery, PostgreSQL's backends of those databases and its
+//! background processes, LocalStack), from `/proc`.
+//!
 //! Then **fail-fast**: product hung (SIGSTOP) with its breaker open, the same load
 //! at one concurrency; orders are accepted with the availability flag, and the
 //! p99 is compared with the all-up run.
@@ -20,7 +31,9 @@
 //! (LocalStack up and the AWS variables exported, as `scripts/test` does), or
 //! `scripts/bench` for every benchmark and a results table.
 //! Knobs: BENCH_CONCURRENCY (`1,8,32`), BENCH_SECS (8), BENCH_RUNS (3),
-//! BENCH_FAILFAST_CONCURRENCY (8), BENCH_MARKDOWN (append a markdown section to this file).
+//! BENCH_FAILFAST_CONCURRENCY (8), BENCH_BROKER (`on`; `off`: no relay and no consumer, the
+//! events wait in the outbox — to see the order path without the emulator's CPU),
+//! BENCH_MARKDOWN (append a markdown section to this file).
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -150,6 +163,52 @@ async fn order_load(sales: &str, concurrency: usize, secs: u64) -> Figures {
     figures(micros, start.elapsed(), errors)
 }
 
+/// A fresh database holding the three services' schemas (`sales`, `product`, `delivery`),
+/// each migrated as the service migrates its own database, with the bench's products.
+async fn whole_order_database() -> String {
+    let name = format!("bench_whole_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let mut admin = PgConnection::connect(&format!("{}/postgres", postgres_base()))
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    for schema in ["sales", "product", "delivery"] {
+        let mut conn = PgConnection::connect(&format!(
+            "{}/{name}?options=-c%20search_path%3D{schema}",
+            postgres_base()
+        ))
+        .await
+        .unwrap();
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let migrations =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../migrations/{schema}"));
+        sqlx::migrate::Migrator::new(migrations)
+            .await
+            .unwrap()
+            .run(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut conn = PgConnection::connect(&format!("{}/{name}", postgres_base()))
+        .await
+        .unwrap();
+    for product in PRODUCTS {
+        sqlx::query(
+            "INSERT INTO product.products (id, name, price_cents, stock_on_hand) VALUES ($1, $1, 100, 100000000)",
+        )
+        .bind(product)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    name
+}
+
 /// A fresh database with sales' schema, for pgbench.
 async fn ceiling_database() -> String {
     let name = format!(
@@ -185,9 +244,11 @@ async fn drop_database(name: &str) {
         .await;
 }
 
-/// `pgbench` with the sales transaction; latencies from its per-transaction log.
-fn pgbench(database: &str, concurrency: usize, secs: u64, dir: &Path) -> Figures {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/pgbench/place_order.sql");
+/// `pgbench` with `script` (under `bench/pgbench/`); latencies from its per-run log.
+fn pgbench(database: &str, script: &str, concurrency: usize, secs: u64, dir: &Path) -> Figures {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../bench/pgbench")
+        .join(script);
     let prefix = dir.join(format!("pgbench-{concurrency}-{}", Uuid::new_v4().simple()));
     let url = format!("{}/{database}", postgres_base());
     let output = Command::new("pgbench")
@@ -273,6 +334,168 @@ async fn breaker_state(sales: &str, breaker: &str) -> String {
         .to_owned()
 }
 
+/// Committed transactions of each of `databases` so far.
+async fn xact_commits(databases: &[String]) -> Vec<i64> {
+    let mut conn = PgConnection::connect(&format!("{}/postgres", postgres_base()))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for db in databases {
+        let n: i64 =
+            sqlx::query_scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = $1")
+                .bind(db)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        out.push(n);
+    }
+    out
+}
+
+/// CPU time (user + system) of a process so far, in seconds; 0 if it is gone.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// PostgreSQL's processes that work for `databases`: their backends and the background
+/// processes (WAL writer, checkpointer, …).
+async fn postgres_pids(databases: &[String]) -> Vec<u32> {
+    let mut conn = PgConnection::connect(&format!("{}/postgres", postgres_base()))
+        .await
+        .unwrap();
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE datname = ANY($1) OR backend_type NOT IN ('client backend', 'walsender')",
+    )
+    .bind(databases)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    pids.into_iter().map(|p| p as u32).collect()
+}
+
+/// The process listening on the AWS endpoint's port (LocalStack), if it can be found.
+fn localstack_pid() -> Option<u32> {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").ok()?;
+    let port = endpoint.rsplit(':').next()?.trim_end_matches('/');
+    let out = Command::new("ss")
+        .args(["-ltnpH", &format!("sport = :{port}")])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = text.find("pid=")? + 4;
+    text[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// CPU seconds of each measured process group at one moment.
+#[derive(Clone)]
+struct CpuSample {
+    by_group: Vec<(&'static str, f64)>,
+}
+
+async fn cpu_sample(stack: &Stack, databases: &[String]) -> CpuSample {
+    let pg: f64 = postgres_pids(databases)
+        .await
+        .into_iter()
+        .map(cpu_seconds)
+        .sum();
+    let pid = |s: &system_tests::Service| s.pid().map_or(0.0, cpu_seconds);
+    CpuSample {
+        by_group: vec![
+            ("sales", pid(&stack.sales)),
+            ("product", pid(&stack.product)),
+            ("delivery", pid(&stack.delivery)),
+            ("PostgreSQL", pg),
+            ("LocalStack", localstack_pid().map_or(0.0, cpu_seconds)),
+        ],
+    }
+}
+
+/// What one order costs: transactions per database and CPU seconds per process.
+struct Cost {
+    orders: usize,
+    tx_per_order: Vec<(&'static str, f64)>,
+    cpu_ms_per_order: Vec<(&'static str, f64)>,
+}
+
+/// PostgreSQL reports a backend's counters at most once a second, and an idle backend's
+/// only after 10 s: wait that long before reading them.
+const STATS_SETTLE: Duration = Duration::from_secs(11);
+
+/// `n` sequential orders: the transactions each database commits per order and the CPU
+/// per order of each process, the idle rates (measured just before) subtracted.
+async fn cost_of_orders(stack: &Stack, sales: &str, n: usize) -> Cost {
+    let names = ["sales", "product", "delivery"];
+    let dbs: Vec<String> = names.iter().map(|s| stack.databases[*s].clone()).collect();
+    tokio::time::sleep(STATS_SETTLE).await;
+    let (x0, c0) = (xact_commits(&dbs).await, cpu_sample(stack, &dbs).await);
+    let idle = Duration::from_secs(10);
+    tokio::time::sleep(idle).await;
+    let (x1, c1) = (xact_commits(&dbs).await, cpu_sample(stack, &dbs).await);
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    for i in 0..n {
+        let body = json!({
+            "customer_id": "bench-cost",
+            "items": [{"product_id": PRODUCTS[i % PRODUCTS.len()], "quantity": 1}],
+            "shipping_address": {"recipient": "Bench", "line1": "1 Example Street",
+                                 "city": "Berlin", "postal_code": "10115", "country": "DE"}
+        });
+        let response = http
+            .post(format!("{sales}/orders"))
+            .header("Idempotency-Key", Uuid::new_v4().to_string())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let busy = started.elapsed();
+    tokio::time::sleep(STATS_SETTLE).await;
+    let (x2, c2) = (xact_commits(&dbs).await, cpu_sample(stack, &dbs).await);
+    let window = (busy + STATS_SETTLE).as_secs_f64();
+    let idle_share = window / idle.as_secs_f64();
+    let tx_per_order = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let idle = (x1[i] - x0[i]) as f64 * idle_share;
+            (*name, (((x2[i] - x1[i]) as f64) - idle).max(0.0) / n as f64)
+        })
+        .collect();
+    let cpu_ms_per_order = c2
+        .by_group
+        .iter()
+        .enumerate()
+        .map(|(i, (name, at2))| {
+            let (at0, at1) = (c0.by_group[i].1, c1.by_group[i].1);
+            let idle = (at1 - at0).max(0.0) * idle_share;
+            (*name, ((at2 - at1) - idle).max(0.0) * 1000.0 / n as f64)
+        })
+        .collect();
+    Cost {
+        orders: n,
+        tx_per_order,
+        cpu_ms_per_order,
+    }
+}
+
 fn row(what: &str, c: usize, f: &Figures) -> String {
     format!(
         "| {what} | {c} | {:.0} | {:.1} | {:.1} | {:.1} | {} |",
@@ -284,8 +507,9 @@ fn row(what: &str, c: usize, f: &Figures) -> String {
 async fn main() {
     let (secs, runs) = (knob("BENCH_SECS", 8), knob("BENCH_RUNS", 3).max(1) as usize);
     let failfast_c = knob("BENCH_FAILFAST_CONCURRENCY", 8) as usize;
+    let broker = std::env::var("BENCH_BROKER").map_or(true, |v| v != "off");
     let stack = Stack::start_with(StackOptions {
-        broker: true,
+        broker,
         sales_env: vec![
             // Measure the order path, not the limiter.
             ("SALES_RATE_LIMIT_PER_SECOND", "1000000".into()),
@@ -298,10 +522,12 @@ async fn main() {
     set_stock(&stack).await;
     let sales = stack.sales.base_url();
     let ceiling_db = ceiling_database().await;
+    let whole_db = whole_order_database().await;
     let log_dir = PathBuf::from(&stack.log_dir);
     println!(
-        "order benchmark: concurrency {:?}, {secs} s per run, {runs} runs (medians)",
-        concurrencies()
+        "order benchmark: concurrency {:?}, {secs} s per run, {runs} runs (medians), broker {}",
+        concurrencies(),
+        if broker { "on" } else { "off" }
     );
     // Warm-up: connections, plans, caches.
     order_load(&sales, 4, 2).await;
@@ -309,32 +535,67 @@ async fn main() {
     let mut lines = Vec::new();
     let mut p99_at: Vec<(usize, f64)> = Vec::new();
     for c in concurrencies() {
-        let (mut orders, mut ceiling) = (Vec::new(), Vec::new());
+        let (mut orders, mut ceiling, mut whole) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
             orders.push(order_load(&sales, c, secs).await);
-            ceiling.push(pgbench(&ceiling_db, c, secs, &log_dir));
+            ceiling.push(pgbench(&ceiling_db, "place_order.sql", c, secs, &log_dir));
+            whole.push(pgbench(&whole_db, "whole_order.sql", c, secs, &log_dir));
         }
-        let (o, p) = (median(&orders), median(&ceiling));
+        let (o, p, w) = (median(&orders), median(&ceiling), median(&whole));
         println!(
-            "c={c:>3}: orders {:.0}/s p50 {:.1} ms p95 {:.1} ms p99 {:.1} ms ({} errors) | pgbench {:.0} tx/s p50 {:.2} ms p99 {:.2} ms | ratio {:.3}",
+            "c={c:>3}: orders {:.0}/s p50 {:.1} ms p95 {:.1} ms p99 {:.1} ms ({} errors) | whole-order pgbench {:.0}/s mean {:.2} ms p50 {:.2} ms | sales-tx pgbench {:.0} tx/s | ratio {:.3} of the whole order, {:.3} of the sales transaction",
             o.per_second,
             o.p50_ms,
             o.p95_ms,
             o.p99_ms,
             o.errors,
+            w.per_second,
+            c as f64 * 1000.0 / w.per_second,
+            w.p50_ms,
             p.per_second,
-            p.p50_ms,
-            p.p99_ms,
+            o.per_second / w.per_second,
             o.per_second / p.per_second
         );
         lines.push(format!(
-            "{} {:.3} |",
+            "{} {:.3} | {:.3} |",
             row("orders via `POST /orders`", c, &o),
+            o.per_second / w.per_second,
             o.per_second / p.per_second
         ));
-        lines.push(format!("{} 1 |", row("pgbench, same transaction", c, &p)));
+        lines.push(format!(
+            "{} 1 | {:.3} |",
+            row("pgbench, the whole order's 5 transactions", c, &w),
+            w.per_second / p.per_second
+        ));
+        lines.push(format!(
+            "{} {:.3} | 1 |",
+            row("pgbench, sales' record transaction alone", c, &p),
+            p.per_second / w.per_second
+        ));
+        if c == 1 {
+            lines.push(format!(
+                "| (c=1: orders p50 {:.1} ms vs the whole order's mean latency {:.1} ms: ×{:.2}) | | | | | | | | |",
+                o.p50_ms,
+                1000.0 / w.per_second,
+                o.p50_ms / (1000.0 / w.per_second)
+            ));
+        }
         p99_at.push((c, o.p99_ms));
     }
+
+    let cost = cost_of_orders(&stack, &sales, 200).await;
+    let fmt = |v: &[(&str, f64)], digits: usize| {
+        v.iter()
+            .map(|(k, x)| format!("{k} {x:.digits$}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "cost of one order ({} sequential): transactions {} | CPU ms {}",
+        cost.orders,
+        fmt(&cost.tx_per_order, 2),
+        fmt(&cost.cpu_ms_per_order, 2)
+    );
 
     // Fail-fast: product hangs; once its breaker is open, orders are accepted at once.
     stack.product.pause();
@@ -385,17 +646,55 @@ async fn main() {
             .unwrap();
         writeln!(
             file,
-            "## Orders and the database's ceiling\n\n{secs} s per run, median of {runs} runs; \
-             closed-loop clients, each order one item; all three services and LocalStack up.\n\n\
-             | load | clients | per second | p50 ms | p95 ms | p99 ms | errors | ratio |\n\
-             |---|---|---|---|---|---|---|---|"
+            "## Orders and the database's ceilings (broker {})\n\n{secs} s per run, median of {runs} runs; \
+             closed-loop clients, each order one item; all three services up, {}. \
+             Ratios against the whole order's least database work (`bench/pgbench/whole_order.sql`) \
+             and against sales' record transaction alone (`bench/pgbench/place_order.sql`).\n\n\
+             | load | clients | per second | p50 ms | p95 ms | p99 ms | errors | vs whole order | vs sales tx |\n\
+             |---|---|---|---|---|---|---|---|---|",
+            if broker { "on" } else { "off" },
+            if broker {
+                "the outbox relayed to LocalStack and consumed by product"
+            } else {
+                "no broker: events wait in the outbox, product's consumer idle"
+            },
         )
         .unwrap();
         for line in &lines {
             writeln!(file, "{line}").unwrap();
         }
-        writeln!(file).unwrap();
+        writeln!(
+            file,
+            "\n### The cost of one order\n\n{} sequential orders; idle rates subtracted.\n\n\
+             | | {} |\n|---|{}\n| transactions per order | {} |\n\n\
+             | CPU ms per order | {} |\n|---|{}\n| | {} |\n",
+            cost.orders,
+            cost.tx_per_order
+                .iter()
+                .map(|(k, _)| *k)
+                .collect::<Vec<_>>()
+                .join(" | "),
+            "---|".repeat(cost.tx_per_order.len()),
+            cost.tx_per_order
+                .iter()
+                .map(|(_, v)| format!("{v:.2}"))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            cost.cpu_ms_per_order
+                .iter()
+                .map(|(k, _)| *k)
+                .collect::<Vec<_>>()
+                .join(" | "),
+            "---|".repeat(cost.cpu_ms_per_order.len()),
+            cost.cpu_ms_per_order
+                .iter()
+                .map(|(_, v)| format!("{v:.2}"))
+                .collect::<Vec<_>>()
+                .join(" | "),
+        )
+        .unwrap();
     }
+    drop_database(&whole_db).await;
     drop_database(&ceiling_db).await;
     stack.shutdown().await;
 }

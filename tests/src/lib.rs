@@ -198,6 +198,11 @@ impl Service {
     }
 
     /// SIGSTOP: the process hangs (accepts connections, never answers) until resumed.
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     pub fn pause(&self) {
         self.signal(Signal::SIGSTOP);
     }

@@ -565,3 +565,76 @@ async fn dead_letters_are_replayed_by_an_operator_and_delivered() {
     product.close().await;
     assert!(stack.shutdown().await);
 }
+
+/// The reservation's commit rides on ORDER_CREATED: a broker outage longer than product's
+/// reservation TTL (cut to 3 s here, 15 min by default) must not let recorded orders' stock
+/// expire. Sales' reservation keeper renews them while their ORDER_CREATED waits.
+#[tokio::test]
+async fn a_broker_outage_longer_than_the_reservation_ttl_expires_no_recorded_order() {
+    let stack = Stack::start_with(StackOptions {
+        broker: true,
+        broker_proxy: true,
+        sales_env: vec![
+            ("SALES_BREAKER_BROKER_RESET_TIMEOUT_MS", "500".into()),
+            ("SALES_RESERVATION_RENEW_AFTER_MS", "1000".into()),
+            ("SALES_RESERVATION_KEEPER_INTERVAL_MS", "500".into()),
+        ],
+        product_env: vec![
+            ("PRODUCT_RESERVATION_TTL_MS", "3000".into()),
+            ("PRODUCT_EXPIRY_SWEEP_INTERVAL_MS", "250".into()),
+        ],
+        ..StackOptions::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let (sales, product) = (stack.db("sales").await, stack.db("product").await);
+    let proxy = stack.broker_proxy.as_ref().unwrap();
+    proxy.set_down(true);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            place(&http, &stack.sales.base_url(), &format!("ttl{i}"))
+                .await
+                .id,
+        );
+    }
+    // Three TTLs long.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert_eq!(
+        scalar(
+            &product,
+            "SELECT count(*) FROM reservations WHERE status = 'EXPIRED'"
+        )
+        .await,
+        0,
+        "no reservation of a recorded order expired during the outage"
+    );
+    proxy.set_down(false);
+    wait_for(&product, ORDER_CREATED_IN_INBOX, 5, Duration::from_secs(30)).await;
+    let outcomes: Vec<String> = sqlx::query_scalar(
+        "SELECT outcome FROM inbox WHERE event_type = 'ORDER_CREATED' ORDER BY outcome",
+    )
+    .fetch_all(&product)
+    .await
+    .unwrap();
+    assert_eq!(
+        outcomes,
+        vec!["COMMITTED"; 5],
+        "committed as reserved, never retaken"
+    );
+    assert_eq!(
+        scalar(&sales, "SELECT count(*) FROM manual_reviews").await,
+        0,
+        "no order needed a person"
+    );
+    let (on_hand, reserved): (i32, i32) =
+        sqlx::query_as("SELECT stock_on_hand, reserved FROM products WHERE id = 'SKU-HEADSET'")
+            .fetch_one(&product)
+            .await
+            .unwrap();
+    assert_eq!((on_hand, reserved), (150 - 5, 0));
+    let _ = ids;
+    sales.close().await;
+    product.close().await;
+    assert!(stack.shutdown().await);
+}

@@ -1,6 +1,6 @@
-//! Sales killed in the middle of an order saga: on restart the saga completes
-//! or compensates, never stays half-done. Real processes; the peer a step is
-//! waiting on is frozen (SIGSTOP) so the kill lands inside that step.
+//! Sales killed in the middle of an order saga: on restart the saga completes, or, killed
+//! before its first checkpoint, leaves only a reservation that expires. Real processes; the
+//! peer a step is waiting on is frozen (SIGSTOP) so the kill lands inside that step.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -15,6 +15,11 @@ fn options() -> StackOptions {
             ("SALES_SAGA_LEASE_MS", "1000".into()),
             ("SALES_SAGA_RECOVERY_INTERVAL_MS", "300".into()),
             ("SALES_REQUEST_TIMEOUT_MS", "1500".into()),
+        ],
+        // Reservations live 2 s instead of 15 min, so an abandoned one is seen expiring.
+        product_env: vec![
+            ("PRODUCT_RESERVATION_TTL_MS", "2000".into()),
+            ("PRODUCT_EXPIRY_SWEEP_INTERVAL_MS", "250".into()),
         ],
         ..StackOptions::default()
     }
@@ -58,17 +63,19 @@ async fn saga_end(sales: &PgPool) -> (String, String) {
     }
 }
 
-async fn wait_running_step(sales: &PgPool, step: &str) {
+/// Waits until the order's saga is written (its record transaction committed) and
+/// running `step`.
+async fn wait_saga_at(sales: &PgPool, step: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let running: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM saga_steps WHERE step = $1 AND kind = 'ACTION' AND status = 'RUNNING'",
+        let at: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM saga_instances WHERE status = 'RUNNING' AND current_step = $1",
         )
         .bind(step)
         .fetch_one(sales)
         .await
         .unwrap();
-        if running == 1 {
+        if at == 1 {
             return;
         }
         assert!(Instant::now() < deadline, "the saga never reached {step}");
@@ -77,45 +84,61 @@ async fn wait_running_step(sales: &PgPool, step: &str) {
 }
 
 #[tokio::test]
-async fn killed_while_reserving_the_saga_compensates_after_restart() {
-    let mut stack = Stack::start_with(options()).await;
+async fn killed_between_the_reservation_and_the_order_only_a_reservation_is_left_and_it_expires() {
+    let mut options = options();
+    // Fault injection: a pause after product reserved, before the order's transaction.
+    options
+        .sales_env
+        .push(("SALES_FAULT_PAUSE_BEFORE_RECORD_MS", "5000".into()));
+    let mut stack = Stack::start_with(options).await;
     let (sales, product) = (stack.db("sales").await, stack.db("product").await);
-    stack.product.pause();
     place_in_background(&stack);
-    wait_running_step(&sales, "reserve_inventory").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM reservations WHERE status = 'ACTIVE'")
+        .fetch_one(&product)
+        .await
+        .unwrap()
+        == 0
+    {
+        assert!(Instant::now() < deadline, "product never reserved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stack.sales.kill().await;
-    stack.product.resume();
-    // Down longer than the request may take: the customer has had an error.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack
+        .sales
+        .set_env("SALES_FAULT_PAUSE_BEFORE_RECORD_MS", "0");
     stack.sales.start().await;
 
-    let (status, order_id) = saga_end(&sales).await;
-    assert_eq!(
-        status, "COMPENSATED",
-        "too late to record an order nobody was told about"
-    );
-    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-        .fetch_one(&sales)
-        .await
-        .unwrap();
-    assert_eq!(orders, 0);
-    let held: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM reservations WHERE order_id::text = $1 AND status = 'ACTIVE'",
-    )
-    .bind(&order_id)
-    .fetch_one(&product)
-    .await
-    .unwrap();
-    assert_eq!(
-        held, 0,
-        "no stock stays held for the order that was not recorded"
-    );
+    // The saga is written with the order, in one transaction: none, and no order, was.
+    for table in ["saga_instances", "orders"] {
+        let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&sales)
+            .await
+            .unwrap();
+        assert_eq!(rows, 0, "{table}");
+    }
+    // Only the reservation product made is left, and it frees itself.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM reservations")
+            .fetch_all(&product)
+            .await
+            .unwrap();
+        if statuses == ["EXPIRED"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned reservation did not expire: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (on_hand, reserved): (i32, i32) =
         sqlx::query_as("SELECT stock_on_hand, reserved FROM products WHERE id = 'SKU-DOCK'")
             .fetch_one(&product)
             .await
             .unwrap();
-    assert_eq!((on_hand, reserved), (300, 0));
+    assert_eq!((on_hand, reserved), (300, 0), "no stock stays held");
     sales.close().await;
     product.close().await;
     assert!(stack.shutdown().await);
@@ -127,7 +150,7 @@ async fn killed_while_delivering_the_saga_completes_after_restart() {
     let (sales, delivery) = (stack.db("sales").await, stack.db("delivery").await);
     stack.delivery.pause();
     place_in_background(&stack);
-    wait_running_step(&sales, "initiate_delivery").await;
+    wait_saga_at(&sales, "initiate_delivery").await;
     stack.sales.kill().await;
     stack.delivery.resume();
     stack.sales.start().await;

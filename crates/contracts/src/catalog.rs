@@ -172,6 +172,56 @@ pub struct Reservation {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Most reservations one renewal request may name.
+pub const MAX_RENEWALS: usize = 100;
+
+/// Keep these orders' reservations alive (`POST /reservations/renewals`): sales asks while an
+/// order's `ORDER_CREATED`, which commits the reservation, waits for the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RenewalRequest {
+    /// 1 to 100 order ids.
+    #[schema(min_items = 1, max_items = 100)]
+    pub order_ids: Vec<Uuid>,
+}
+
+impl RenewalRequest {
+    pub fn validate(&self) -> Vec<FieldError> {
+        if self.order_ids.is_empty() || self.order_ids.len() > MAX_RENEWALS {
+            vec![FieldError::new(
+                "order_ids",
+                format!("must name 1 to {MAX_RENEWALS} orders"),
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// What a renewal did to one order's reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RenewalOutcome {
+    /// Still held; its deadline pushed a TTL ahead.
+    Renewed,
+    /// Committed already: nothing to keep alive.
+    Committed,
+    /// It had lapsed (expired or released) and was taken again: stock allowed.
+    Retaken,
+    /// It had lapsed and the stock is gone: the order cannot be supplied as reserved.
+    Gone,
+    /// The order was cancelled: its stock is not held again.
+    Cancelled,
+    /// No reservation for this order (e.g. accepted on the fallback).
+    Unknown,
+}
+
+/// One order's renewal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Renewal {
+    pub order_id: Uuid,
+    pub outcome: RenewalOutcome,
+}
+
 /// An item a reservation could not get enough of (extension `short_items` of a 409).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ShortItem {

@@ -1,10 +1,15 @@
 //! The saga tables (`saga_instances`, `saga_steps`; DDL in
 //! `migrations/sales/20261122000005_sagas.sql`): the public read API ([`load`]), creating a
-//! saga inside the caller's transaction ([`create`]), and the orchestrator's writes.
+//! saga inside the caller's transaction ([`create`]), marking one compensated inside the
+//! caller's transaction ([`mark_compensated`]), and the orchestrator's writes.
 //!
-//! Every write of a running saga is one transaction that first updates the instance row
-//! `WHERE locked_by = <this owner>`: if the lease passed to someone else, nothing is written and
-//! the run stops with [`Error::LeaseLost`]. The same update renews the lease.
+//! The orchestrator writes a saga as checkpoints ([`Held::write`]): the instance row and the
+//! step executions finished since the last checkpoint, in one statement each, inside a
+//! transaction that is often the caller's own (a local step's). A checkpoint inserts the row
+//! (the first write of a saga) or updates it `WHERE locked_by = <this owner>`: if the lease
+//! passed to someone else, nothing is written and the run stops with [`Error::LeaseLost`].
+//! The same update renews the lease, so a lease costs no write of its own unless a run lasts
+//! longer than a third of it.
 
 use std::{
     fmt,
@@ -15,7 +20,7 @@ use std::{
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -245,9 +250,9 @@ pub async fn load(pool: &PgPool, id: Uuid) -> Result<Option<SagaView>> {
 /// (or rolls back) with the caller's own writes. Run it after the commit with
 /// [`Orchestrator::resume`](crate::Orchestrator::resume); if the process dies first, the
 /// recovery sweep runs it (it has no lease).
-pub async fn create<C: SagaContext>(
+pub async fn create<C: SagaContext, R>(
     conn: &mut PgConnection,
-    definition: &SagaDefinition<C>,
+    definition: &SagaDefinition<C, R>,
     id: Uuid,
     context: &C,
 ) -> Result<()> {
@@ -276,9 +281,10 @@ pub(crate) struct InstanceRow {
     pub outputs: Value,
     pub failed_step: Option<String>,
     pub error: Option<String>,
+    pub rejection: Option<Value>,
 }
 
-const INSTANCE_COLUMNS: &str = "saga_type, status, context, outputs, failed_step, error";
+const INSTANCE_COLUMNS: &str = "saga_type, status, context, outputs, failed_step, error, rejection";
 
 /// The progress recorded for one step execution.
 #[derive(sqlx::FromRow)]
@@ -298,30 +304,6 @@ pub(crate) enum ClaimMode<'a> {
     /// A cancel: anything not yet compensated → COMPENSATING, with this reason unless already
     /// compensating.
     Compensate(&'a str),
-}
-
-pub(crate) async fn insert_running(
-    pool: &PgPool,
-    id: Uuid,
-    saga_type: &str,
-    context: &Value,
-    owner: &str,
-    lease_ms: i64,
-) -> Result<bool> {
-    let inserted = sqlx::query(
-        "INSERT INTO saga_instances (id, saga_type, status, context, locked_by, locked_until) \
-         VALUES ($1, $2, 'RUNNING', $3, $4, now() + $5::float8 * interval '1 millisecond') \
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(id)
-    .bind(saga_type)
-    .bind(context)
-    .bind(owner)
-    .bind(lease_ms)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
 }
 
 /// Takes the lease on saga `id` if nobody else holds it, applying `mode`'s status change.
@@ -406,6 +388,20 @@ pub(crate) async fn step_rows(pool: &PgPool, id: Uuid) -> Result<Vec<StepRow>> {
     .await?)
 }
 
+/// Marks attempts left `RUNNING` (written by an older version of this crate, whose owner
+/// stopped mid-attempt) `INTERRUPTED`; the attempt runs again.
+pub(crate) async fn interrupt_running(pool: &PgPool, id: Uuid) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE saga_steps SET status = 'INTERRUPTED', finished_at = now(), \
+             error = 'interrupted: its owner stopped before the attempt finished' \
+         WHERE saga_id = $1 AND status = 'RUNNING'",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
 /// Unfinished sagas whose lease expired before `now` (or that never had one), oldest first.
 pub(crate) async fn stale(
     pool: &PgPool,
@@ -423,34 +419,81 @@ pub(crate) async fn stale(
     .await?)
 }
 
-/// Writes on a saga whose lease this owner holds.
+/// One finished execution of an action or a compensation, waiting for the next checkpoint.
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    pub step: String,
+    pub kind: StepKind,
+    pub attempt: u32,
+    pub status: StepStatus,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// The instance row as a checkpoint writes it.
+#[derive(Debug, Clone)]
+pub(crate) struct InstanceState<'a> {
+    pub status: SagaStatus,
+    pub context: &'a Value,
+    pub outputs: &'a Value,
+    pub current_step: Option<&'a str>,
+    pub failed_step: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub rejection: Option<&'a Value>,
+    pub compensation_error: Option<&'a str>,
+    /// The run ends with this write: `completed_at` is set (for final statuses) and the
+    /// lease released.
+    pub ends_run: bool,
+}
+
+/// Writes on a saga whose lease this owner holds (or will, with its first write).
 pub(crate) struct Held<'a> {
     pub pool: &'a PgPool,
     pub id: Uuid,
+    pub saga_type: &'static str,
     pub owner: &'a str,
     pub lease_ms: i64,
-    /// Set when the write that ends the run and releases the lease begins (see [`Held::end`]).
+    /// The row exists (false for a lazily started saga until its first checkpoint commits).
+    persisted: AtomicBool,
+    /// Set when the write that ends the run and releases the lease begins.
     releasing: AtomicBool,
 }
 
-/// Renews the lease and sets `current_step` if given; the guard of every write.
+/// Renews the lease; what the keeper runs while a run lasts.
 const TOUCH: &str = "UPDATE saga_instances SET updated_at = now(), \
-     locked_until = GREATEST(locked_until, now() + $3::float8 * interval '1 millisecond'), \
-     current_step = COALESCE($4, current_step) \
+     locked_until = GREATEST(locked_until, now() + $3::float8 * interval '1 millisecond') \
      WHERE id = $1 AND locked_by = $2";
 
-const RELEASE: &str =
-    "UPDATE saga_instances SET locked_by = NULL, locked_until = NULL WHERE id = $1";
-
 impl<'a> Held<'a> {
-    pub fn new(pool: &'a PgPool, id: Uuid, owner: &'a str, lease_ms: i64) -> Self {
+    pub fn new(
+        pool: &'a PgPool,
+        id: Uuid,
+        saga_type: &'static str,
+        owner: &'a str,
+        lease_ms: i64,
+        persisted: bool,
+    ) -> Self {
         Self {
             pool,
             id,
+            saga_type,
             owner,
             lease_ms,
+            persisted: AtomicBool::new(persisted),
             releasing: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the saga's row exists.
+    pub fn persisted(&self) -> bool {
+        self.persisted.load(Ordering::SeqCst)
+    }
+
+    /// Records that a checkpoint inserting the row committed.
+    pub fn mark_persisted(&self) {
+        self.persisted.store(true, Ordering::SeqCst);
     }
 
     /// Whether this run has begun releasing the lease itself: from then on, finding the lease
@@ -459,210 +502,206 @@ impl<'a> Held<'a> {
         self.releasing.load(Ordering::SeqCst)
     }
 
-    /// Begins a transaction and renews the lease in it; [`Error::LeaseLost`] if this owner no
-    /// longer holds it. Dropping the transaction rolls it back.
-    async fn begin(&self, current_step: Option<&str>) -> Result<Transaction<'static, Postgres>> {
-        let mut tx = self.pool.begin().await?;
-        let touched = sqlx::query(TOUCH)
-            .bind(self.id)
-            .bind(self.owner)
-            .bind(self.lease_ms)
-            .bind(current_step)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if touched != 1 {
-            return Err(Error::LeaseLost(self.id));
-        }
-        Ok(tx)
-    }
-
-    /// Renews the lease; `false` if this owner no longer holds it.
+    /// Renews the lease; `false` if this owner no longer holds it. Nothing to renew before the
+    /// row exists.
     pub async fn renew(&self) -> Result<bool> {
+        if !self.persisted() {
+            return Ok(true);
+        }
         let touched = sqlx::query(TOUCH)
             .bind(self.id)
             .bind(self.owner)
             .bind(self.lease_ms)
-            .bind(None::<&str>)
             .execute(self.pool)
             .await?
             .rows_affected();
         Ok(touched == 1)
     }
 
-    /// Marks attempts left `RUNNING` by a previous owner `INTERRUPTED`.
-    pub async fn interrupt_running(&self) -> Result<u64> {
-        let mut tx = self.begin(None).await?;
-        let interrupted = sqlx::query(
-            "UPDATE saga_steps SET status = 'INTERRUPTED', finished_at = now(), \
-                 error = 'interrupted: its owner stopped before the attempt finished' \
-             WHERE saga_id = $1 AND status = 'RUNNING'",
-        )
-        .bind(self.id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(interrupted)
-    }
-
-    pub async fn record_skip(&self, step: &str) -> Result<()> {
-        let mut tx = self.begin(Some(step)).await?;
-        sqlx::query(
-            "INSERT INTO saga_steps (saga_id, step, kind, attempt, status, finished_at) \
-             VALUES ($1, $2, 'ACTION', 0, 'SKIPPED', now())",
-        )
-        .bind(self.id)
-        .bind(step)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Records an attempt as started; returns its row id.
-    pub async fn start_attempt(&self, step: &str, kind: StepKind, attempt: u32) -> Result<i64> {
-        let mut tx = self.begin(Some(step)).await?;
-        let row: i64 = sqlx::query_scalar(
-            "INSERT INTO saga_steps (saga_id, step, kind, attempt, status) \
-             VALUES ($1, $2, $3, $4, 'RUNNING') RETURNING id",
-        )
-        .bind(self.id)
-        .bind(step)
-        .bind(kind.as_str())
-        .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(row)
-    }
-
-    /// Records a successful action and, in the same transaction, its effect on the saga:
-    /// a new context, or an output stored under the step's name.
-    pub async fn action_succeeded(
+    /// A checkpoint in the caller's transaction: the instance row as `state` says (inserted
+    /// if it does not exist yet, else updated under this owner's lease, which it renews or,
+    /// ending the run, releases) and `records` appended. [`Error::LeaseLost`] if the lease is
+    /// another owner's; [`Error::AlreadyExists`] if a new saga's id is taken. Returns whether
+    /// this write inserted the row (call [`Held::mark_persisted`] once it committed).
+    pub async fn write(
         &self,
-        row: i64,
-        step: &str,
-        result: &Value,
-        new_context: bool,
-    ) -> Result<()> {
-        let mut tx = self.begin(None).await?;
-        let effect = if new_context {
-            sqlx::query("UPDATE saga_instances SET context = $2 WHERE id = $1")
-                .bind(self.id)
-                .bind(result)
-        } else {
-            sqlx::query(
-                "UPDATE saga_instances SET outputs = outputs || jsonb_build_object($3::text, $2::jsonb) \
-                 WHERE id = $1",
+        conn: &mut PgConnection,
+        state: &InstanceState<'_>,
+        records: &[Record],
+    ) -> Result<bool> {
+        if state.ends_run {
+            // Before anything is sent: a renewal that finds the lease released after this
+            // point may have run after our commit, so it must not be taken for a loss.
+            self.releasing.store(true, Ordering::SeqCst);
+        }
+        let inserted = if self.persisted() {
+            let updated = sqlx::query(
+                "UPDATE saga_instances SET status = $3, context = $4, outputs = $5, current_step = $6, \
+                     failed_step = $7, error = $8, rejection = $9, compensation_error = $10, \
+                     updated_at = now(), \
+                     completed_at = CASE WHEN $11 AND $3 IN ('COMPLETED', 'COMPENSATED', 'FAILED') \
+                                         THEN now() END, \
+                     locked_by = CASE WHEN $11 THEN NULL ELSE locked_by END, \
+                     locked_until = CASE WHEN $11 THEN NULL \
+                         ELSE GREATEST(locked_until, now() + $12::float8 * interval '1 millisecond') END \
+                 WHERE id = $1 AND locked_by = $2",
             )
             .bind(self.id)
-            .bind(result)
-            .bind(step)
+            .bind(self.owner)
+            .bind(state.status.as_str())
+            .bind(state.context)
+            .bind(state.outputs)
+            .bind(state.current_step)
+            .bind(state.failed_step)
+            .bind(state.error)
+            .bind(state.rejection)
+            .bind(state.compensation_error)
+            .bind(state.ends_run)
+            .bind(self.lease_ms)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if updated != 1 {
+                return Err(Error::LeaseLost(self.id));
+            }
+            false
+        } else {
+            let inserted = sqlx::query(
+                "INSERT INTO saga_instances (id, saga_type, status, context, outputs, current_step, \
+                     failed_step, error, rejection, compensation_error, locked_by, locked_until, completed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                         CASE WHEN $11 THEN NULL ELSE $12 END, \
+                         CASE WHEN $11 THEN NULL ELSE now() + $13::float8 * interval '1 millisecond' END, \
+                         CASE WHEN $11 AND $3 IN ('COMPLETED', 'COMPENSATED', 'FAILED') THEN now() END) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(self.id)
+            .bind(self.saga_type)
+            .bind(state.status.as_str())
+            .bind(state.context)
+            .bind(state.outputs)
+            .bind(state.current_step)
+            .bind(state.failed_step)
+            .bind(state.error)
+            .bind(state.rejection)
+            .bind(state.compensation_error)
+            .bind(state.ends_run)
+            .bind(self.owner)
+            .bind(self.lease_ms)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if inserted != 1 {
+                return Err(Error::AlreadyExists(self.id));
+            }
+            true
         };
-        effect.execute(&mut *tx).await?;
-        finish_row(&mut tx, row, StepStatus::Succeeded, Some(result), None).await?;
+        insert_records(conn, self.id, records).await?;
+        Ok(inserted)
+    }
+
+    /// [`Held::write`] in a transaction of its own.
+    pub async fn write_alone(&self, state: &InstanceState<'_>, records: &[Record]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = self.write(&mut tx, state, records).await?;
         tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn compensation_succeeded(&self, row: i64) -> Result<()> {
-        let mut tx = self.begin(None).await?;
-        finish_row(&mut tx, row, StepStatus::Succeeded, None, None).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Records how an attempt ended when it changes nothing else.
-    pub async fn attempt_ended(&self, row: i64, status: StepStatus, error: &str) -> Result<()> {
-        let mut tx = self.begin(None).await?;
-        finish_row(&mut tx, row, status, None, Some(error)).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn begin_compensation(&self, failed_step: &str, error: &str) -> Result<()> {
-        let mut tx = self.begin(Some(failed_step)).await?;
-        sqlx::query(
-            "UPDATE saga_instances SET status = 'COMPENSATING', failed_step = $2, error = $3 \
-             WHERE id = $1",
-        )
-        .bind(self.id)
-        .bind(failed_step)
-        .bind(error)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// WAITING at `step`, lease released.
-    pub async fn park(&self, step: &str, reason: &str) -> Result<()> {
-        self.end(Some(step), "status = 'WAITING', error = $2", Some(reason))
-            .await
-    }
-
-    pub async fn complete(&self) -> Result<()> {
-        self.end(
-            None,
-            "status = 'COMPLETED', current_step = NULL, completed_at = now()",
-            None,
-        )
-        .await
-    }
-
-    pub async fn compensated(&self) -> Result<()> {
-        self.end(
-            None,
-            "status = 'COMPENSATED', current_step = NULL, completed_at = now()",
-            None,
-        )
-        .await
-    }
-
-    /// FAILED at compensation `step`, lease released.
-    pub async fn failed(&self, step: &str, error: &str) -> Result<()> {
-        self.end(
-            Some(step),
-            "status = 'FAILED', compensation_error = $2, completed_at = now()",
-            Some(error),
-        )
-        .await
-    }
-
-    /// A status change that ends this run: applied and the lease released in one transaction.
-    async fn end(&self, current_step: Option<&str>, set: &str, text: Option<&str>) -> Result<()> {
-        // Before anything is sent: a renewal that finds the lease released after this point
-        // may have run after our commit, so it must not be taken for a loss.
-        self.releasing.store(true, Ordering::SeqCst);
-        let mut tx = self.begin(current_step).await?;
-        let sql = format!("UPDATE saga_instances SET {set} WHERE id = $1");
-        let mut query = sqlx::query(&sql).bind(self.id);
-        if let Some(text) = text {
-            query = query.bind(text);
+        if inserted {
+            self.mark_persisted();
         }
-        query.execute(&mut *tx).await?;
-        sqlx::query(RELEASE).bind(self.id).execute(&mut *tx).await?;
-        tx.commit().await?;
         Ok(())
     }
 }
 
-async fn finish_row(
-    tx: &mut PgConnection,
-    row: i64,
-    status: StepStatus,
-    result: Option<&Value>,
-    error: Option<&str>,
-) -> Result<()> {
+/// Appends step executions of saga `id`, in order.
+async fn insert_records(conn: &mut PgConnection, id: Uuid, records: &[Record]) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let steps: Vec<&str> = records.iter().map(|r| r.step.as_str()).collect();
+    let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
+    let attempts: Vec<i32> = records
+        .iter()
+        .map(|r| i32::try_from(r.attempt).unwrap_or(i32::MAX))
+        .collect();
+    let statuses: Vec<&str> = records.iter().map(|r| r.status.as_str()).collect();
+    let results: Vec<Option<Value>> = records.iter().map(|r| r.result.clone()).collect();
+    let errors: Vec<Option<&str>> = records.iter().map(|r| r.error.as_deref()).collect();
+    let started: Vec<DateTime<Utc>> = records.iter().map(|r| r.started_at).collect();
+    let finished: Vec<DateTime<Utc>> = records.iter().map(|r| r.finished_at).collect();
     sqlx::query(
-        "UPDATE saga_steps SET status = $2, result = $3, error = $4, finished_at = now() WHERE id = $1",
+        "INSERT INTO saga_steps (saga_id, step, kind, attempt, status, result, error, started_at, finished_at) \
+         SELECT $1, step, kind, attempt, status, result, error, started_at, finished_at \
+         FROM unnest($2::text[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::text[], \
+                     $8::timestamptz[], $9::timestamptz[]) WITH ORDINALITY \
+              AS r(step, kind, attempt, status, result, error, started_at, finished_at, n) \
+         ORDER BY n",
     )
-    .bind(row)
-    .bind(status.as_str())
-    .bind(result)
-    .bind(error)
-    .execute(tx)
+    .bind(id)
+    .bind(&steps)
+    .bind(&kinds)
+    .bind(&attempts)
+    .bind(&statuses)
+    .bind(&results)
+    .bind(&errors)
+    .bind(&started)
+    .bind(&finished)
+    .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Marks saga `id` COMPENSATED in the caller's transaction, for a caller that undid the saga's
+/// steps itself (an order's cancellation runs the same compensations): `compensated` names
+/// the steps it undid, recorded as succeeded compensations, `reason` becomes the saga's error.
+/// Only a saga at rest (COMPLETED, WAITING or FAILED, no lease held) is marked; returns
+/// whether it was (a saga still running carries on and sees the change itself).
+pub async fn mark_compensated(
+    conn: &mut PgConnection,
+    id: Uuid,
+    reason: &str,
+    compensated: &[&str],
+) -> Result<bool> {
+    let marked = sqlx::query(
+        "UPDATE saga_instances SET status = 'COMPENSATED', error = $2, failed_step = NULL, \
+             current_step = NULL, compensation_error = NULL, updated_at = now(), completed_at = now() \
+         WHERE id = $1 AND status IN ('COMPLETED', 'WAITING', 'FAILED') \
+           AND (locked_until IS NULL OR locked_until < now())",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if marked == 0 {
+        return Ok(false);
+    }
+    let done: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT step, max(attempt) FROM saga_steps WHERE saga_id = $1 AND kind = 'COMPENSATION' \
+         GROUP BY step",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let now = Utc::now();
+    let records: Vec<Record> = compensated
+        .iter()
+        .map(|step| {
+            let attempt = done
+                .iter()
+                .find(|(s, _)| s == step)
+                .map_or(1, |(_, n)| u32::try_from(*n).unwrap_or(0) + 1);
+            Record {
+                step: (*step).to_owned(),
+                kind: StepKind::Compensation,
+                attempt,
+                status: StepStatus::Succeeded,
+                result: None,
+                error: None,
+                started_at: now,
+                finished_at: now,
+            }
+        })
+        .collect();
+    insert_records(conn, id, &records).await?;
+    Ok(true)
 }

@@ -54,6 +54,7 @@ impl FromRef<AppState> for ServiceToken {
         reservations::get_reservation,
         reservations::commit_reservation,
         reservations::release_reservation,
+        reservations::renew_reservations,
     ),
     modifiers(&StaffSecurity, &ServiceSecurity)
 )]

@@ -43,6 +43,7 @@ pub fn router() -> Router<AppState> {
             get(get_reservation).delete(release_reservation),
         )
         .route("/reservations/{order_id}/commit", post(commit_reservation))
+        .route("/reservations/renewals", post(renew_reservations))
 }
 
 #[derive(sqlx::FromRow)]
@@ -370,6 +371,74 @@ pub async fn release_for_cancellation(
     Ok(done)
 }
 
+/// Keeps the reservations of `order_ids` alive, in one transaction (rows locked in id order,
+/// then products, like every writer): an active one's deadline is pushed to `now + ttl`; a
+/// lapsed one (expired, or released by an abandoned attempt) is taken again if stock allows.
+pub async fn renew(
+    pool: &PgPool,
+    order_ids: &[Uuid],
+    now: DateTime<Utc>,
+    ttl: std::time::Duration,
+) -> ApiResult<Vec<contracts::catalog::Renewal>> {
+    use contracts::catalog::{Renewal, RenewalOutcome};
+    let expires_at = resilience::deadline::after(now, ttl);
+    let mut ids = order_ids.to_vec();
+    ids.sort();
+    ids.dedup();
+    // Dropping `tx` without commit (any early return) rolls back.
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(Uuid, String, bool)> = sqlx::query_as(
+        "SELECT order_id, status, order_cancelled_at IS NOT NULL FROM reservations
+         WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut renewals = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let Some((_, status, cancelled)) = rows.iter().find(|(o, _, _)| o == id) else {
+            renewals.push(Renewal {
+                order_id: *id,
+                outcome: RenewalOutcome::Unknown,
+            });
+            continue;
+        };
+        let outcome = match (ReservationStatus::parse(status), *cancelled) {
+            (_, true) => RenewalOutcome::Cancelled,
+            (Some(ReservationStatus::Active), _) => {
+                sqlx::query(
+                    "UPDATE reservations SET expires_at = GREATEST(expires_at, $2), updated_at = $3
+                     WHERE order_id = $1",
+                )
+                .bind(id)
+                .bind(expires_at)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                RenewalOutcome::Renewed
+            }
+            (Some(ReservationStatus::Committed), _) => RenewalOutcome::Committed,
+            (Some(ReservationStatus::Expired | ReservationStatus::Released), _) => {
+                let existing = find(&mut tx, *id).await?.ok_or(sqlx::Error::RowNotFound)?;
+                match reactivate(&mut tx, &existing, now, expires_at).await {
+                    Ok(_) => RenewalOutcome::Retaken,
+                    Err(platform::ApiError::Problem(p)) if p.kind.ends_with(INSUFFICIENT_STOCK) => {
+                        RenewalOutcome::Gone
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            (None, _) => RenewalOutcome::Unknown,
+        };
+        renewals.push(Renewal {
+            order_id: *id,
+            outcome,
+        });
+    }
+    tx.commit().await?;
+    Ok(renewals)
+}
+
 /// How an ACTIVE reservation ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settle {
@@ -493,6 +562,29 @@ pub async fn create_reservation(
         ReserveOutcome::Created(r) => Ok((StatusCode::CREATED, Json(r))),
         ReserveOutcome::Existing(r) => Ok((StatusCode::OK, Json(r))),
     }
+}
+
+/// Keep orders' reservations alive while their `ORDER_CREATED` waits: an active one's
+/// deadline moves a TTL ahead; a lapsed one is taken again if stock allows (`GONE` if not).
+#[utoipa::path(post, path = "/reservations/renewals", tag = "reservations",
+    request_body = contracts::catalog::RenewalRequest, security(("service" = []), ("staff" = [])),
+    responses((status = 200, body = Vec<contracts::catalog::Renewal>, description = "One outcome per order, by id"),
+        (status = 422, body = Problem)))]
+pub async fn renew_reservations(
+    State(state): State<AppState>,
+    _caller: Internal,
+    Json(request): Json<contracts::catalog::RenewalRequest>,
+) -> ApiResult<Json<Vec<contracts::catalog::Renewal>>> {
+    ensure_valid(request.validate())?;
+    Ok(Json(
+        renew(
+            &state.pool,
+            &request.order_ids,
+            Utc::now(),
+            state.reservation_ttl,
+        )
+        .await?,
+    ))
 }
 
 /// Read an order's reservation.

@@ -273,7 +273,6 @@ impl Application {
             db: self.state.db.clone(),
             delivery: self.state.delivery.clone(),
             config: self.state.config.delivery_retry.clone(),
-            sagas: Some(self.state.sagas.clone()),
         }
     }
 
@@ -294,6 +293,15 @@ impl Application {
             product: self.state.product.clone(),
             config: self.state.config.availability_recheck.clone(),
             wake: self.state.recheck_wake.clone(),
+        }
+    }
+
+    /// The reservation keeper of this instance (tests drive it step by step).
+    pub fn reservation_keeper(&self) -> crate::reservation_keeper::Worker {
+        crate::reservation_keeper::Worker {
+            db: self.state.db.clone(),
+            product: self.state.product.clone(),
+            config: self.state.config.reservation_keeper.clone(),
         }
     }
 
@@ -319,6 +327,7 @@ impl Application {
         tracker.spawn(self.reconciliation_worker().run(token.clone()));
         tracker.spawn(self.availability_recheck_worker().run(token.clone()));
         tracker.spawn(self.alert_checker().run(token.clone()));
+        tracker.spawn(self.reservation_keeper().run(token.clone()));
         if let Some(relay) = self.relay.clone() {
             tracker.spawn(relay.run(token.clone()));
         }

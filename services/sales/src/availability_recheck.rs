@@ -22,7 +22,7 @@
 //!
 //! No transaction is open while product is asked: the answer is applied afterwards
 //! in a short transaction that locks the order, and an order cancelled meanwhile
-//! gets the units it was just given back at once ([`crate::cancellation::release_stock`]).
+//! gets the units it was just given back at once ([`crate::compensations::release_stock`]).
 //! Several instances: a round holds a session advisory lock (not a transaction), so
 //! one instance re-checks at a time; a round that dies releases it with its connection.
 
@@ -40,7 +40,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    cancellation,
     config::AvailabilityRecheckConfig,
     db::Db,
     delivery_retry,
@@ -238,7 +237,7 @@ impl Worker {
                     .fetch_optional(&self.db.pool)
                     .await?;
             if status.as_deref() == Some(OrderStatus::Cancelled.as_str()) {
-                cancellation::release_stock(&self.db.pool, &self.product, order_id).await;
+                crate::compensations::release_stock(&self.db.pool, &self.product, order_id).await;
             }
         } else {
             self.db.cache.reload(&self.db.pool, order_id).await;

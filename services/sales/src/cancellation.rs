@@ -1,16 +1,18 @@
-//! Cancelling an order before it ships: the compensations of placing it, in
-//! reverse order. The delivery is cancelled at delivery (a delivery already
-//! picked up makes the cancellation a 409; an order whose delivery was held has
-//! none, so delivery is not asked); the order becomes CANCELLED through the state
-//! machine with an `ORDER_CANCELLED` event, its delivery retry is stopped and its
-//! open reviews are closed, all in one transaction; then its units are given back
-//! at product directly (an active reservation released, a committed one
-//! restocked) and `stock_released_at` records product's confirmation.
+//! Cancelling an order before it ships (a customer's cancellation, a staff
+//! rejection): the order's compensations ([`crate::compensations`], the ones the
+//! order saga runs too), in reverse order. The delivery is cancelled at delivery (a
+//! delivery already picked up makes the cancellation a 409; an order whose delivery
+//! was held has none, so delivery is not asked); the order becomes CANCELLED through
+//! the state machine with an `ORDER_CANCELLED` event, its delivery retry is stopped,
+//! its open reviews are closed and its saga marked compensated, all in one
+//! transaction; then its units are given back at product directly (an active
+//! reservation released, a committed one restocked) and `stock_released_at` records
+//! product's confirmation.
 //!
 //! No unit of stock depends on one message: if product cannot be asked now,
 //! `ORDER_CANCELLED` does the same release when product consumes it, and
 //! reconciliation releases the stock of cancelled orders still unconfirmed
-//! ([`release_stock`], idempotent at product).
+//! ([`compensations::release_stock`], idempotent at product).
 //!
 //! The order row stays locked from the first read to the commit, delivery call
 //! included, so a cancellation, a staff decision and reconciliation never
@@ -24,94 +26,24 @@ use contracts::{
     orders::{Order, OrderStatus},
 };
 use platform::{
-    ApiError, ApiResult, ensure_valid,
+    ApiResult, ensure_valid,
     extract::{Json, OptionalJson, Path},
 };
 use serde::Deserialize;
-use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+pub use crate::compensations::{CancelError, OpenReviews};
 use crate::{
     app::AppState,
-    orders::{
-        status::{self, TransitionError},
-        store,
-    },
+    compensations::{self, SagaMark},
+    orders::store,
     outbox::events,
-    peers::{
-        PeerError,
-        delivery::{CancelOutcome, DeliveryClient},
-        product::ProductClient,
-    },
-    reviews::{self, Resolution, ReviewStatus},
+    reviews,
 };
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/orders/{id}/cancel", post(cancel))
-}
-
-/// Why an order was not cancelled.
-#[derive(Debug, thiserror::Error)]
-pub enum CancelError {
-    /// 404.
-    #[error("order {0} not found")]
-    NotFound(Uuid),
-    /// 409: shipped already (here or at delivery), or in a final status.
-    #[error("order {order_id} cannot be cancelled: {detail}")]
-    NotCancellable {
-        order_id: Uuid,
-        status: OrderStatus,
-        detail: String,
-    },
-    /// 409: a staff rejection found no open review (resolved meanwhile).
-    #[error("order {0} has no open review")]
-    NoOpenReview(Uuid),
-    /// 503 with `Retry-After`: delivery could not be asked to stop the
-    /// delivery; nothing changed.
-    #[error("the delivery could not be cancelled: {error}")]
-    DeliveryUnavailable {
-        error: PeerError,
-        retry_after_secs: u64,
-    },
-    /// 503 or 500.
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-}
-
-impl From<CancelError> for ApiError {
-    fn from(e: CancelError) -> Self {
-        match e {
-            CancelError::NotFound(id) => Problem::not_found(&format!("order {id}")).into(),
-            CancelError::NotCancellable { status, detail, .. } => {
-                Problem::conflict("order-not-cancellable", detail)
-                    .with_extension("order_status", status)
-                    .into()
-            }
-            CancelError::NoOpenReview(id) => Problem::conflict(
-                "review-already-resolved",
-                format!("order {id} has no open review: it was resolved already"),
-            )
-            .into(),
-            CancelError::DeliveryUnavailable {
-                retry_after_secs, ..
-            } => Problem::unavailable(
-                "the delivery could not be cancelled right now; nothing was changed, try again",
-                retry_after_secs,
-            )
-            .into(),
-            CancelError::Database(e) => e.into(),
-        }
-    }
-}
-
-/// What happens to the order's open reviews when it is cancelled.
-#[derive(Debug, Clone, Copy)]
-pub enum OpenReviews<'a> {
-    /// They are moot: RESOLVED, resolution `ORDER_CANCELLED`.
-    Resolve,
-    /// A staff rejection: REJECTED with the note; none open is a 409.
-    Reject { note: &'a str },
 }
 
 /// Cancels `order_id` (see the module docs); `reason` goes to the status
@@ -151,7 +83,24 @@ pub async fn cancel_with(
     match current {
         OrderStatus::Cancelled => {
             // A repeat: the compensations ran when it was cancelled.
-            let order = if close_reviews(&mut tx, order_id, actor, open_reviews).await? {
+            let how = match open_reviews {
+                OpenReviews::Resolve => reviews::Resolution {
+                    status: reviews::ReviewStatus::Resolved,
+                    by: actor,
+                    resolution: "ORDER_CANCELLED",
+                    note: None,
+                },
+                OpenReviews::Reject { note } => reviews::Resolution {
+                    status: reviews::ReviewStatus::Rejected,
+                    by: actor,
+                    resolution: "ORDER_CANCELLED",
+                    note: Some(note),
+                },
+            };
+            let closed = reviews::resolve_open(&mut tx, order_id, None, &how).await?;
+            let order = if closed.is_empty() {
+                store::load(&mut tx, order_id).await?
+            } else {
                 store::record_change(
                     &mut tx,
                     order_id,
@@ -161,8 +110,6 @@ pub async fn cancel_with(
                     events::ORDER_REVIEW_REJECTED,
                 )
                 .await?
-            } else {
-                store::load(&mut tx, order_id).await?
             };
             let order = order.ok_or(CancelError::NotFound(order_id))?;
             tx.commit().await?;
@@ -183,145 +130,26 @@ pub async fn cancel_with(
     }
 
     // A held delivery was never initiated: nothing to undo at delivery.
-    if hold.is_none() || delivery_id.is_some() {
-        stop_delivery(&state.delivery, order_id, delivery_id).await?;
+    let delivery_stopped = hold.is_none() || delivery_id.is_some();
+    if delivery_stopped {
+        compensations::stop_delivery(&state.delivery, order_id, delivery_id).await?;
     }
-
-    // Reviews and the hold first, so the ORDER_CANCELLED event carries the final order.
-    let closed = close_reviews(&mut tx, order_id, actor, open_reviews).await?;
-    sqlx::query(
-        "UPDATE orders SET delivery_hold = NULL,
-                requires_manual_review = requires_manual_review AND NOT $2
-         WHERE id = $1",
-    )
-    .bind(order_id)
-    .bind(closed)
-    .execute(&mut *tx)
-    .await?;
     let history = format!("{reason} (by {actor})");
-    let order = match status::transition(&mut tx, order_id, OrderStatus::Cancelled, &history).await
-    {
-        Ok(done) => done.into_order(),
-        Err(TransitionError::NotFound(id)) => return Err(CancelError::NotFound(id)),
-        Err(TransitionError::Invalid(invalid)) => {
-            return Err(CancelError::NotCancellable {
-                order_id,
-                status: invalid.from,
-                detail: invalid.to_string(),
-            });
-        }
-        Err(TransitionError::Database(e)) => return Err(e.into()),
-    };
-    // The retry worker must not initiate a delivery for a cancelled order.
-    sqlx::query(
-        "UPDATE delivery_retries SET status = 'DONE', last_error = 'order cancelled', updated_at = now()
-         WHERE order_id = $1 AND status IN ('PENDING', 'HELD')",
+    let order = compensations::cancel_recorded(
+        &mut tx,
+        order_id,
+        &history,
+        actor,
+        open_reviews,
+        Some(SagaMark { delivery_stopped }),
     )
-    .bind(order_id)
-    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     tracing::info!(%order_id, actor, reason, "order cancelled");
     // Before anything slower: a read right after the answer sees CANCELLED.
     state.db.cache.updated(&order).await;
-
-    release_stock(&state.db.pool, &state.product, order_id).await;
-    // The order saga's compensations are what this did; record it as compensated.
-    state.sagas.compensated_by_cancel(order_id, reason).await;
+    compensations::release_stock(&state.db.pool, &state.product, order_id).await;
     Ok(order)
-}
-
-/// Closes the order's open reviews; returns whether there were any.
-async fn close_reviews(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    actor: &str,
-    open_reviews: OpenReviews<'_>,
-) -> Result<bool, CancelError> {
-    let how = match open_reviews {
-        OpenReviews::Resolve => Resolution {
-            status: ReviewStatus::Resolved,
-            by: actor,
-            resolution: "ORDER_CANCELLED",
-            note: None,
-        },
-        OpenReviews::Reject { note } => Resolution {
-            status: ReviewStatus::Rejected,
-            by: actor,
-            resolution: "ORDER_CANCELLED",
-            note: Some(note),
-        },
-    };
-    let closed = reviews::resolve_open(&mut *conn, order_id, None, &how).await?;
-    if closed.is_empty() && matches!(open_reviews, OpenReviews::Reject { .. }) {
-        return Err(CancelError::NoOpenReview(order_id));
-    }
-    Ok(!closed.is_empty())
-}
-
-/// Cancels the order's delivery at delivery. Without a recorded delivery id,
-/// asks delivery whether one was made anyway (a crash between making it and
-/// recording it), best effort: the retry worker is stopped in any case.
-async fn stop_delivery(
-    delivery: &DeliveryClient,
-    order_id: Uuid,
-    delivery_id: Option<Uuid>,
-) -> Result<(), CancelError> {
-    let delivery_id = match delivery_id {
-        Some(id) => id,
-        None => match delivery.find_for_order(order_id).await {
-            Ok(Some(found)) => found.id,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(%order_id, error = %e, "could not ask delivery for an unrecorded delivery; cancelling without");
-                return Ok(());
-            }
-        },
-    };
-    match delivery.cancel(delivery_id).await {
-        Ok(CancelOutcome::Cancelled(_) | CancelOutcome::Unknown) => Ok(()),
-        Ok(CancelOutcome::TooLate { status }) => Err(CancelError::NotCancellable {
-            order_id,
-            status: OrderStatus::PendingShipment,
-            detail: format!(
-                "the delivery is {}: the order has shipped",
-                status.map_or("past pickup", |s| s.as_str())
-            ),
-        }),
-        Err(error) => {
-            tracing::warn!(%order_id, %delivery_id, %error, "cancelling the delivery failed; the order is not cancelled");
-            let retry_after = delivery.breaker().remaining_open().unwrap_or_default();
-            Err(CancelError::DeliveryUnavailable {
-                error,
-                retry_after_secs: Problem::retry_after_secs(retry_after),
-            })
-        }
-    }
-}
-
-/// Gives a cancelled order's units back at product and records product's confirmation
-/// (`stock_released_at`); returns whether it was confirmed. A failure is logged and left to
-/// `ORDER_CANCELLED` and to reconciliation, which calls this again.
-pub async fn release_stock(pool: &sqlx::PgPool, product: &ProductClient, order_id: Uuid) -> bool {
-    match product.release_cancelled(order_id).await {
-        Ok(reservation) => {
-            tracing::info!(%order_id, status = ?reservation.status, "cancelled order's stock released at product");
-            let marked = sqlx::query(
-                "UPDATE orders SET stock_released_at = now() WHERE id = $1 AND stock_released_at IS NULL",
-            )
-            .bind(order_id)
-            .execute(pool)
-            .await;
-            if let Err(e) = marked {
-                tracing::warn!(%order_id, error = %e, "could not record the stock release; reconciliation asks product again");
-            }
-            true
-        }
-        Err(e) => {
-            tracing::warn!(%order_id, error = %e, "releasing the cancelled order's stock failed; ORDER_CANCELLED and reconciliation release it");
-            false
-        }
-    }
 }
 
 /// Longest reason of a customer's cancellation.

@@ -52,6 +52,11 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     /// The reliability alert checker, see [`AlertsConfig`].
     pub alerts: AlertsConfig,
+    /// The reservation keeper, see [`crate::reservation_keeper::KeeperConfig`].
+    pub reservation_keeper: crate::reservation_keeper::KeeperConfig,
+    /// `SALES_FAULT_PAUSE_BEFORE_RECORD_MS` (default 0): fault injection for tests, a pause
+    /// between the reservation and the order's transaction (to kill the process there).
+    pub fault_pause_before_record: Duration,
 }
 
 /// The reliability alert checker ([`crate::alerts`]).
@@ -218,6 +223,10 @@ pub struct OutboxConfig {
     pub topic_arn: Option<String>,
     /// `SALES_OUTBOX_POLL_INTERVAL_MS` (default 1000): safety-net poll besides LISTEN/NOTIFY.
     pub poll_interval: Duration,
+    /// `SALES_OUTBOX_COALESCE_MS` (default 10; 0 allowed): after a NOTIFY wakes the relay it
+    /// waits this long, so the events of commits close together go out in one claim and one
+    /// `PublishBatch` (fewer transactions and calls per event; adds at most this to the lag).
+    pub coalesce: Duration,
     /// `SALES_OUTBOX_BATCH_SIZE` (default 100): rows claimed per step.
     pub batch_size: i64,
     /// `SALES_OUTBOX_MAX_IN_FLIGHT` (default 4): concurrent `PublishBatch` calls.
@@ -373,6 +382,7 @@ impl Config {
                 topic_name: env.string("BROKER_TOPIC_NAME", "sales-events"),
                 topic_arn: env.optional("BROKER_TOPIC_ARN"),
                 poll_interval: env.millis("OUTBOX_POLL_INTERVAL_MS", 1_000)?,
+                coalesce: Duration::from_millis(env.parse("OUTBOX_COALESCE_MS", 10)?),
                 batch_size: env.positive("OUTBOX_BATCH_SIZE", 100)?,
                 max_in_flight: env.positive("OUTBOX_MAX_IN_FLIGHT", 4)?,
                 max_attempts: env.positive("OUTBOX_MAX_ATTEMPTS", 5)?,
@@ -415,6 +425,13 @@ impl Config {
                 per_second: per_second(env)?,
                 burst: env.positive("RATE_LIMIT_BURST", 100)?,
                 trusted_proxy_hops: env.parse("RATE_LIMIT_TRUSTED_PROXY_HOPS", 0)?,
+            },
+            fault_pause_before_record: Duration::from_millis(
+                env.parse("FAULT_PAUSE_BEFORE_RECORD_MS", 0)?,
+            ),
+            reservation_keeper: crate::reservation_keeper::KeeperConfig {
+                interval: env.millis("RESERVATION_KEEPER_INTERVAL_MS", 60_000)?,
+                renew_after: env.millis("RESERVATION_RENEW_AFTER_MS", 300_000)?,
             },
             alerts: AlertsConfig {
                 interval: env.millis("ALERTS_INTERVAL_MS", 30_000)?,

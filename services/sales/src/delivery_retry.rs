@@ -1,7 +1,9 @@
-//! Delivery initiation that survives delivery being down. Every new order gets a
-//! PENDING row in `delivery_retries` in its own transaction; the inline attempt
-//! right after the commit, or later this worker, initiates the delivery and marks
-//! the row DONE. Failures back off exponentially (60 s → 5 min by default) and,
+//! Delivery initiation that survives delivery being down: the one mechanism for a
+//! delivery that could not be initiated. Every new order gets a row in
+//! `delivery_retries` in its own transaction (PENDING, or HELD while its delivery
+//! waits for a stock check); the order saga's inline attempt, or later this worker,
+//! initiates the delivery and marks the row DONE (both through [`record_initiated`]
+//! and [`record_failure`]). Failures back off exponentially (60 s → 5 min by default) and,
 //! past the attempt or age limit, open a `DELIVERY_RETRIES_EXHAUSTED` review.
 //!
 //! Safe with several sales instances: a step claims due rows by pushing their
@@ -37,9 +39,7 @@ use crate::{
     reviews::{self, ReviewReason},
 };
 
-fn after(now: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
-    now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
+use resilience::deadline::after;
 
 /// Adds the row of a new order (in the order's transaction): PENDING, or HELD when
 /// the order's delivery must wait ([`contracts::orders::DeliveryHold`]). If nothing
@@ -108,6 +108,23 @@ pub struct Due {
     pub created_at: DateTime<Utc>,
 }
 
+/// Records an initiated delivery in the caller's transaction: the order's delivery
+/// id (once, with `DELIVERY_INITIATED`) and its retry row DONE. `known`: the order as
+/// the caller holds it (its items are not read again). Returns the order as it is now
+/// (`None` if it does not exist); if it was cancelled meanwhile, the caller must cancel
+/// the delivery just made.
+pub async fn record_initiated(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    delivery_id: Uuid,
+    known: Option<&Order>,
+    now: DateTime<Utc>,
+) -> Result<Option<Order>, sqlx::Error> {
+    let updated = store::record_delivery(&mut *conn, order_id, delivery_id, known).await?;
+    mark(conn, order_id, "DONE", None, now).await?;
+    Ok(updated)
+}
+
 /// Makes one attempt for `order` and records its result.
 pub async fn attempt(
     db: &Db,
@@ -125,8 +142,7 @@ pub async fn attempt(
     match delivery.initiate(&request).await {
         Ok(created) => {
             let mut tx = db.pool.begin().await?;
-            let updated = store::record_delivery(&mut tx, order.id, created.id).await?;
-            mark(&mut tx, order.id, "DONE", None, now).await?;
+            let updated = record_initiated(&mut tx, order.id, created.id, Some(order), now).await?;
             tx.commit().await?;
             if let Some(updated) = &updated {
                 // Only the delivery id changed: no status read waits on it.
@@ -138,14 +154,7 @@ pub async fn attempt(
                 .is_some_and(|o| o.status == OrderStatus::Cancelled)
             {
                 // The order was cancelled while this delivery was being made: undo it.
-                match delivery.cancel(created.id).await {
-                    Ok(outcome) => {
-                        tracing::warn!(order_id = %order.id, delivery_id = %created.id, ?outcome, "delivery of a cancelled order cancelled")
-                    }
-                    Err(e) => {
-                        tracing::error!(order_id = %order.id, delivery_id = %created.id, error = %e, "could not cancel the delivery of a cancelled order; it must be cancelled at delivery")
-                    }
-                }
+                crate::compensations::cancel_made_delivery(delivery, order.id, created.id).await;
             }
             Ok(Attempted::Initiated(Box::new(
                 updated.unwrap_or_else(|| order.clone()),
@@ -167,57 +176,77 @@ pub async fn attempt(
                 .await?;
             Ok(Attempted::BreakerOpen)
         }
-        Err(e) => failed(db, config, order, due, now, &e.to_string()).await,
+        Err(e) => {
+            let mut tx = db.pool.begin().await?;
+            let result = record_failure(
+                &mut tx,
+                config,
+                order.id,
+                order.version,
+                due,
+                now,
+                &e.to_string(),
+            )
+            .await?;
+            tx.commit().await?;
+            if matches!(result, Attempted::Exhausted) {
+                // The order may have been flagged for review.
+                db.cache.reload(&db.pool, order.id).await;
+            }
+            Ok(result)
+        }
     }
 }
 
-async fn failed(
-    db: &Db,
+/// Records a failed initiation in the caller's transaction: another attempt scheduled
+/// with backoff (and, on the first failure, `DELIVERY_INITIATION_FAILED`), or, past the
+/// attempt or age limit, the row EXHAUSTED and a `DELIVERY_RETRIES_EXHAUSTED` review.
+pub async fn record_failure(
+    conn: &mut PgConnection,
     config: &DeliveryRetryConfig,
-    order: &Order,
+    order_id: Uuid,
+    order_version: i32,
     due: Due,
     now: DateTime<Utc>,
     error: &str,
 ) -> Result<Attempted, sqlx::Error> {
     let attempts = due.attempts + 1;
-    let too_old = now - due.created_at
-        >= chrono::Duration::from_std(config.max_age).unwrap_or(chrono::Duration::MAX);
-    let mut tx = db.pool.begin().await?;
+    let too_old = resilience::deadline::elapsed(due.created_at, now, config.max_age);
     // The order before its retry row and reviews, like every writer (a
     // cancellation holds the order and then stops the retry row).
     sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
-        .bind(order.id)
-        .execute(&mut *tx)
+        .bind(order_id)
+        .execute(&mut *conn)
         .await?;
     let result = if attempts >= config.max_attempts || too_old {
         sqlx::query(
             "UPDATE delivery_retries SET status = 'EXHAUSTED', attempts = $2, last_error = $3, updated_at = now()
              WHERE order_id = $1",
         )
-        .bind(order.id)
+        .bind(order_id)
         .bind(attempts)
         .bind(error)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
         let payload =
-            json!({"order_id": order.id, "attempts": attempts, "error": error, "exhausted": true});
+            json!({"order_id": order_id, "attempts": attempts, "error": error, "exhausted": true});
         outbox::enqueue(
-            &mut tx,
-            order.id,
-            order.version,
+            &mut *conn,
+            order_id,
+            order_version,
             events::DELIVERY_INITIATION_FAILED,
             &payload,
         )
         .await?;
         let details = json!({"attempts": attempts, "last_error": error});
         reviews::open_flagged(
-            &mut tx,
-            order.id,
+            &mut *conn,
+            order_id,
             ReviewReason::DeliveryRetriesExhausted,
             &details,
         )
         .await?;
-        tracing::error!(order_id = %order.id, attempts, error, "delivery retries exhausted; order sent to manual review");
+        tracing::error!(%order_id, attempts, error, "delivery retries exhausted; order sent to manual review");
         Attempted::Exhausted
     } else {
         // No jitter: claims are leased and batched, so rows due together do not stampede.
@@ -228,31 +257,26 @@ async fn failed(
             "UPDATE delivery_retries SET attempts = $2, last_error = $3, next_attempt_at = $4, updated_at = now()
              WHERE order_id = $1 AND status = 'PENDING'",
         )
-        .bind(order.id)
+        .bind(order_id)
         .bind(attempts)
         .bind(error)
         .bind(next)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
         if attempts == 1 {
-            let payload = json!({"order_id": order.id, "attempts": attempts, "error": error, "next_attempt_at": next});
+            let payload = json!({"order_id": order_id, "attempts": attempts, "error": error, "next_attempt_at": next});
             outbox::enqueue(
-                &mut tx,
-                order.id,
-                order.version,
+                &mut *conn,
+                order_id,
+                order_version,
                 events::DELIVERY_INITIATION_FAILED,
                 &payload,
             )
             .await?;
         }
-        tracing::warn!(order_id = %order.id, attempts, error, next_attempt_at = %next, "Delivery initiation failed, will retry via background job");
+        tracing::warn!(%order_id, attempts, error, next_attempt_at = %next, "Delivery initiation failed, will retry via background job");
         Attempted::Rescheduled { attempts }
     };
-    tx.commit().await?;
-    if matches!(result, Attempted::Exhausted) {
-        // The order may have been flagged for review.
-        db.cache.reload(&db.pool, order.id).await;
-    }
     Ok(result)
 }
 
@@ -291,8 +315,6 @@ pub struct Worker {
     pub db: Db,
     pub delivery: DeliveryClient,
     pub config: DeliveryRetryConfig,
-    /// Order sagas waiting for their delivery are resumed once it is initiated.
-    pub sagas: Option<crate::order_saga::OrderSagas>,
 }
 
 impl Worker {
@@ -364,11 +386,6 @@ impl Worker {
             return Ok(None);
         };
         let attempted = attempt(&self.db, &self.delivery, &self.config, &order, due, now).await?;
-        if matches!(attempted, Attempted::Initiated(_))
-            && let Some(sagas) = &self.sagas
-        {
-            sagas.resume_waiting(order_id).await;
-        }
         Ok(Some(attempted))
     }
 

@@ -15,12 +15,15 @@
 //!   recovery worker and `GET /sagas/{id}`.
 //! - [`orders`]: the order endpoints: placing (the write path), reading, listing.
 //! - [`orders::status`]: the order status state machine; every status change goes through it.
-//! - [`cancellation`]: cancelling an order before shipment (its compensations).
+//! - [`cancellation`]: cancelling an order before shipment (customer and staff).
+//! - [`compensations`]: the order's compensations, one implementation for the saga and
+//!   cancellations.
 //! - [`delivery_retry`]: durable delivery initiation and its background worker.
 //! - [`reconciliation`]: the job comparing orders with delivery's status, and its run records.
 //! - [`availability_recheck`]: reserving fallback orders' items once product answers again.
 //! - [`reviews`]: opening, flagging and resolving manual reviews.
 //! - [`review`]: the staff review queue (list, detail, approve, reject).
+//! - [`reservation_keeper`]: renews reservations while their `ORDER_CREATED` waits for the broker.
 //! - [`reliability`]: `/health/reliability`, the readiness details and the database-derived gauges.
 //! - [`alerts`]: the reliability alert checker (episodes logged, gauged and POSTed to a webhook).
 //! - [`outbox`]: writing events in the caller's transaction.
@@ -30,6 +33,7 @@ pub mod app;
 pub mod availability_recheck;
 pub mod cache;
 pub mod cancellation;
+pub mod compensations;
 pub mod config;
 pub mod db;
 pub mod delivery_retry;
@@ -39,6 +43,7 @@ pub mod outbox;
 pub mod peers;
 pub mod reconciliation;
 pub mod reliability;
+pub mod reservation_keeper;
 pub mod review;
 pub mod reviews;
 

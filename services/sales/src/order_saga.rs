@@ -1,19 +1,32 @@
-//! Placing an order as a persisted saga (DESIGN §3 on `crates/saga`):
+//! Placing an order as a persisted saga (`crates/saga`), at the database's pace: two sales
+//! transactions on the happy path, the saga's checkpoints riding in them.
 //!
-//! 1. `reserve_inventory`: reserve at product, or fall back when product is
-//!    unavailable (not a failure: the order is flagged for review). Insufficient
-//!    stock or unknown products end the saga (nothing to undo). Compensation:
-//!    release the reservation, unless an order was recorded for this id.
-//! 2. `record_order`: the one transaction (order, items, history, events, review,
-//!    delivery retry row, idempotency key), then the reservation commit (fast
-//!    path; product's `ORDER_CREATED` consumer is the guarantee). A saga recovered
-//!    after a crash past `record_by` compensates instead of recording an order
-//!    nobody was told about. Compensation: cancel the order (`ORDER_CANCELLED`).
-//! 3. `initiate_delivery`: ask delivery; if it fails the saga parks (WAITING) and
-//!    the delivery retry worker resumes it once delivery answers; it is never a
-//!    reason to compensate. Compensation: cancel the delivery.
+//! 1. `reserve_inventory` (remote): reserve at product, or fall back when product is
+//!    unavailable (not a failure: the order is flagged and its delivery held). Insufficient
+//!    stock, unknown products or a refusal reject the saga (typed [`Rejection`]; nothing to
+//!    undo). Compensation: the reservation released (an order never recorded), or given back
+//!    as a cancelled order's ([`compensations::release_stock`]).
+//! 2. `record_order` (local, **sales transaction 1**): the Idempotency-Key claimed (a key
+//!    already taken rejects with [`Rejection::KeyTaken`]: the handler replays the first
+//!    answer), the order, items, history, `ORDER_CREATED`, the review and fallback event when
+//!    flagged, the delivery retry row (PENDING, or HELD for a flagged order) — and the saga
+//!    itself, written here for the first time (`lazy_start`): a crash before this leaves only
+//!    a reservation, which expires. Past `record_by` (the customer was answered) it rejects
+//!    with [`Rejection::TooLate`]. Compensation: the order cancelled
+//!    ([`compensations::cancel_recorded`]). The reservation's commit is left to product's
+//!    `ORDER_CREATED` consumer (and [`crate::reservation_keeper`] keeps it alive while that
+//!    event waits for the broker).
+//! 3. `initiate_delivery` (remote; skipped for a flagged order): ask delivery (it dedups on
+//!    the order). A failure is an outcome, not an error: the retry worker takes it on.
+//!    Compensation: the delivery cancelled.
+//! 4. `record_delivery` (local, **sales transaction 2**; skipped for a flagged order, whose
+//!    saga then completes in transaction 1): the delivery id and `DELIVERY_INITIATED`, or the
+//!    first failed attempt and `DELIVERY_INITIATION_FAILED`, and the saga COMPLETED. An order
+//!    cancelled meanwhile rejects with [`Rejection::Cancelled`], and the compensations undo
+//!    the delivery just made.
 //!
-//! Every action and compensation is idempotent by order id, as the engine needs.
+//! The run belongs to its own task, not to the request ([`crate::orders::place`] spawns it):
+//! a client that disconnects or a request that times out never cuts a step mid-way.
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,20 +34,23 @@ use chrono::{DateTime, Utc};
 use contracts::{
     FieldError,
     catalog::ShortItem,
-    orders::{DeliveryHold, OrderStatus, PlaceOrder},
+    delivery::DeliveryRequest,
+    orders::{DeliveryHold, Order, OrderStatus, PlaceOrder},
 };
-use saga::{Orchestrator, RetryPolicy, SagaDefinition, Step, StepError, StepInput};
+use saga::{BoxFuture, Orchestrator, RetryPolicy, SagaDefinition, Step, StepError, StepInput};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{
+    compensations::{self, OpenReviews},
     config::Config,
     db::Db,
-    delivery_retry::{self, Attempted, Due},
+    delivery_retry::{self, Due},
     orders::{
         idempotency::{self, IdempotencyKey},
-        status, store,
+        store,
     },
     outbox::{self, events},
     peers::{
@@ -47,6 +63,14 @@ use crate::{
 
 /// Saga type of order placement.
 pub const SAGA_TYPE: &str = "order";
+
+/// The order saga's step names.
+pub mod steps {
+    pub const RESERVE_INVENTORY: &str = "reserve_inventory";
+    pub const RECORD_ORDER: &str = "record_order";
+    pub const INITIATE_DELIVERY: &str = "initiate_delivery";
+    pub const RECORD_DELIVERY: &str = "record_delivery";
+}
 
 /// What the order saga carries between its steps (persisted as JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,11 +85,37 @@ pub struct OrderSaga {
     pub reserved: bool,
     /// Why product could not be asked, when the fallback was used.
     pub fallback: Option<String>,
-    pub delivery_id: Option<Uuid>,
+    /// The order as recorded, then with its delivery.
+    #[serde(default)]
+    pub order: Option<Order>,
+    /// What the delivery call came to.
+    #[serde(default)]
+    pub delivery: Option<DeliveryAttempt>,
 }
 
-/// Why the saga refused an order: the `Fatal` error of its failing step, as JSON.
+impl OrderSaga {
+    /// Whether the order's delivery is started now (not held for a stock check).
+    fn delivers(&self) -> bool {
+        self.fallback.is_none()
+    }
+}
+
+/// What the delivery call of the saga came to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum DeliveryAttempt {
+    Initiated {
+        delivery_id: Uuid,
+    },
+    /// Not initiated: the retry worker takes it on (`not_sent`: delivery was not even asked).
+    Failed {
+        error: String,
+        not_sent: bool,
+    },
+}
+
+/// Why the saga refused an order (the rejection of its failing step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "rejection", rename_all = "snake_case")]
 pub enum Rejection {
     InsufficientStock {
@@ -74,24 +124,19 @@ pub enum Rejection {
     InvalidItems {
         errors: Vec<FieldError>,
     },
+    /// Product refused for another reason (`kind`: its problem type).
     Refused {
+        kind: String,
         detail: String,
     },
-    /// A concurrent request with the same Idempotency-Key recorded the order.
+    /// The Idempotency-Key was recorded before (by an earlier or a concurrent request).
+    KeyTaken,
+    /// A concurrent request recorded the same order.
     Duplicate,
     /// Recovered after a crash too late to record the order.
     TooLate,
-}
-
-impl Rejection {
-    fn fatal(&self) -> StepError {
-        StepError::fatal(serde_json::to_string(self).unwrap_or_default())
-    }
-
-    /// The rejection a compensated saga's error carries, if it is one.
-    pub fn parse(error: &str) -> Option<Self> {
-        serde_json::from_str(error).ok()
-    }
+    /// The order was cancelled while its delivery was being made.
+    Cancelled,
 }
 
 /// What the steps need.
@@ -109,76 +154,68 @@ pub struct Deps {
 #[derive(Clone)]
 pub struct OrderSagas {
     pub orchestrator: Orchestrator,
-    pub definition: SagaDefinition<OrderSaga>,
+    pub definition: Arc<SagaDefinition<OrderSaga, Rejection>>,
 }
 
 impl OrderSagas {
     pub fn new(deps: Deps, owner_id: String, lease: Duration) -> Self {
         Self {
             orchestrator: Orchestrator::new(deps.db.pool.clone(), owner_id, lease),
-            definition: definition(deps),
-        }
-    }
-
-    /// The saga of an order, if it has one.
-    pub async fn saga_of(&self, order_id: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT id FROM saga_instances WHERE saga_type = 'order' AND context->>'order_id' = $1
-             ORDER BY created_at DESC LIMIT 1",
-        )
-        .bind(order_id.to_string())
-        .fetch_optional(self.orchestrator.pool())
-        .await
-    }
-
-    /// Resumes the order's saga if it is waiting (after its delivery was initiated).
-    pub async fn resume_waiting(&self, order_id: Uuid) {
-        let Ok(Some(id)) = self.saga_of(order_id).await else {
-            return;
-        };
-        match self.orchestrator.resume(&self.definition, id).await {
-            Ok(outcome) => {
-                tracing::debug!(%order_id, saga_id = %id, status = ?outcome.status(), "order saga resumed")
-            }
-            Err(e) => {
-                tracing::debug!(%order_id, saga_id = %id, error = %e, "order saga not resumed")
-            }
-        }
-    }
-
-    /// Marks the order's saga compensated after the order was cancelled (the
-    /// compensations are idempotent: what the cancellation did already is a no-op).
-    pub async fn compensated_by_cancel(&self, order_id: Uuid, reason: &str) {
-        let Ok(Some(id)) = self.saga_of(order_id).await else {
-            return;
-        };
-        if let Err(e) = self
-            .orchestrator
-            .compensate(&self.definition, id, reason)
-            .await
-        {
-            tracing::warn!(%order_id, saga_id = %id, error = %e, "order saga not marked compensated");
+            definition: Arc::new(definition(deps)),
         }
     }
 }
 
-fn db_error(e: sqlx::Error) -> StepError {
+/// The saga of an order, if it has one: the saga with the order's id (placed since sagas
+/// take their order's id), or an older one naming the order in its context.
+pub async fn saga_of(pool: &sqlx::PgPool, order_id: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM saga_instances WHERE id = $1
+         UNION ALL
+         (SELECT id FROM saga_instances WHERE saga_type = 'order' AND context->>'order_id' = $1::text
+          ORDER BY created_at DESC)
+         LIMIT 1",
+    )
+    .bind(order_id)
+    .fetch_optional(pool)
+    .await
+}
+
+fn db_error<R>(e: sqlx::Error) -> StepError<R> {
     StepError::retryable(format!("database: {e}"))
 }
 
+/// A local step's action: the step function, given the dependencies.
+fn local<F>(
+    deps: &Deps,
+    f: F,
+) -> impl for<'c> Fn(
+    StepInput<OrderSaga>,
+    &'c mut PgConnection,
+) -> BoxFuture<'c, Result<OrderSaga, StepError<Rejection>>>
++ Send
++ Sync
++ 'static
+where
+    F: for<'c> Fn(
+            Deps,
+            OrderSaga,
+            &'c mut PgConnection,
+        ) -> BoxFuture<'c, Result<OrderSaga, StepError<Rejection>>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let deps = deps.clone();
+    move |input, conn| f(deps.clone(), input.context, conn)
+}
+
 /// The definition, its steps capturing `deps`.
-pub fn definition(deps: Deps) -> SagaDefinition<OrderSaga> {
-    let (d1, d2, d3, d4, d5, d6) = (
-        deps.clone(),
-        deps.clone(),
-        deps.clone(),
-        deps.clone(),
-        deps.clone(),
-        deps,
-    );
-    SagaDefinition::new(SAGA_TYPE)
+pub fn definition(deps: Deps) -> SagaDefinition<OrderSaga, Rejection> {
+    let (d1, d2, d4, d5) = (deps.clone(), deps.clone(), deps.clone(), deps.clone());
+    SagaDefinition::with_rejections(SAGA_TYPE)
         .step(
-            Step::new("reserve_inventory", move |i: StepInput<OrderSaga>| {
+            Step::new(steps::RESERVE_INVENTORY, move |i: StepInput<OrderSaga>| {
                 let deps = d1.clone();
                 async move { reserve(&deps, i.context).await }
             })
@@ -190,51 +227,68 @@ pub fn definition(deps: Deps) -> SagaDefinition<OrderSaga> {
             .timeout(Duration::from_secs(15)),
         )
         .step(
-            Step::new("record_order", move |i: StepInput<OrderSaga>| {
-                let deps = d3.clone();
-                async move { record(&deps, i.context).await }
-            })
-            .compensate_with(move |i: StepInput<OrderSaga>| {
-                let deps = d4.clone();
-                async move { cancel_order(&deps, &i.context).await }
+            Step::local(
+                steps::RECORD_ORDER,
+                local(&deps, |deps, ctx, conn| Box::pin(record(deps, ctx, conn))),
+            )
+            .compensate_locally(|i: StepInput<OrderSaga>, conn: &mut PgConnection| {
+                Box::pin(async move { cancel_order(i.context.order_id, conn).await })
             })
             .retry(RetryPolicy::once())
             .timeout(Duration::from_secs(15)),
         )
         .step(
-            Step::new("initiate_delivery", move |i: StepInput<OrderSaga>| {
-                let deps = d5.clone();
-                async move { deliver(&deps, i.context).await }
+            Step::new(steps::INITIATE_DELIVERY, move |i: StepInput<OrderSaga>| {
+                let deps = d4.clone();
+                async move { Ok(deliver(&deps, i.context).await) }
             })
+            .when(OrderSaga::delivers)
             .compensate_with(move |i: StepInput<OrderSaga>| {
-                let deps = d6.clone();
+                let deps = d5.clone();
                 async move { cancel_delivery(&deps, &i.context).await }
             })
             .retry(RetryPolicy::once())
             .timeout(Duration::from_secs(30)),
         )
+        .step(
+            Step::local(
+                steps::RECORD_DELIVERY,
+                local(&deps, |deps, ctx, conn| {
+                    Box::pin(record_delivery(deps, ctx, conn))
+                }),
+            )
+            .when(OrderSaga::delivers)
+            .retry(RetryPolicy::new(
+                3,
+                Duration::from_millis(50),
+                Duration::from_millis(500),
+            ))
+            .timeout(Duration::from_secs(15)),
+        )
+        .lazy_start()
 }
 
-async fn reserve(deps: &Deps, mut ctx: OrderSaga) -> Result<OrderSaga, StepError> {
+async fn reserve(deps: &Deps, mut ctx: OrderSaga) -> Result<OrderSaga, StepError<Rejection>> {
     match deps.product.reserve(ctx.order_id, &ctx.request.items).await {
         Ok(ReserveOutcome::Reserved(_)) => ctx.reserved = true,
         Ok(ReserveOutcome::Insufficient(short_items)) => {
-            return Err(Rejection::InsufficientStock { short_items }.fatal());
+            return Err(StepError::Rejected(Rejection::InsufficientStock {
+                short_items,
+            }));
         }
         // Unknown products: product names the fields of the items we sent, which
         // are the customer's items in the same order.
         Err(PeerError::Rejected { problem, .. }) if problem.status == 422 => {
-            return Err(Rejection::InvalidItems {
+            return Err(StepError::Rejected(Rejection::InvalidItems {
                 errors: problem.errors,
-            }
-            .fatal());
+            }));
         }
         Err(PeerError::Rejected { problem, .. }) => {
             tracing::warn!(order_id = %ctx.order_id, %problem, "product refused the reservation");
-            return Err(Rejection::Refused {
+            return Err(StepError::Rejected(Rejection::Refused {
+                kind: problem.kind.clone(),
                 detail: problem.detail.unwrap_or(problem.title),
-            }
-            .fatal());
+            }));
         }
         Err(e @ PeerError::Unavailable { .. }) => {
             let product_ids: Vec<&str> = ctx
@@ -250,79 +304,61 @@ async fn reserve(deps: &Deps, mut ctx: OrderSaga) -> Result<OrderSaga, StepError
     Ok(ctx)
 }
 
-async fn order_exists(deps: &Deps, order_id: Uuid) -> Result<bool, StepError> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orders WHERE id = $1)")
+async fn order_status(
+    deps: &Deps,
+    order_id: Uuid,
+) -> Result<Option<OrderStatus>, StepError<Rejection>> {
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
         .bind(order_id)
-        .fetch_one(&deps.db.pool)
+        .fetch_optional(&deps.db.pool)
         .await
-        .map_err(db_error)
+        .map_err(db_error)?;
+    Ok(status.as_deref().and_then(OrderStatus::parse))
 }
 
-async fn release(deps: &Deps, ctx: &OrderSaga) -> Result<(), StepError> {
+async fn release(deps: &Deps, ctx: &OrderSaga) -> Result<(), StepError<Rejection>> {
     if !ctx.reserved {
         return Ok(());
     }
-    match order_status(deps, ctx.order_id).await? {
-        None => {}
+    // The database may be why the order was not recorded: then release anyway (a
+    // concurrent request that did record it has product take the units again on its
+    // ORDER_CREATED).
+    match order_status(deps, ctx.order_id).await.unwrap_or(None) {
+        // Never recorded (given up): free the units now, not at the TTL.
+        None => compensations::release_abandoned(&deps.product, ctx.order_id)
+            .await
+            .map_err(StepError::retryable),
         // This saga cancelled the order it had recorded: its units go back as for any
         // cancelled order (reconciliation retries if product is away now).
         Some(OrderStatus::Cancelled) => {
-            crate::cancellation::release_stock(&deps.db.pool, &deps.product, ctx.order_id).await;
-            return Ok(());
+            compensations::release_stock(&deps.db.pool, &deps.product, ctx.order_id).await;
+            Ok(())
         }
         // The same order id recorded by a concurrent request (same Idempotency-Key)
-        // owns the reservation now: leave it.
-        Some(_) => return Ok(()),
-    }
-    match deps.product.release(ctx.order_id).await {
-        Ok(()) => Ok(()),
-        // Committed meanwhile: ORDER_CANCELLED gives the units back.
-        Err(PeerError::Rejected { problem, .. }) if problem.status == 409 => Ok(()),
-        Err(e) => Err(StepError::retryable(e)),
+        // owns the reservation: leave it.
+        Some(_) => Ok(()),
     }
 }
 
-async fn record(deps: &Deps, ctx: OrderSaga) -> Result<OrderSaga, StepError> {
-    if order_exists(deps, ctx.order_id).await? {
-        // Recorded by an earlier attempt of this saga (or by a concurrent
-        // request with the same key, which answers the same order).
-        return Ok(ctx);
+/// Sales transaction 1 (the orchestrator's, which also writes the saga).
+async fn record(
+    deps: Deps,
+    mut ctx: OrderSaga,
+    conn: &mut PgConnection,
+) -> Result<OrderSaga, StepError<Rejection>> {
+    if !deps.config.fault_pause_before_record.is_zero() {
+        tokio::time::sleep(deps.config.fault_pause_before_record).await;
     }
     if Utc::now() > ctx.record_by {
-        return Err(Rejection::TooLate.fatal());
+        return Err(StepError::Rejected(Rejection::TooLate));
     }
-    match write(deps, &ctx).await {
-        Ok(()) => {}
-        Err(e)
-            if matches!(
-                platform::db::violated_constraint(&e),
-                Some("orders_pkey" | "idempotency_keys_pkey")
-            ) =>
-        {
-            return Err(Rejection::Duplicate.fatal());
-        }
-        Err(e) => return Err(StepError::fatal(format!("database: {e}"))),
-    }
-    tracing::info!(order_id = %ctx.order_id, customer_id = %ctx.request.customer_id, fallback_used = ctx.fallback.is_some(),
-        "Created order {} in database", ctx.order_id);
-    if ctx.fallback.is_some() && deps.config.availability_recheck.wake {
-        deps.recheck_wake.notify_one();
-    }
-    if ctx.reserved
-        && let Err(e) = deps.product.commit(ctx.order_id).await
-    {
-        tracing::warn!(order_id = %ctx.order_id, error = %e, "reservation commit failed; product commits it when it consumes ORDER_CREATED");
-    }
-    Ok(ctx)
-}
-
-/// The one transaction of the write path. Dropping it without commit rolls back.
-async fn write(deps: &Deps, ctx: &OrderSaga) -> Result<(), sqlx::Error> {
     let request = &ctx.request;
     let fallback = ctx.fallback.is_some();
-    let mut tx = deps.db.pool.begin().await?;
+    // The order id is derived from the Idempotency-Key: inserting the order claims the key.
+    // A retry of a recorded order stops here (its transaction rolls back) and is answered
+    // from the key; no lookup is paid by a first request.
     let order = store::insert(
-        &mut tx,
+        &mut *conn,
         &store::NewOrder {
             id: ctx.order_id,
             customer_id: &request.customer_id,
@@ -334,7 +370,27 @@ async fn write(deps: &Deps, ctx: &OrderSaga) -> Result<(), sqlx::Error> {
             delivery_hold: fallback.then_some(DeliveryHold::AvailabilityUnverified),
         },
     )
-    .await?;
+    .await
+    .map_err(|e| match platform::db::violated_constraint(&e) {
+        Some("orders_pkey") if ctx.idempotency.is_some() => {
+            StepError::Rejected(Rejection::KeyTaken)
+        }
+        Some("orders_pkey" | "idempotency_keys_pkey") => StepError::Rejected(Rejection::Duplicate),
+        _ => db_error(e),
+    })?;
+    if let Some((key, hash)) = &ctx.idempotency {
+        let key = IdempotencyKey::from_validated(key);
+        idempotency::insert(
+            &mut *conn,
+            &request.customer_id,
+            &key,
+            hash,
+            ctx.order_id,
+            201,
+        )
+        .await
+        .map_err(db_error)?;
+    }
     if let Some(reason) = &ctx.fallback {
         let product_ids: Vec<&str> = request
             .items
@@ -343,12 +399,13 @@ async fn write(deps: &Deps, ctx: &OrderSaga) -> Result<(), sqlx::Error> {
             .collect();
         let details = json!({"product_ids": product_ids, "cause": reason});
         reviews::open(
-            &mut tx,
+            &mut *conn,
             order.id,
             ReviewReason::AvailabilityUnverified,
             &details,
         )
-        .await?;
+        .await
+        .map_err(db_error)?;
         let payload = json!({
             "order_id": order.id,
             "product_ids": product_ids,
@@ -357,141 +414,146 @@ async fn write(deps: &Deps, ctx: &OrderSaga) -> Result<(), sqlx::Error> {
             "cause": reason,
         });
         outbox::enqueue(
-            &mut tx,
+            &mut *conn,
             order.id,
             order.version,
             events::AVAILABILITY_CHECK_FALLBACK_USED,
             &payload,
         )
-        .await?;
-    }
-    let first_retry = Utc::now()
-        + chrono::Duration::from_std(deps.config.delivery_retry.first_delay)
-            .unwrap_or(chrono::Duration::MAX);
-    delivery_retry::schedule(&mut tx, order.id, first_retry, fallback).await?;
-    if let Some((key, hash)) = &ctx.idempotency {
-        let key = IdempotencyKey::from_validated(key);
-        idempotency::insert(&mut tx, &request.customer_id, &key, hash, ctx.order_id, 201).await?;
-    }
-    tx.commit().await
-}
-
-async fn cancel_order(deps: &Deps, ctx: &OrderSaga) -> Result<(), StepError> {
-    let mut tx = deps.db.pool.begin().await.map_err(db_error)?;
-    let cancelled = match status::transition(
-        &mut tx,
-        ctx.order_id,
-        OrderStatus::Cancelled,
-        "order saga compensated",
-    )
-    .await
-    {
-        Ok(done) => done.into_order(),
-        // Shipped meanwhile: only a person can settle that.
-        Err(e) => return Err(StepError::fatal(e)),
-    };
-    sqlx::query("UPDATE delivery_retries SET status = 'DONE', updated_at = now() WHERE order_id = $1 AND status IN ('PENDING', 'HELD')")
-        .bind(ctx.order_id)
-        .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-    tx.commit().await.map_err(db_error)?;
-    deps.db.cache.updated(&cancelled).await;
-    Ok(())
+    }
+    let first_retry =
+        resilience::deadline::after(Utc::now(), deps.config.delivery_retry.first_delay);
+    delivery_retry::schedule(&mut *conn, order.id, first_retry, fallback)
+        .await
+        .map_err(db_error)?;
+    tracing::info!(order_id = %order.id, customer_id = %order.customer_id, fallback_used = fallback,
+        "Created order {} in database", order.id);
+    if fallback && deps.config.availability_recheck.wake {
+        deps.recheck_wake.notify_one();
+    }
+    ctx.order = Some(order);
+    Ok(ctx)
 }
 
-async fn deliver(deps: &Deps, mut ctx: OrderSaga) -> Result<OrderSaga, StepError> {
-    let park =
-        |why: String| StepError::park(format!("{why}; the delivery retry worker resumes the saga"));
-    let mut conn = deps
-        .db
-        .pool
-        .acquire()
-        .await
-        .map_err(|e| park(format!("database: {e}")))?;
-    let order = store::load(&mut conn, ctx.order_id)
-        .await
-        .map_err(|e| park(format!("database: {e}")))?
-        .ok_or_else(|| StepError::fatal("the order is missing"))?;
-    if order.delivery_id.is_some() || order.status != OrderStatus::PendingShipment {
-        ctx.delivery_id = order.delivery_id;
-        return Ok(ctx);
-    }
-    if let Some(hold) = order.delivery_hold {
-        return Err(park(format!("delivery held ({})", hold.as_str())));
-    }
-    let retry: Option<(i32, DateTime<Utc>)> =
-        sqlx::query_as("SELECT attempts, created_at FROM delivery_retries WHERE order_id = $1")
-            .bind(ctx.order_id)
+/// The compensation of `record_order`: the order cancelled (it was recorded, then the
+/// saga failed).
+async fn cancel_order(order_id: Uuid, conn: &mut PgConnection) -> Result<(), StepError<Rejection>> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM orders WHERE id = $1 FOR UPDATE")
+            .bind(order_id)
             .fetch_optional(&mut *conn)
             .await
-            .map_err(|e| park(format!("database: {e}")))?;
-    drop(conn);
-    let (attempts, created_at) = retry.unwrap_or((0, order.created_at));
-    let due = Due {
-        order_id: order.id,
-        attempts,
-        created_at,
-    };
-    match delivery_retry::attempt(
-        &deps.db,
-        &deps.delivery,
-        &deps.config.delivery_retry,
-        &order,
-        due,
-        Utc::now(),
-    )
-    .await
-    {
-        Ok(Attempted::Initiated(updated)) => {
-            ctx.delivery_id = updated.delivery_id;
-            Ok(ctx)
-        }
-        Ok(_) => Err(park("delivery not initiated yet".into())),
-        Err(e) => Err(park(format!("recording the delivery attempt failed: {e}"))),
-    }
-}
-
-async fn cancel_delivery(deps: &Deps, ctx: &OrderSaga) -> Result<(), StepError> {
-    match cancel_at_delivery(deps, ctx).await {
-        // Marking the saga of a cancelled order compensated: the cancellation
-        // stopped the delivery itself (it refuses to cancel otherwise), so
-        // delivery being down by now leaves nothing undone; failing here would
-        // leave the saga FAILED, waiting for staff, for nothing.
-        Err(StepError::Retryable(error)) if order_cancelled(deps, ctx.order_id).await? => {
-            tracing::warn!(order_id = %ctx.order_id, %error,
-                "delivery unreachable while marking a cancelled order's saga compensated; nothing left to undo");
-            Ok(())
-        }
-        other => other,
-    }
-}
-
-async fn order_cancelled(deps: &Deps, order_id: Uuid) -> Result<bool, StepError> {
-    Ok(order_status(deps, order_id).await? == Some(OrderStatus::Cancelled))
-}
-
-async fn order_status(deps: &Deps, order_id: Uuid) -> Result<Option<OrderStatus>, StepError> {
-    let status: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
-        .bind(order_id)
-        .fetch_optional(&deps.db.pool)
+            .map_err(db_error)?;
+    match status.as_deref().and_then(OrderStatus::parse) {
+        None | Some(OrderStatus::Cancelled) => Ok(()),
+        Some(OrderStatus::PendingShipment) => compensations::cancel_recorded(
+            conn,
+            order_id,
+            "order saga compensated",
+            "system",
+            OpenReviews::Resolve,
+            None,
+        )
         .await
-        .map_err(db_error)?;
-    Ok(status.as_deref().and_then(OrderStatus::parse))
+        .map(|_| ())
+        .map_err(|e| match e {
+            compensations::CancelError::Database(e) => db_error(e),
+            other => StepError::fatal(other),
+        }),
+        // Shipped meanwhile: only a person can settle that.
+        Some(other) => Err(StepError::fatal(format!(
+            "the order is {}: it cannot be cancelled",
+            other.as_str()
+        ))),
+    }
 }
 
-async fn cancel_at_delivery(deps: &Deps, ctx: &OrderSaga) -> Result<(), StepError> {
-    let delivery_id = match ctx.delivery_id {
-        Some(id) => Some(id),
-        None => deps
-            .delivery
-            .find_for_order(ctx.order_id)
-            .await
-            .map_err(StepError::retryable)?
-            .map(|d| d.id),
+/// The delivery call; never an error (a failure is for the retry worker).
+async fn deliver(deps: &Deps, mut ctx: OrderSaga) -> OrderSaga {
+    let request = DeliveryRequest {
+        order_id: ctx.order_id,
+        address: ctx.request.shipping_address.clone(),
+        items: ctx
+            .order
+            .as_ref()
+            .map_or_else(|| ctx.request.items.clone(), |o| o.items.clone()),
     };
-    let Some(delivery_id) = delivery_id else {
-        return Ok(());
+    ctx.delivery = Some(match deps.delivery.initiate(&request).await {
+        Ok(delivery) => DeliveryAttempt::Initiated {
+            delivery_id: delivery.id,
+        },
+        Err(e) => DeliveryAttempt::Failed {
+            not_sent: matches!(e, PeerError::Unavailable { not_sent: true, .. }),
+            error: e.to_string(),
+        },
+    });
+    ctx
+}
+
+/// Sales transaction 2 (the orchestrator's, which also completes the saga).
+async fn record_delivery(
+    deps: Deps,
+    mut ctx: OrderSaga,
+    conn: &mut PgConnection,
+) -> Result<OrderSaga, StepError<Rejection>> {
+    let now = Utc::now();
+    let known = ctx.order.clone();
+    match ctx.delivery.clone() {
+        Some(DeliveryAttempt::Initiated { delivery_id }) => {
+            let updated = delivery_retry::record_initiated(
+                &mut *conn,
+                ctx.order_id,
+                delivery_id,
+                known.as_ref(),
+                now,
+            )
+            .await
+            .map_err(db_error)?;
+            if updated
+                .as_ref()
+                .is_some_and(|o| o.status == OrderStatus::Cancelled)
+            {
+                // Cancelled while the delivery was made: the compensations undo it.
+                return Err(StepError::Rejected(Rejection::Cancelled));
+            }
+            tracing::info!(order_id = %ctx.order_id, %delivery_id, "delivery initiated");
+            ctx.order = updated.or(known);
+        }
+        Some(DeliveryAttempt::Failed { error, not_sent }) => {
+            if !not_sent {
+                let version = known.as_ref().map_or(1, |o| o.version);
+                let created_at = known.as_ref().map_or(now, |o| o.created_at);
+                let due = Due {
+                    order_id: ctx.order_id,
+                    attempts: 0,
+                    created_at,
+                };
+                delivery_retry::record_failure(
+                    &mut *conn,
+                    &deps.config.delivery_retry,
+                    ctx.order_id,
+                    version,
+                    due,
+                    now,
+                    &error,
+                )
+                .await
+                .map_err(db_error)?;
+            }
+            // The row written with the order stays due: the retry worker initiates it.
+            tracing::warn!(order_id = %ctx.order_id, error, not_sent, "delivery not initiated; left to the retry worker");
+        }
+        None => {}
+    }
+    Ok(ctx)
+}
+
+async fn cancel_delivery(deps: &Deps, ctx: &OrderSaga) -> Result<(), StepError<Rejection>> {
+    let delivery_id = match &ctx.delivery {
+        Some(DeliveryAttempt::Initiated { delivery_id }) => *delivery_id,
+        _ => return Ok(()),
     };
     match deps.delivery.cancel(delivery_id).await {
         Ok(CancelOutcome::Cancelled(_) | CancelOutcome::Unknown) => Ok(()),
@@ -517,7 +579,7 @@ pub async fn run_recovery(
         || async {
             let report = sagas
                 .orchestrator
-                .recover(&[&sagas.definition], Utc::now())
+                .recover(&[sagas.definition.as_ref()], Utc::now())
                 .await?;
             if report.found > 0 {
                 tracing::info!(?report, "order sagas recovered");
@@ -528,9 +590,10 @@ pub async fn run_recovery(
     .await;
 }
 
-/// A saga with its steps (staff).
+/// A saga with its steps (staff). The order saga's id is its order's id, so an order's
+/// saga is `GET /sagas/{order_id}`.
 #[utoipa::path(get, path = "/sagas/{id}", tag = "sagas", security(("staff" = [])),
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path, description = "The saga's id; an order's saga has the order's id")),
     responses((status = 200, body = saga::store::SagaView), (status = 401, body = contracts::Problem),
         (status = 403, body = contracts::Problem), (status = 404, body = contracts::Problem)))]
 pub async fn get_saga(

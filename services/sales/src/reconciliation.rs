@@ -299,7 +299,7 @@ impl Worker {
         .await?;
         for order_id in unconfirmed {
             report.checked += 1;
-            if crate::cancellation::release_stock(&self.db.pool, &self.product, order_id).await {
+            if crate::compensations::release_stock(&self.db.pool, &self.product, order_id).await {
                 report.fixed += 1;
             } else {
                 report.errors += 1;

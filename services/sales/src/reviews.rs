@@ -18,6 +18,8 @@ pub enum ReviewReason {
     OutOfStockAfterFallback,
     /// Accepted on the fallback for a product that does not exist (found by the re-check).
     UnknownProduct,
+    /// Its reservation lapsed while `ORDER_CREATED` waited for the broker, and the stock is gone.
+    ReservationLapsed,
     /// Delivery reported a status the order cannot move to.
     InvalidStatusTransition,
     /// Delivery could not be initiated within the retry limits.
@@ -29,10 +31,11 @@ pub enum ReviewReason {
 }
 
 impl ReviewReason {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::AvailabilityUnverified,
         Self::OutOfStockAfterFallback,
         Self::UnknownProduct,
+        Self::ReservationLapsed,
         Self::InvalidStatusTransition,
         Self::DeliveryRetriesExhausted,
         Self::DeliveryFailed,
@@ -44,6 +47,7 @@ impl ReviewReason {
             Self::AvailabilityUnverified => "AVAILABILITY_UNVERIFIED",
             Self::OutOfStockAfterFallback => "OUT_OF_STOCK_AFTER_FALLBACK",
             Self::UnknownProduct => "UNKNOWN_PRODUCT",
+            Self::ReservationLapsed => "RESERVATION_LAPSED",
             Self::InvalidStatusTransition => "INVALID_STATUS_TRANSITION",
             Self::DeliveryRetriesExhausted => "DELIVERY_RETRIES_EXHAUSTED",
             Self::DeliveryFailed => "DELIVERY_FAILED",

@@ -94,7 +94,8 @@ async fn a_failing_step_compensates_the_completed_steps_in_reverse(pool: PgPool)
         outcome.end,
         SagaEnd::Compensated {
             failed_step: Some("c".into()),
-            error: "c failed".into()
+            error: "c failed".into(),
+            rejection: None,
         }
     );
     assert!(!outcome.needs_manual_review());
@@ -246,7 +247,8 @@ async fn a_compensation_that_keeps_failing_ends_failed_for_manual_review(pool: P
         resumed.end,
         SagaEnd::Compensated {
             failed_step: Some("c".into()),
-            error: "c failed".into()
+            error: "c failed".into(),
+            rejection: None,
         }
     );
     assert_eq!(
@@ -281,6 +283,7 @@ async fn compensate_cancels_a_completed_saga_once(pool: PgPool) {
     let expected = SagaEnd::Compensated {
         failed_step: None,
         error: "customer cancelled".into(),
+        rejection: None,
     };
     assert_eq!(cancelled.end, expected);
     assert_eq!(

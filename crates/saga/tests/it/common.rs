@@ -11,7 +11,7 @@ use saga::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// The test saga's context: a trail of the sequential steps done, and switches steps obey.
@@ -84,6 +84,68 @@ pub fn seq(journal: &Journal, name: &'static str) -> Step<Ctx> {
             k.push(input.saga_id, format!("undo:{name}"));
             Ok(())
         }
+    })
+    .retry(quick(1))
+    .compensation_retry(quick(1))
+}
+
+/// The table local test steps write their effects to (created once per test database).
+pub async fn effects_table(pool: &PgPool) {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS saga_test_effects (saga_id UUID NOT NULL, step TEXT NOT NULL)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// The local steps whose effect saga `id` holds, in name order.
+pub async fn effects(pool: &PgPool, id: Uuid) -> Vec<String> {
+    sqlx::query_scalar("SELECT step FROM saga_test_effects WHERE saga_id = $1 ORDER BY step")
+        .bind(id)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// A local step (needs [`effects_table`]): in the orchestrator's transaction it writes its
+/// effect row and appends its name to the trail (fails fatally if `fail_at` names it, before
+/// writing); its local compensation deletes the row and journals `undo:<name>`.
+pub fn local(journal: &Journal, name: &'static str) -> Step<Ctx> {
+    let (j, k) = (journal.clone(), journal.clone());
+    Step::local(
+        name,
+        move |input: StepInput<Ctx>, conn: &mut PgConnection| {
+            let j = j.clone();
+            Box::pin(async move {
+                j.push(input.saga_id, format!("do:{name}"));
+                let mut ctx = input.context;
+                if ctx.fail_at.as_deref() == Some(name) {
+                    return Err(StepError::fatal(format!("{name} failed")));
+                }
+                sqlx::query("INSERT INTO saga_test_effects (saga_id, step) VALUES ($1, $2)")
+                    .bind(input.saga_id)
+                    .bind(name)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(StepError::retryable)?;
+                ctx.trail.push(name.to_owned());
+                Ok(ctx)
+            })
+        },
+    )
+    .compensate_locally(move |input: StepInput<Ctx>, conn: &mut PgConnection| {
+        let k = k.clone();
+        Box::pin(async move {
+            k.push(input.saga_id, format!("undo:{name}"));
+            sqlx::query("DELETE FROM saga_test_effects WHERE saga_id = $1 AND step = $2")
+                .bind(input.saga_id)
+                .bind(name)
+                .execute(&mut *conn)
+                .await
+                .map_err(StepError::retryable)?;
+            Ok(())
+        })
     })
     .retry(quick(1))
     .compensation_retry(quick(1))

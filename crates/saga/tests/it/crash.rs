@@ -1,10 +1,12 @@
-//! Resuming after a crash at every step boundary.
+//! Resuming after a crash at every checkpoint.
 //!
 //! A crash leaves the tables as the last committed transaction left them. The snapshot test
 //! records the saga's rows after every commit of a normal run (a deferred trigger copies them
-//! at commit time; every write transaction of a saga locks its instance row first, so commits
-//! are serial and each copy is a state a crash can leave), then restores each copy as a new
-//! saga whose owner's lease has expired and lets a second orchestrator recover it.
+//! at commit time; a saga's writes are serial, each a state a crash can leave), then restores
+//! each copy as a new saga whose owner's lease has expired and lets a second orchestrator
+//! recover it. The saga mixes local steps (their work and checkpoint commit together: never
+//! run twice) and remote ones (recorded with the next checkpoint: run again when a crash came
+//! first).
 
 use std::{
     collections::HashSet,
@@ -26,13 +28,13 @@ use crate::common::*;
 
 const STEPS: [&str; 5] = ["a", "b1", "b2", "c", "d"];
 
-/// a → {b1 ∥ b2} → c → d, every step compensable.
+/// a (local) → {b1 ∥ b2} (remote) → c (local) → d (remote), every step compensable.
 fn five_steps(journal: &Journal) -> SagaDefinition<Ctx> {
     SagaDefinition::new("five")
-        .step(seq(journal, "a"))
+        .step(local(journal, "a"))
         .step(par(journal, "b1", "g", Duration::from_millis(5)))
         .step(par(journal, "b2", "g", Duration::ZERO))
-        .step(seq(journal, "c"))
+        .step(local(journal, "c"))
         .step(seq(journal, "d"))
 }
 
@@ -132,10 +134,15 @@ fn succeeded(steps: &Value, kind: &str) -> HashSet<String> {
 
 /// Runs the five-step saga once failing at `fail_at` (or not), then recovers it from every
 /// state it committed on the way.
-async fn recover_from_every_boundary(pool: PgPool, fail_at: Option<&str>) {
+async fn recover_from_every_boundary(pool: PgPool, fail_at: Option<&str>, lazy: bool) {
     record_snapshots(&pool).await;
+    effects_table(&pool).await;
     let journal = Journal::default();
-    let definition = five_steps(&journal);
+    let definition = if lazy {
+        five_steps(&journal).lazy_start()
+    } else {
+        five_steps(&journal)
+    };
     let ctx = Ctx {
         fail_at: fail_at.map(str::to_owned),
         ..Ctx::default()
@@ -155,14 +162,15 @@ async fn recover_from_every_boundary(pool: PgPool, fail_at: Option<&str>) {
         .execute(&pool)
         .await
         .unwrap();
-    // insert, 2 per attempt, and the final status; plus begin_compensation and 2 per
-    // compensation when failing.
-    let min_states = match fail_at {
-        None => 12,
-        Some("c") => 17,
-        _ => 13,
+    // Checkpoints: the start (unless lazy), a, c with b1 and b2, the end with d; failing:
+    // the start, a, compensating, a's local compensation, the end.
+    let want = match (fail_at, lazy) {
+        (None, false) => 4,
+        (None, true) => 3,
+        (_, false) => 5,
+        (_, true) => 4,
     };
-    assert!(states.len() >= min_states, "{} states", states.len());
+    assert_eq!(states.len(), want, "{} states", states.len());
 
     // The steps a run would still attempt, from a RUNNING state: those before the failing
     // unit, and the failing unit itself.
@@ -177,11 +185,6 @@ async fn recover_from_every_boundary(pool: PgPool, fail_at: Option<&str>) {
         let status = instance["status"].as_str().unwrap().to_owned();
         let done_before = succeeded(steps, "ACTION");
         let undone_before = succeeded(steps, "COMPENSATION");
-        let had_running = steps
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["status"] == "RUNNING");
         let id = restore(&pool, instance.clone(), steps).await;
 
         let report = recoverer.recover(&[&definition], Utc::now()).await.unwrap();
@@ -200,10 +203,10 @@ async fn recover_from_every_boundary(pool: PgPool, fail_at: Option<&str>) {
         let view = view(&pool, id).await;
         assert_eq!(view.status, expected, "{at}");
         assert_eq!(view.locked_by, None, "{at}");
-        assert!(view.steps.iter().all(|s| s.status != Running), "{at}");
-        assert_eq!(
-            view.steps.iter().any(|s| s.status == Interrupted),
-            had_running,
+        assert!(
+            view.steps
+                .iter()
+                .all(|s| s.status != Running && s.status != Interrupted),
             "{at}"
         );
 
@@ -240,6 +243,15 @@ async fn recover_from_every_boundary(pool: PgPool, fail_at: Option<&str>) {
             undo_order.windows(2).all(|w| w[0] > w[1]),
             "{at}: compensations in reverse, got {events:?}"
         );
+        // A local step's effect commits with its checkpoint: the recovered saga holds the
+        // effects of exactly the local steps it ran and did not undo.
+        let ran_locally: Vec<String> = ["a", "c"]
+            .into_iter()
+            .filter(|s| count(format!("do:{s}")) == 1 && count(format!("undo:{s}")) == 0)
+            .filter(|s| fail_at != Some(*s))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(effects(&pool, id).await, ran_locally, "{at}");
         if fail_at.is_none() {
             assert_eq!(view.context["trail"], json!(["a", "c", "d"]), "{at}");
             assert_eq!(
@@ -253,25 +265,35 @@ async fn recover_from_every_boundary(pool: PgPool, fail_at: Option<&str>) {
 
 #[sqlx::test(migrations = "../../migrations/sales")]
 async fn a_crash_at_any_boundary_of_a_successful_saga_completes_it(pool: PgPool) {
-    recover_from_every_boundary(pool, None).await;
+    recover_from_every_boundary(pool, None, false).await;
+}
+
+#[sqlx::test(migrations = "../../migrations/sales")]
+async fn a_crash_at_any_boundary_of_a_lazily_started_saga_completes_it(pool: PgPool) {
+    recover_from_every_boundary(pool, None, true).await;
 }
 
 #[sqlx::test(migrations = "../../migrations/sales")]
 async fn a_crash_at_any_boundary_of_a_failing_saga_compensates_it(pool: PgPool) {
-    recover_from_every_boundary(pool, Some("c")).await;
+    recover_from_every_boundary(pool, Some("c"), false).await;
+}
+
+#[sqlx::test(migrations = "../../migrations/sales")]
+async fn a_crash_at_any_boundary_of_a_failing_lazy_saga_compensates_it(pool: PgPool) {
+    recover_from_every_boundary(pool, Some("c"), true).await;
 }
 
 #[sqlx::test(migrations = "../../migrations/sales")]
 async fn a_crash_at_any_boundary_of_a_failing_parallel_group_compensates_it(pool: PgPool) {
-    recover_from_every_boundary(pool, Some("b2")).await;
+    recover_from_every_boundary(pool, Some("b2"), false).await;
 }
 
-/// a → b (hangs on its first call) → c.
+/// a (local) → b (hangs on its first call) → c.
 fn hanging(journal: &Journal, started: Arc<Notify>) -> SagaDefinition<Ctx> {
     let j = journal.clone();
     let first = Arc::new(AtomicBool::new(true));
     SagaDefinition::new("hanging")
-        .step(seq(journal, "a"))
+        .step(local(journal, "a"))
         .step(Step::new("b", move |input: StepInput<Ctx>| {
             let (j, first, started) = (j.clone(), first.clone(), started.clone());
             async move {
@@ -288,6 +310,7 @@ fn hanging(journal: &Journal, started: Arc<Notify>) -> SagaDefinition<Ctx> {
 
 #[sqlx::test(migrations = "../../migrations/sales")]
 async fn a_run_dropped_mid_step_is_recovered_once_its_lease_expires(pool: PgPool) {
+    effects_table(&pool).await;
     let journal = Journal::default();
     let started = Arc::new(Notify::new());
     let definition = hanging(&journal, started.clone());
@@ -303,7 +326,8 @@ async fn a_run_dropped_mid_step_is_recovered_once_its_lease_expires(pool: PgPool
     assert_eq!(crashed.status, SagaStatus::Running);
     assert_eq!(crashed.locked_by.as_deref(), Some("first"));
     assert_eq!(crashed.current_step.as_deref(), Some("b"));
-    assert_eq!(crashed.steps.last().unwrap().status, Running);
+    // a's checkpoint; b's attempt was never recorded (a remote outcome waits for the next one).
+    assert_eq!(rows(&crashed), vec![row("a", Action, 1, Succeeded)]);
 
     let second = orchestrator(&pool, "second");
     let report = second.recover(&[&definition], Utc::now()).await.unwrap();
@@ -317,14 +341,13 @@ async fn a_run_dropped_mid_step_is_recovered_once_its_lease_expires(pool: PgPool
     assert_eq!(
         journal.events(id),
         strings(&["do:a", "do:b", "do:b", "do:c"]),
-        "a is not run again; b, interrupted, is"
+        "a is not run again; b, whose outcome was lost, is"
     );
     assert_eq!(
         rows(&view(&pool, id).await),
         vec![
             row("a", Action, 1, Succeeded),
-            row("b", Action, 1, Interrupted),
-            row("b", Action, 2, Succeeded),
+            row("b", Action, 1, Succeeded),
             row("c", Action, 1, Succeeded),
         ]
     );
@@ -332,12 +355,13 @@ async fn a_run_dropped_mid_step_is_recovered_once_its_lease_expires(pool: PgPool
 
 #[sqlx::test(migrations = "../../migrations/sales")]
 async fn a_panicking_step_is_a_crash_not_a_failure(pool: PgPool) {
+    effects_table(&pool).await;
     let journal = Journal::default();
     let j = journal.clone();
     let first_call = Arc::new(AtomicBool::new(true));
     let definition = Arc::new(
         SagaDefinition::new("panicky")
-            .step(seq(&journal, "a"))
+            .step(local(&journal, "a"))
             .step(Step::new("b", move |input: StepInput<Ctx>| {
                 let (j, first_call) = (j.clone(), first_call.clone());
                 async move {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod basics;
+mod checkpoints;
 mod common;
 mod crash;
 mod parallel;

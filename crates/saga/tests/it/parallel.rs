@@ -91,7 +91,8 @@ async fn a_failing_branch_compensates_every_completed_branch_and_earlier_steps_i
         outcome.end,
         SagaEnd::Compensated {
             failed_step: Some("b2".into()),
-            error: "b2 failed".into()
+            error: "b2 failed".into(),
+            rejection: None,
         }
     );
     let events = journal.events(outcome.id);

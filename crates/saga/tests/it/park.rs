@@ -118,7 +118,8 @@ async fn a_waiting_saga_can_park_again_or_be_cancelled(pool: PgPool) {
         cancelled.end,
         SagaEnd::Compensated {
             failed_step: None,
-            error: "customer cancelled".into()
+            error: "customer cancelled".into(),
+            rejection: None,
         }
     );
     assert_eq!(

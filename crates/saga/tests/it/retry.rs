@@ -72,7 +72,8 @@ async fn retries_run_out_then_the_saga_compensates(pool: PgPool) {
         outcome.end,
         SagaEnd::Compensated {
             failed_step: Some("flaky".into()),
-            error: "503 from warehouse".into()
+            error: "503 from warehouse".into(),
+            rejection: None,
         }
     );
     assert_eq!(seen.lock().unwrap().len(), 3);
@@ -134,7 +135,8 @@ async fn a_timeout_is_a_failed_attempt(pool: PgPool) {
         outcome.end,
         SagaEnd::Compensated {
             failed_step: Some("sluggish".into()),
-            error: "timed out after 50ms".into()
+            error: "timed out after 50ms".into(),
+            rejection: None,
         }
     );
     assert_eq!(journal.events(outcome.id), strings(&["do:a", "undo:a"]));

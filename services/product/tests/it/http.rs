@@ -47,6 +47,7 @@ async fn openapi_documents_every_route(pool: PgPool) {
             "get /reservations/{order_id}",
             "delete /reservations/{order_id}",
             "post /reservations/{order_id}/commit",
+            "post /reservations/renewals",
         ],
     );
     let new_product = &doc["components"]["schemas"]["NewProduct"];

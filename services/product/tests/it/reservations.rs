@@ -260,3 +260,70 @@ async fn placing_a_released_order_again_holds_its_units_again_or_says_they_are_g
     let read: Reservation = expect_json(app.api.get(&path).await, 200).await;
     assert_eq!(read.status, ReservationStatus::Released);
 }
+
+#[sqlx::test(migrations = "../../migrations/product")]
+async fn renewals_keep_reservations_alive_and_retake_lapsed_ones_while_stock_allows(pool: PgPool) {
+    let app = spawn(pool.clone()).await;
+    add_product(&app.api, "SKU-A", 5).await;
+    let (active, lapsed, gone, committed, unknown) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
+    for (order, q) in [(active, 1), (lapsed, 1), (gone, 2), (committed, 1)] {
+        let body = reservation(order, &[("SKU-A", q)]);
+        expect_json::<Reservation>(app.api.post("/reservations", &body).await, 201).await;
+    }
+    let commit = format!("/reservations/{committed}/commit");
+    expect_json::<Reservation>(app.api.post(&commit, &json!({})).await, 200).await;
+    // `lapsed` and `gone` expire; another order takes `gone`'s units meanwhile.
+    sqlx::query(
+        "UPDATE reservations SET expires_at = now() - interval '1 minute' WHERE order_id = ANY($1)",
+    )
+    .bind(vec![lapsed, gone])
+    .execute(&pool)
+    .await
+    .unwrap();
+    product::expiry::run_once(&pool, Utc::now()).await.unwrap();
+    let other = reservation(Uuid::new_v4(), &[("SKU-A", 2)]);
+    expect_json::<Reservation>(app.api.post("/reservations", &other).await, 201).await;
+    assert_eq!(
+        stock(&pool, "SKU-A").await,
+        (4, 3),
+        "active 1 + other 2 held; 1 committed"
+    );
+    let before: chrono::DateTime<Utc> =
+        sqlx::query_scalar("SELECT expires_at FROM reservations WHERE order_id = $1")
+            .bind(active)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+
+    let body = json!({"order_ids": [active, lapsed, gone, committed, unknown]});
+    let renewals: Vec<contracts::catalog::Renewal> =
+        expect_json(app.api.post("/reservations/renewals", &body).await, 200).await;
+    let outcome = |id: Uuid| renewals.iter().find(|r| r.order_id == id).unwrap().outcome;
+    use contracts::catalog::RenewalOutcome::*;
+    assert_eq!(outcome(active), Renewed);
+    assert_eq!(outcome(lapsed), Retaken, "stock allowed taking it again");
+    assert_eq!(outcome(gone), Gone, "its units went to another order");
+    assert_eq!(outcome(committed), Committed);
+    assert_eq!(outcome(unknown), Unknown);
+    let after: chrono::DateTime<Utc> =
+        sqlx::query_scalar("SELECT expires_at FROM reservations WHERE order_id = $1")
+            .bind(active)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(after >= before, "the deadline moved on, never back");
+    assert_eq!(
+        stock(&pool, "SKU-A").await,
+        (4, 4),
+        "the retaken unit is held again"
+    );
+
+    let empty = json!({"order_ids": []});
+    expect_problem(app.api.post("/reservations/renewals", &empty).await, 422).await;
+}

@@ -1,6 +1,9 @@
-//! Placing an order, the write path of DESIGN §3: validate → (database breaker)
-//! → idempotency → the order saga ([`crate::order_saga`]: reserve or fall back →
-//! record → deliver or park) → 201, or the saga's reason for refusing.
+//! Placing an order, the write path: validate → (database breaker) → the order saga
+//! ([`crate::order_saga`]: reserve or fall back → record → deliver → record the delivery,
+//! two sales transactions) in a task of its own → 201 built from what the saga holds, or
+//! the saga's typed reason for refusing. A repeated `Idempotency-Key` is found by the
+//! record transaction (its order id is taken) and only then looked up, to replay the first
+//! answer.
 
 use axum::{
     extract::State,
@@ -15,6 +18,7 @@ use contracts::{
 };
 use platform::{ApiResult, ensure_valid, extract::Json};
 use saga::SagaEnd;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
@@ -58,17 +62,10 @@ async fn place(
     key: Option<IdempotencyKey>,
 ) -> ApiResult<Response> {
     let hash = idempotency::request_hash(&request);
-    if let Some(key) = &key
-        && let Some(replay) = replay(state, &request, key, &hash).await?
-    {
-        return Ok(replay);
-    }
     let order_id = key
         .as_ref()
         .map_or_else(Uuid::now_v7, |k| k.order_id(&request.customer_id));
-    let record_by = Utc::now()
-        + chrono::Duration::from_std(state.config.server.request_timeout)
-            .unwrap_or(chrono::Duration::MAX);
+    let record_by = resilience::deadline::after(Utc::now(), state.config.server.request_timeout);
     let context = OrderSaga {
         order_id,
         idempotency: key.as_ref().map(|k| (k.as_str().to_owned(), hash.clone())),
@@ -76,38 +73,57 @@ async fn place(
         record_by,
         reserved: false,
         fallback: None,
-        delivery_id: None,
+        order: None,
+        delivery: None,
     };
-    let sagas = &state.sagas;
-    let outcome = match sagas.orchestrator.start(&sagas.definition, context).await {
-        Ok(outcome) => outcome,
-        Err(saga::Error::Database(e)) => return Err(e.into()),
+    // The saga runs in a task of its own: a client that goes away or a request that times
+    // out never cuts a step mid-way; the saga goes on to its next checkpoint.
+    let sagas = state.sagas.clone();
+    let run = tokio::spawn(
+        async move {
+            sagas
+                .orchestrator
+                .start_with_id(sagas.definition.as_ref(), order_id, context)
+                .await
+        }
+        .instrument(tracing::Span::current()),
+    );
+    let outcome = match run.await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(saga::Error::Database(e))) => return Err(e.into()),
         // Another request (same key) or instance runs this order's saga: it carries
         // on, and a retry with the same key answers its outcome.
-        Err(saga::Error::Busy(_) | saga::Error::LeaseLost(_)) => {
-            return Err(Problem::conflict(
-                "in-progress",
-                "a request with this Idempotency-Key is in progress",
-            )
-            .with_retry_after(1)
-            .into());
-        }
-        Err(e) => {
+        Ok(Err(
+            saga::Error::Busy(_) | saga::Error::LeaseLost(_) | saga::Error::AlreadyExists(_),
+        )) => return wait_for_first(state, &request, key.as_ref(), &hash).await,
+        Ok(Err(e)) => {
             tracing::error!(%order_id, error = %e, "the order saga could not run");
             return Err(Problem::internal().into());
         }
+        Err(panicked) => {
+            tracing::error!(%order_id, error = %panicked, "the order saga's task failed");
+            return Err(Problem::internal().into());
+        }
     };
-    match &outcome.end {
+    match outcome.end {
         SagaEnd::Completed | SagaEnd::Waiting { .. } => {
-            let mut conn = state.db.pool.acquire().await?;
-            let order = store::load(&mut conn, order_id)
-                .await?
-                .ok_or(sqlx::Error::RowNotFound)?;
+            let order = match outcome.context.order {
+                Some(order) => order,
+                // Not expected (the record step sets it), but the order is in the database.
+                None => {
+                    let mut conn = state.db.pool.acquire().await?;
+                    store::load(&mut conn, order_id)
+                        .await?
+                        .ok_or(sqlx::Error::RowNotFound)?
+                }
+            };
             // Best effort and off this request's path: a dead Redis never slows it.
             state.db.cache.updated_in_background(&order);
             Ok(created(order, StatusCode::CREATED, false))
         }
-        SagaEnd::Compensated { error, .. } => match Rejection::parse(error) {
+        SagaEnd::Compensated {
+            rejection, error, ..
+        } => match rejection {
             Some(Rejection::InsufficientStock { short_items }) => Err(Problem::conflict(
                 INSUFFICIENT_STOCK,
                 "not enough stock for some items",
@@ -115,21 +131,21 @@ async fn place(
             .with_extension("short_items", short_items)
             .into()),
             Some(Rejection::InvalidItems { errors }) => Err(Problem::validation(errors).into()),
-            Some(Rejection::Refused { detail }) => {
+            // The key was used before, or the same order is being recorded by a concurrent
+            // request (same key): answer as it did. Product refuses a key reused for other
+            // items (the order id is the key's) the same way.
+            Some(Rejection::KeyTaken | Rejection::Duplicate) => {
+                replay_or_busy(state, &request, key.as_ref(), &hash).await
+            }
+            Some(Rejection::Refused { kind, .. })
+                if kind.ends_with("reservation-mismatch") && key.is_some() =>
+            {
+                replay_or_busy(state, &request, key.as_ref(), &hash).await
+            }
+            Some(Rejection::Refused { detail, .. }) => {
                 Err(Problem::conflict("reservation-refused", detail).into())
             }
-            Some(Rejection::Duplicate) => {
-                // A concurrent request with the same key recorded the order: answer as it did.
-                let key = key.as_ref().ok_or(sqlx::Error::RowNotFound)?;
-                replay(state, &request, key, &hash).await?.ok_or_else(|| {
-                    Problem::conflict(
-                        "in-progress",
-                        "a request with this Idempotency-Key is in progress",
-                    )
-                    .into()
-                })
-            }
-            Some(Rejection::TooLate) | None => {
+            Some(Rejection::TooLate | Rejection::Cancelled) | None => {
                 tracing::warn!(%order_id, %error, "order not recorded");
                 Err(
                     Problem::unavailable("the order could not be recorded; try again shortly", 5)
@@ -141,13 +157,57 @@ async fn place(
             compensation_error, ..
         } => {
             tracing::error!(%order_id, saga_id = %outcome.id, %compensation_error,
-                "the order was not recorded and undoing its reservation failed; the saga waits for staff");
+                "the order was not recorded and undoing its reservation failed (it expires by itself)");
             Err(
                 Problem::unavailable("the order could not be recorded; try again shortly", 5)
                     .into(),
             )
         }
     }
+}
+
+/// A request with this key is being placed right now (here, or by another instance): wait
+/// a little for its answer, then say it is in progress.
+async fn wait_for_first(
+    state: &AppState,
+    request: &PlaceOrder,
+    key: Option<&IdempotencyKey>,
+    hash: &str,
+) -> ApiResult<Response> {
+    let Some(key) = key else {
+        return Err(in_progress());
+    };
+    for _ in 0..40 {
+        if let Some(answer) = replay(state, request, key, hash).await? {
+            return Ok(answer);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    Err(in_progress())
+}
+
+fn in_progress() -> platform::ApiError {
+    Problem::conflict(
+        "in-progress",
+        "a request with this Idempotency-Key is in progress",
+    )
+    .with_retry_after(1)
+    .into()
+}
+
+/// The first answer for a key already recorded, or 409 in-progress.
+async fn replay_or_busy(
+    state: &AppState,
+    request: &PlaceOrder,
+    key: Option<&IdempotencyKey>,
+    hash: &str,
+) -> ApiResult<Response> {
+    let Some(key) = key else {
+        return Err(in_progress());
+    };
+    replay(state, request, key, hash)
+        .await?
+        .ok_or_else(in_progress)
 }
 
 async fn replay(

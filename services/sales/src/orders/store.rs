@@ -261,11 +261,13 @@ pub async fn list(
 }
 
 /// Stores the delivery id of an order and emits `DELIVERY_INITIATED`, once:
-/// an order that already has it is returned unchanged.
+/// an order that already has it is returned unchanged. `known`: the order as the
+/// caller holds it, whose items are then not read again.
 pub async fn record_delivery(
     conn: &mut PgConnection,
     order_id: Uuid,
     delivery_id: Uuid,
+    known: Option<&Order>,
 ) -> Result<Option<Order>, sqlx::Error> {
     let updated: Option<OrderRow> = sqlx::query_as(&format!(
         "UPDATE orders SET delivery_id = $2, version = version + 1, updated_at = now()
@@ -278,7 +280,10 @@ pub async fn record_delivery(
     let Some(row) = updated else {
         return load(conn, order_id).await;
     };
-    let order = with_items(&mut *conn, vec![row]).await?.pop();
+    let order = match known.filter(|k| k.id == order_id) {
+        Some(known) => Some(row.into_order(known.items.clone())),
+        None => with_items(&mut *conn, vec![row]).await?.pop(),
+    };
     if let Some(order) = &order {
         outbox::enqueue(
             &mut *conn,

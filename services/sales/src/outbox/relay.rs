@@ -293,10 +293,15 @@ impl Relay {
             };
             tokio::select! {
                 () = token.cancelled() => break,
-                woke = wake => if let Err(e) = woke {
-                    tracing::warn!(error = %e, "outbox listener lost; reconnecting");
-                    listener = None;
-                    tokio::time::sleep(self.config.poll_interval).await;
+                woke = wake => match woke {
+                    // Commits come in bursts (an order writes two events in two transactions a
+                    // few milliseconds apart): gather them into one claim and one call.
+                    Ok(()) => tokio::time::sleep(self.config.coalesce).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "outbox listener lost; reconnecting");
+                        listener = None;
+                        tokio::time::sleep(self.config.poll_interval).await;
+                    }
                 },
                 () = tokio::time::sleep(self.config.poll_interval) => {}
             }

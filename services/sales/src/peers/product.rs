@@ -88,6 +88,26 @@ impl ProductClient {
         Ok(reservation)
     }
 
+    /// Keeps the reservations of `order_ids` (at most [`contracts::catalog::MAX_RENEWALS`])
+    /// alive; one outcome per order.
+    pub async fn renew(
+        &self,
+        order_ids: &[Uuid],
+    ) -> Result<Vec<contracts::catalog::Renewal>, PeerError> {
+        let request = contracts::catalog::RenewalRequest {
+            order_ids: order_ids.to_vec(),
+        };
+        let (_, renewals) = self
+            .peer
+            .send::<Vec<contracts::catalog::Renewal>>(
+                Method::POST,
+                "/reservations/renewals",
+                Some(&request),
+            )
+            .await?;
+        Ok(renewals)
+    }
+
     /// Releases the reservation of `order_id`; one that does not exist is fine.
     pub async fn release(&self, order_id: Uuid) -> Result<(), PeerError> {
         let path = format!("/reservations/{order_id}");

@@ -217,7 +217,7 @@ pub async fn detail(state: &AppState, id: Uuid) -> ApiResult<ReviewedOrder> {
         .await?
         .ok_or_else(|| Problem::not_found(&format!("order {id}")))?;
     drop(conn);
-    if let Ok(Some(saga_id)) = state.sagas.saga_of(id).await {
+    if let Ok(Some(saga_id)) = crate::order_saga::saga_of(&state.db.pool, id).await {
         match saga::store::load(&state.db.pool, saga_id).await {
             Ok(view) => detail.saga = view.and_then(|v| serde_json::to_value(v).ok()),
             Err(saga::Error::Database(e)) => return Err(e.into()),

@@ -49,7 +49,12 @@ async fn cancelling_before_shipment_runs_the_compensations_once(
         201,
     )
     .await;
-    assert_eq!(stack.stock("SKU-A").await, (8, 0), "committed at placement");
+    assert_eq!(stack.relay_to_product(order.id, "ORDER_CREATED").await, 1);
+    assert_eq!(
+        stack.stock("SKU-A").await,
+        (8, 0),
+        "committed on ORDER_CREATED"
+    );
     let path = format!("/orders/{}/cancel", order.id);
     let cancelled: Order = expect_json(
         stack
@@ -118,6 +123,7 @@ async fn cancelling_after_pickup_is_a_conflict(_pool: PgPoolOptions, options: Pg
         201,
     )
     .await;
+    assert_eq!(stack.relay_to_product(order.id, "ORDER_CREATED").await, 1);
     stack
         .courier(order.delivery_id.unwrap(), &["PICKED_UP"])
         .await;
@@ -214,7 +220,12 @@ async fn stock_comes_back_without_its_event_when_product_was_away_at_the_cancell
         201,
     )
     .await;
-    assert_eq!(stack.stock("SKU-A").await, (7, 0), "committed at placement");
+    assert_eq!(stack.relay_to_product(order.id, "ORDER_CREATED").await, 1);
+    assert_eq!(
+        stack.stock("SKU-A").await,
+        (7, 0),
+        "committed on ORDER_CREATED"
+    );
     stack.product.take().unwrap().stop().await;
     let cancelled: Order = expect_json(
         stack

@@ -68,7 +68,11 @@ async fn delivery_down_keeps_the_order_and_schedules_a_retry(
     let order: Order = expect_json(stack.place(&body, None).await, 201).await;
     assert_eq!(order.delivery_id, None);
     assert_eq!(order.version, 1);
-    assert_eq!(stack.stock("SKU-A").await, (9, 0), "reservation committed");
+    assert_eq!(
+        stack.stock("SKU-A").await,
+        (10, 1),
+        "units held until ORDER_CREATED"
+    );
     let events: Vec<String> =
         sqlx::query_scalar("SELECT event_type FROM outbox_events ORDER BY created_at, event_type")
             .fetch_all(&stack.sales_db)

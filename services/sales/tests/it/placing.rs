@@ -1,4 +1,5 @@
-//! The write path: reserve → one transaction → commit reservation → delivery.
+//! The write path: reserve → one transaction → delivery → one transaction; the
+//! reservation committed when product consumes ORDER_CREATED.
 
 use contracts::{
     catalog::ShortItem,
@@ -28,13 +29,18 @@ async fn an_order_reserves_commits_delivers_and_emits_its_event(
     let delivery_id = order.delivery_id.expect("delivery initiated inline");
     assert_eq!(order.version, 2, "created, then delivery recorded");
 
-    // product: the reservation is committed, stock left the warehouse
-    let status: String = sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1")
-        .bind(order.id)
-        .fetch_one(&stack.product_db)
-        .await
-        .unwrap();
-    assert_eq!(status, "COMMITTED");
+    // product: the units are held; ORDER_CREATED commits them (no call of the order path)
+    let status = || async {
+        sqlx::query_scalar::<_, String>("SELECT status FROM reservations WHERE order_id = $1")
+            .bind(order.id)
+            .fetch_one(&stack.product_db)
+            .await
+            .unwrap()
+    };
+    assert_eq!(status().await, "ACTIVE");
+    assert_eq!(stack.stock("SKU-A").await, (10, 2));
+    assert_eq!(stack.relay_to_product(order.id, "ORDER_CREATED").await, 1);
+    assert_eq!(status().await, "COMMITTED");
     assert_eq!(stack.stock("SKU-A").await, (8, 0));
     assert_eq!(stack.stock("SKU-B").await, (2, 0));
 
@@ -90,7 +96,7 @@ async fn a_repeated_key_replays_the_first_answer(_pool: PgPoolOptions, options: 
     let again: Order = expect_json(again, 201).await;
     assert_eq!(again.id, first.id);
     assert_eq!(stack.count(&stack.sales_db, "orders").await, 1);
-    assert_eq!(stack.stock("SKU-A").await, (9, 0), "stock taken once");
+    assert_eq!(stack.stock("SKU-A").await, (10, 1), "stock held once");
 
     let other_body = order_body("alice", &[("SKU-A", 2)]);
     let problem = expect_problem(stack.place(&other_body, Some("key-1")).await, 422).await;
@@ -127,7 +133,7 @@ async fn concurrent_requests_with_one_key_make_one_order(
     assert_eq!(stack.count(&stack.sales_db, "orders").await, 1);
     assert_eq!(stack.count(&stack.delivery_db, "deliveries").await, 1);
     assert_eq!(stack.count(&stack.product_db, "reservations").await, 1);
-    assert_eq!(stack.stock("SKU-A").await, (9, 0));
+    assert_eq!(stack.stock("SKU-A").await, (10, 1));
 }
 
 #[sqlx::test(migrations = false)]

@@ -205,7 +205,7 @@ async fn staff_list_read_and_approve_reviews(_pool: PgPoolOptions, options: PgCo
     // Approving released the held delivery: due now, initiated by the retry worker.
     assert_eq!(approved["delivery_retry"]["status"], "PENDING");
     assert_eq!(
-        approved["saga"]["status"], "WAITING",
+        approved["saga"]["status"], "COMPLETED",
         "the answer is the same detail as GET /review/orders/{{id}}: {approved}"
     );
     let step = stack
@@ -319,6 +319,7 @@ async fn rejecting_cancels_the_order_through_its_compensations(
             .await
             .unwrap();
         tx.commit().await.unwrap();
+        assert_eq!(stack.relay_to_product(id, "ORDER_CREATED").await, 1);
     }
     assert_eq!(stack.stock("SKU-A").await, (6, 0));
 

@@ -1,5 +1,7 @@
-//! Orders placed as persisted sagas: completed, waiting for delivery, refused,
-//! and cancelled — each visible at `GET /sagas/{id}` for staff.
+//! Orders placed as persisted sagas whose checkpoints ride in the order's own
+//! transactions: completed (two transactions), delivery left to the retry worker,
+//! held (one transaction), refused (nothing written), cancelled (compensated), and
+//! carried on when the client goes away — each visible at `GET /sagas/{order_id}`.
 
 use chrono::{Duration, Utc};
 use contracts::orders::Order;
@@ -11,17 +13,12 @@ use uuid::Uuid;
 
 use crate::{Peers, Stack, order_body};
 
+/// The order's saga, at `GET /sagas/{order_id}` (an order saga has its order's id).
 async fn saga_of(stack: &Stack, order: Uuid) -> Value {
-    let id: Uuid =
-        sqlx::query_scalar("SELECT id FROM saga_instances WHERE context->>'order_id' = $1")
-            .bind(order.to_string())
-            .fetch_one(&stack.sales_db)
-            .await
-            .unwrap();
     expect_json(
         stack
             .api()
-            .staff(Method::GET, &format!("/sagas/{id}"), None)
+            .staff(Method::GET, &format!("/sagas/{order}"), None)
             .await,
         200,
     )
@@ -55,21 +52,28 @@ async fn an_order_is_a_completed_saga(_pool: PgPoolOptions, options: PgConnectOp
         201,
     )
     .await;
+    assert!(order.delivery_id.is_some());
     let saga = saga_of(&stack, order.id).await;
+    assert_eq!(
+        saga["id"],
+        order.id.to_string(),
+        "the saga has the order's id"
+    );
     assert_eq!(saga["status"], "COMPLETED");
+    assert!(saga["locked_by"].is_null());
     assert_eq!(
         steps(&saga),
         [
             action("reserve_inventory", "SUCCEEDED"),
             action("record_order", "SUCCEEDED"),
-            action("initiate_delivery", "SUCCEEDED")
+            action("initiate_delivery", "SUCCEEDED"),
+            action("record_delivery", "SUCCEEDED"),
         ]
     );
     assert_eq!(
-        saga["context"]["delivery_id"],
+        saga["context"]["order"]["delivery_id"],
         serde_json::json!(order.delivery_id)
     );
-    let id = saga["id"].as_str().unwrap();
     let detail: Value = expect_json(
         stack
             .api()
@@ -82,7 +86,7 @@ async fn an_order_is_a_completed_saga(_pool: PgPoolOptions, options: PgConnectOp
         detail["saga"]["id"], saga["id"],
         "staff see the saga with the order"
     );
-    let anonymous = stack.api().get(&format!("/sagas/{id}")).await;
+    let anonymous = stack.api().get(&format!("/sagas/{}", order.id)).await;
     expect_problem(anonymous, 401).await;
     expect_problem(
         stack
@@ -95,7 +99,7 @@ async fn an_order_is_a_completed_saga(_pool: PgPoolOptions, options: PgConnectOp
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_saga_waits_for_delivery_and_completes_when_it_is_initiated(
+async fn a_delivery_that_could_not_be_made_is_left_to_the_retry_worker(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
@@ -105,12 +109,26 @@ async fn a_saga_waits_for_delivery_and_completes_when_it_is_initiated(
         201,
     )
     .await;
+    assert_eq!(order.delivery_id, None);
     let saga = saga_of(&stack, order.id).await;
     assert_eq!(
-        saga["status"], "WAITING",
-        "a failed delivery parks the saga, it does not compensate"
+        saga["status"], "COMPLETED",
+        "the saga's part is done: one mechanism, the retry row, takes the delivery on"
     );
-    assert_eq!(steps(&saga)[2], action("initiate_delivery", "PARKED"));
+    assert_eq!(saga["context"]["delivery"]["outcome"], "failed", "{saga}");
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempts FROM delivery_retries WHERE order_id = $1")
+            .bind(order.id)
+            .fetch_one(&stack.sales_db)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), attempts), ("PENDING", 1));
+    assert!(
+        stack
+            .events_of(order.id)
+            .await
+            .contains(&"DELIVERY_INITIATION_FAILED".to_owned())
+    );
 
     stack.start_delivery().await;
     let report = stack
@@ -119,31 +137,51 @@ async fn a_saga_waits_for_delivery_and_completes_when_it_is_initiated(
         .await
         .unwrap();
     assert_eq!(report.initiated, 1);
-    let saga = saga_of(&stack, order.id).await;
-    assert_eq!(saga["status"], "COMPLETED");
-    assert!(saga["context"]["delivery_id"].is_string());
+    let read: Order =
+        expect_json(stack.api().get(&format!("/orders/{}", order.id)).await, 200).await;
+    assert!(read.delivery_id.is_some());
+    assert_eq!(saga_of(&stack, order.id).await["status"], "COMPLETED");
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_refused_order_is_a_compensated_saga_with_no_order(
+async fn a_flagged_order_is_a_saga_of_one_transaction(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let stack = Stack::start_with(options, Peers::ProductDown).await;
+    let order: Order = expect_json(
+        stack.place(&order_body("f", &[("SKU-A", 1)]), None).await,
+        201,
+    )
+    .await;
+    assert!(order.fallback_used);
+    let saga = saga_of(&stack, order.id).await;
+    assert_eq!(saga["status"], "COMPLETED");
+    assert_eq!(
+        steps(&saga),
+        [
+            action("reserve_inventory", "SUCCEEDED"),
+            action("record_order", "SUCCEEDED"),
+            action("initiate_delivery", "SKIPPED"),
+            action("record_delivery", "SKIPPED"),
+        ],
+        "its delivery is held: the saga completes with the order's transaction"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_refused_order_leaves_no_saga_and_no_order(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
     let stack = Stack::start(options).await;
-    expect_problem(
+    let problem = expect_problem(
         stack.place(&order_body("r", &[("SKU-B", 99)]), None).await,
         409,
     )
     .await;
-    let (status, failed): (String, Option<String>) =
-        sqlx::query_as("SELECT status, failed_step FROM saga_instances")
-            .fetch_one(&stack.sales_db)
-            .await
-            .unwrap();
-    assert_eq!(
-        (status.as_str(), failed.as_deref()),
-        ("COMPENSATED", Some("reserve_inventory"))
-    );
+    assert_eq!(problem.kind, "/problems/insufficient-stock");
+    assert_eq!(stack.count(&stack.sales_db, "saga_instances").await, 0);
     assert_eq!(stack.count(&stack.sales_db, "orders").await, 0);
 }
 
@@ -181,7 +219,7 @@ async fn a_cancelled_order_is_a_compensated_saga(_pool: PgPoolOptions, options: 
             "record_order:SUCCEEDED",
             "reserve_inventory:SUCCEEDED"
         ],
-        "compensated in reverse order"
+        "what the cancellation undid, in reverse order, recorded on the saga"
     );
     let delivery: String = sqlx::query_scalar("SELECT status FROM deliveries WHERE order_id = $1")
         .bind(order.id)
@@ -189,44 +227,62 @@ async fn a_cancelled_order_is_a_compensated_saga(_pool: PgPoolOptions, options: 
         .await
         .unwrap();
     assert_eq!(delivery, "CANCELLED");
+    assert_eq!(stack.stock("SKU-A").await, (10, 0), "its units are back");
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_cancelled_orders_saga_is_compensated_even_if_delivery_went_down_since(
+async fn a_client_that_goes_away_does_not_stop_its_order(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let mut stack = Stack::start(options).await;
-    let order: Order = expect_json(
-        stack.place(&order_body("c", &[("SKU-A", 1)]), None).await,
-        201,
+    // Product hangs: the reservation waits for sales' 2 s call timeout, then falls back.
+    let hung = testkit::proxy::Proxy::start("127.0.0.1:9".parse().unwrap()).await;
+    hung.set_hung(true);
+    let product_url = format!("http://127.0.0.1:{}", hung.port);
+    let stack = Stack::start_configured(
+        options,
+        Peers::Both,
+        &[("SALES_PRODUCT_URL", product_url.as_str())],
     )
     .await;
-    // What a cancellation did: the delivery cancelled at delivery, then the
-    // order CANCELLED; delivery goes down before the saga is marked compensated.
-    let delivery_id = order.delivery_id.unwrap();
-    let path = format!("/deliveries/{delivery_id}/cancel");
-    assert_eq!(
-        stack
-            .delivery_api()
-            .post(&path, &serde_json::json!({}))
-            .await
-            .status(),
-        200
-    );
-    sqlx::query("UPDATE orders SET status = 'CANCELLED' WHERE id = $1")
-        .bind(order.id)
-        .execute(&stack.sales_db)
-        .await
+    let body = order_body("gone", &[("SKU-A", 1)]);
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
         .unwrap();
-    stack.delivery.take().unwrap().stop().await;
-    let sagas = stack.retry_worker.sagas.clone().unwrap();
-    sagas
-        .compensated_by_cancel(order.id, "cancelled by the customer")
+    let sent = impatient
+        .post(stack.api().url("/orders"))
+        .header("Idempotency-Key", "left-early")
+        .json(&body)
+        .send()
         .await;
-    let saga = saga_of(&stack, order.id).await;
+    assert!(sent.is_err(), "the client gave up before the answer");
+    // The saga went on in its own task: the order is recorded once the fallback kicks in.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let completed = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM saga_instances WHERE status = 'COMPLETED' AND locked_by IS NULL",
+        )
+        .fetch_one(&stack.sales_db)
+        .await
+        .unwrap()
+    };
+    while completed().await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the order was never recorded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(stack.count(&stack.sales_db, "orders").await, 1);
+    let replay = stack.place(&body, Some("left-early")).await;
+    assert_eq!(replay.status(), 201);
     assert_eq!(
-        saga["status"], "COMPENSATED",
-        "nothing was left to undo: not FAILED, waiting for staff: {saga}"
+        replay.headers()["idempotent-replayed"],
+        "true",
+        "the retry is answered from the recorded order"
     );
+    let order: Order = replay.json().await.unwrap();
+    assert!(order.fallback_used);
+    assert_eq!(saga_of(&stack, order.id).await["status"], "COMPLETED");
 }
