@@ -164,6 +164,7 @@ async fn relay(
         breaker,
         config: outbox.clone(),
         pause_before_mark: outbox.fault_pause_before_mark,
+        flight: Default::default(),
     }))
 }
 

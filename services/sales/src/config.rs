@@ -227,6 +227,15 @@ pub struct OutboxConfig {
     /// waits this long, so the events of commits close together go out in one claim and one
     /// `PublishBatch` (fewer transactions and calls per event; adds at most this to the lag).
     pub coalesce: Duration,
+    /// `SALES_OUTBOX_TAKEOVER_MS` (default 10000; 0 turns the writer's fast path off): a
+    /// row is published by the instance that wrote it, from its notification (no claim, no
+    /// read); other instances' claims take it only once it is this old and still PENDING
+    /// (its writer crashed or could not publish it). Must exceed the mark interval.
+    pub takeover: Duration,
+    /// `SALES_OUTBOX_MARK_INTERVAL_MS` (default 1000): the writer marks what it published
+    /// SENT once per interval, in one statement (sooner when 1000 wait). A crash loses at
+    /// most this much marking: those events are published again (consumers dedup).
+    pub mark_interval: Duration,
     /// `SALES_OUTBOX_BATCH_SIZE` (default 100): rows claimed per step.
     pub batch_size: i64,
     /// `SALES_OUTBOX_MAX_IN_FLIGHT` (default 4): concurrent `PublishBatch` calls.
@@ -349,6 +358,14 @@ impl Config {
                         .into(),
             });
         }
+        if !outbox.takeover.is_zero() && outbox.takeover <= outbox.mark_interval {
+            return Err(ConfigError {
+                variable: env.name("OUTBOX_TAKEOVER_MS"),
+                message: "must be 0 (fast path off) or more than SALES_OUTBOX_MARK_INTERVAL_MS, \
+                          else other instances publish rows their writer is about to mark"
+                    .into(),
+            });
+        }
         Ok(config)
     }
 
@@ -383,6 +400,8 @@ impl Config {
                 topic_arn: env.optional("BROKER_TOPIC_ARN"),
                 poll_interval: env.millis("OUTBOX_POLL_INTERVAL_MS", 1_000)?,
                 coalesce: Duration::from_millis(env.parse("OUTBOX_COALESCE_MS", 10)?),
+                takeover: Duration::from_millis(env.parse("OUTBOX_TAKEOVER_MS", 10_000)?),
+                mark_interval: env.millis("OUTBOX_MARK_INTERVAL_MS", 1_000)?,
                 batch_size: env.positive("OUTBOX_BATCH_SIZE", 100)?,
                 max_in_flight: env.positive("OUTBOX_MAX_IN_FLIGHT", 4)?,
                 max_attempts: env.positive("OUTBOX_MAX_ATTEMPTS", 5)?,

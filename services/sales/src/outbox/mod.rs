@@ -5,11 +5,14 @@
 //! # Layout
 //! - [`enqueue`]: append an event in the caller's transaction.
 //! - [`relay`]: the relay to SNS (claim, publish, mark), woken by LISTEN/NOTIFY.
+//! - [`owned`]: the writer's own fast path: a row's notification carries it to the
+//!   process that wrote it, which publishes it and marks it SENT in batches.
 //! - [`cleanup`]: retention of SENT rows.
 //! - [`admin`]: staff endpoints for dead letters (list, replay, discard).
 
 pub mod admin;
 pub mod cleanup;
+pub mod owned;
 pub mod relay;
 
 use serde::Serialize;
@@ -40,7 +43,9 @@ pub mod events {
 }
 
 /// Appends one PENDING event; returns its id (the event id consumers dedup on).
-/// The current span's trace context is stored with it, for the relay to continue.
+/// The current span's trace context is stored with it, for the relay to continue. When
+/// this process runs a relay, the row names it as its owner ([`owned::owner`]): the
+/// relay publishes it from its notification, without reading it.
 pub async fn enqueue(
     conn: &mut PgConnection,
     aggregate_id: Uuid,
@@ -52,8 +57,8 @@ pub async fn enqueue(
     let payload = serde_json::to_value(payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let trace = sqlx::types::Json(platform::trace_context::current_map());
     sqlx::query(
-        "INSERT INTO outbox_events (id, aggregate_type, aggregate_id, aggregate_version, event_type, payload, trace)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO outbox_events (id, aggregate_type, aggregate_id, aggregate_version, event_type, payload, trace, owner)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(id)
     .bind(ORDER)
@@ -62,6 +67,7 @@ pub async fn enqueue(
     .bind(event_type)
     .bind(payload)
     .bind(trace)
+    .bind(owned::owner())
     .execute(conn)
     .await?;
     Ok(id)

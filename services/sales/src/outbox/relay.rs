@@ -24,22 +24,26 @@
 //! The relay is woken by `LISTEN outbox_events` (a trigger notifies on commit) and polls as
 //! a safety net. While the breaker is open, rows wait: no retry storm.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use messaging::{Envelope, PublishError, Publisher};
 use resilience::{CircuitBreaker, Outcome};
 use sqlx::{PgPool, postgres::PgListener};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::owned::{self, InFlight, Notice};
 use crate::config::OutboxConfig;
 
 /// Channel the outbox trigger notifies.
 pub const CHANNEL: &str = "outbox_events";
 
-#[derive(sqlx::FromRow)]
-struct Row {
+/// One outbox row as the relay publishes it (read by a claim, or carried by its
+/// notification to its owner).
+#[derive(sqlx::FromRow, serde::Deserialize)]
+pub(crate) struct Row {
     id: Uuid,
     aggregate_type: String,
     aggregate_id: Uuid,
@@ -55,7 +59,7 @@ struct Row {
 }
 
 impl Row {
-    fn envelope(&self) -> Envelope {
+    pub(crate) fn envelope(&self) -> Envelope {
         Envelope {
             event_id: self.id,
             event_type: self.event_type.clone(),
@@ -97,6 +101,8 @@ pub struct Relay {
     /// Fault injection for tests: a pause between publishing and marking SENT,
     /// `SALES_OUTBOX_FAULT_PAUSE_BEFORE_MARK_MS` (default 0 = none).
     pub pause_before_mark: Duration,
+    /// Rows this instance's fast path holds ([`owned`]); its claims skip them.
+    pub flight: Arc<InFlight>,
 }
 
 impl Relay {
@@ -117,14 +123,21 @@ impl Relay {
         // Dropping `tx` without commit (any early return) releases the claim; dropping the
         // permit records nothing (and frees a trial slot).
         let mut tx = self.pool.begin().await?;
+        // An owner's fresh row (never tried: `next_attempt_at = created_at`) is its owner's
+        // to publish until the takeover delay has passed.
+        let taken_over = resilience::deadline::before(now, self.config.takeover);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT id, aggregate_type, aggregate_id, aggregate_version, event_type, schema_version,
                     payload, retry_count, first_refused_at, created_at, trace
              FROM outbox_events WHERE status = 'PENDING' AND next_attempt_at <= $1
+               AND (owner IS NULL OR next_attempt_at > created_at OR created_at <= $3)
+               AND NOT (id = ANY($4))
              ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
         .bind(now)
         .bind(limit)
+        .bind(taken_over)
+        .bind(self.flight.held())
         .fetch_all(&mut *tx)
         .await?;
         report.claimed = rows.len();
@@ -245,9 +258,14 @@ impl Relay {
 
     /// Drains what is due: steps until a step claims less than a full batch.
     pub async fn drain(&self) -> Result<RelayReport, sqlx::Error> {
+        self.drain_at(Utc::now()).await
+    }
+
+    /// [`Relay::drain`] with the clock at `now`.
+    pub async fn drain_at(&self, now: DateTime<Utc>) -> Result<RelayReport, sqlx::Error> {
         let mut total = RelayReport::default();
         loop {
-            let r = self.run_once(Utc::now()).await?;
+            let r = self.run_once(now).await?;
             total.claimed += r.claimed;
             total.sent += r.sent;
             total.retried += r.retried;
@@ -263,50 +281,254 @@ impl Relay {
         }
     }
 
-    /// Relays until `token` is cancelled: woken by NOTIFY, polling as a safety net.
+    /// Relays until `token` is cancelled. The claim path runs every poll interval and when
+    /// an ownerless row is notified; this instance's own rows are published from their
+    /// notifications ([`owned`]) and marked SENT every mark interval.
     pub async fn run(self, token: CancellationToken) {
-        let mut listener = None;
+        let me = (!self.config.takeover.is_zero()).then(owned::become_owner);
+        let mut listener: Option<PgListener> = None;
+        let mut publishing = JoinSet::new();
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut marks = tokio::time::interval(self.config.mark_interval);
+        marks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut claim = true;
         loop {
             if listener.is_none() {
-                listener = match PgListener::connect_with(&self.pool).await {
-                    Ok(mut l) => match l.listen(CHANNEL).await {
-                        Ok(()) => Some(l),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot LISTEN for outbox events; polling");
-                            None
-                        }
-                    },
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot connect the outbox listener; polling");
-                        None
-                    }
-                };
+                listener = self.listen().await;
             }
-            if let Err(e) = self.drain().await {
-                tracing::warn!(error = %e, "outbox relay step failed");
+            if claim {
+                claim = false;
+                if let Err(e) = self.drain().await {
+                    tracing::warn!(error = %e, "outbox relay step failed");
+                }
+            }
+            while publishing.try_join_next().is_some() {}
+            if self.flight.unmarked() >= MARK_BATCH {
+                self.mark().await;
             }
             let wake = async {
                 match listener.as_mut() {
-                    Some(l) => l.recv().await.map(|_| ()),
+                    Some(l) => l.recv().await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 () = token.cancelled() => break,
+                _ = poll.tick() => claim = true,
+                _ = marks.tick() => self.mark().await,
                 woke = wake => match woke {
-                    // Commits come in bursts (an order writes two events in two transactions a
-                    // few milliseconds apart): gather them into one claim and one call.
-                    Ok(()) => tokio::time::sleep(self.config.coalesce).await,
+                    Ok(first) => {
+                        let mut gathered = Gathered::default();
+                        gathered.add(Notice::parse(first.payload(), me));
+                        if let Some(l) = listener.as_mut() {
+                            gathered.gather(l, me, self.config.coalesce).await;
+                        }
+                        if gathered.wake {
+                            // Commits come in bursts: gather them into one claim and one call.
+                            tokio::time::sleep(self.config.coalesce).await;
+                            claim = true;
+                        }
+                        if !gathered.by_id.is_empty() {
+                            match self.read(&gathered.by_id).await {
+                                Ok(rows) => gathered.rows.extend(rows),
+                                // Left to the claim path after the takeover delay.
+                                Err(e) => tracing::warn!(error = %e, "cannot read notified outbox rows"),
+                            }
+                        }
+                        if !gathered.rows.is_empty() {
+                            self.flight.hold(gathered.rows.iter().map(|r| r.id));
+                            publishing.spawn(self.clone().publish_owned(gathered.rows));
+                        }
+                    }
                     Err(e) => {
+                        // Notifications may have been missed: the claim path takes their
+                        // rows once the takeover delay has passed.
                         tracing::warn!(error = %e, "outbox listener lost; reconnecting");
                         listener = None;
                         tokio::time::sleep(self.config.poll_interval).await;
+                        claim = true;
                     }
                 },
-                () = tokio::time::sleep(self.config.poll_interval) => {}
             }
         }
+        // What was published is marked before stopping (else it is published again).
+        while publishing.join_next().await.is_some() {}
+        self.mark().await;
         tracing::info!("outbox relay stopped");
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect the outbox listener; polling");
+                return None;
+            }
+        };
+        match listener.listen(CHANNEL).await {
+            Ok(()) => Some(listener),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for outbox events; polling");
+                None
+            }
+        }
+    }
+
+    /// Rows too large for their notification, read by id (still PENDING).
+    async fn read(&self, ids: &[Uuid]) -> Result<Vec<Row>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, aggregate_type, aggregate_id, aggregate_version, event_type, schema_version,
+                    payload, retry_count, first_refused_at, created_at, trace
+             FROM outbox_events WHERE id = ANY($1) AND status = 'PENDING' ORDER BY created_at, id",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Publishes rows of this instance from their notifications. Published rows wait for
+    /// the next mark; a row the broker refused is charged as on the claim path; the others
+    /// are let go for the claim path (nothing is written for them).
+    async fn publish_owned(self, rows: Vec<Row>) {
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let Ok(permit) = self.breaker.try_acquire() else {
+            self.flight.release(&ids);
+            return;
+        };
+        let envelopes: Vec<Envelope> = rows.iter().map(Row::envelope).collect();
+        let timeout = self.breaker.config().call_timeout;
+        let results = match tokio::time::timeout(timeout, self.publisher.publish(&envelopes)).await
+        {
+            Ok(results) => results,
+            Err(_) => {
+                permit.record(Outcome::Failure);
+                self.flight.release(&ids);
+                tracing::debug!(
+                    events = ids.len(),
+                    "publish timed out; the events wait in the outbox"
+                );
+                return;
+            }
+        };
+        let broker_failed = results
+            .iter()
+            .all(|(_, r)| r.as_ref().is_err_and(|e| !e.is_refused()));
+        permit.record(if broker_failed {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        });
+        let published_at = Utc::now();
+        let sent: Vec<Uuid> = results
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(id, _)| *id)
+            .collect();
+        record_published(&rows, &sent, published_at);
+        if !self.pause_before_mark.is_zero() {
+            tokio::time::sleep(self.pause_before_mark).await;
+        }
+        self.flight.published(&sent);
+        let unsent: Vec<Uuid> = results
+            .iter()
+            .filter(|(_, r)| r.is_err())
+            .map(|(id, _)| *id)
+            .collect();
+        if unsent.is_empty() {
+            return;
+        }
+        let now = Utc::now();
+        let mut updates = Updates::default();
+        for (id, result) in &results {
+            let Err(error) = result else { continue };
+            if !error.is_refused() {
+                continue;
+            }
+            let Some(row) = rows.iter().find(|r| r.id == *id) else {
+                continue;
+            };
+            let fate = self.fate(row, error, now);
+            tracing::warn!(event_id = %id, event_type = %row.event_type, refusals = fate.refusals, error = %error,
+                "Event refused by the broker, storing in outbox for retry");
+            updates.push(*id, fate, error);
+        }
+        if !updates.ids.is_empty() {
+            let applied = async {
+                let mut conn = self.pool.acquire().await?;
+                updates.apply(&mut conn).await
+            };
+            if let Err(e) = applied.await {
+                tracing::warn!(error = %e, "cannot record refused events; the claim path retries them");
+            }
+        }
+        if broker_failed {
+            tracing::warn!(
+                events = unsent.len(),
+                "Event publishing failed, storing in outbox for retry"
+            );
+        }
+        self.flight.release(&unsent);
+    }
+
+    /// Marks what this instance published SENT, in one statement.
+    pub async fn mark(&self) {
+        let ids = self.flight.take_published();
+        if ids.is_empty() {
+            return;
+        }
+        let marked = sqlx::query(
+            "UPDATE outbox_events SET status = 'SENT', sent_at = now(), last_error = NULL
+             WHERE id = ANY($1) AND status = 'PENDING'",
+        )
+        .bind(&ids)
+        .execute(&self.pool)
+        .await;
+        match marked {
+            Ok(_) => self.flight.marked(&ids),
+            Err(e) => {
+                tracing::warn!(error = %e, events = ids.len(), "cannot mark published events; retrying");
+                self.flight.mark_failed(ids);
+            }
+        }
+    }
+}
+
+/// Published rows that make a mark due before its interval.
+const MARK_BATCH: usize = 1_000;
+
+/// What a burst of notifications asked for.
+#[derive(Default)]
+struct Gathered {
+    wake: bool,
+    rows: Vec<Row>,
+    by_id: Vec<Uuid>,
+}
+
+impl Gathered {
+    fn add(&mut self, notice: Notice) {
+        match notice {
+            Notice::Wake => self.wake = true,
+            Notice::Mine(row) => self.rows.push(*row),
+            Notice::MineById(id) => self.by_id.push(id),
+            Notice::Other => {}
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.rows.len() + self.by_id.len() >= messaging::publish::MAX_BATCH_ENTRIES
+    }
+
+    /// Adds the notifications that arrive within `window`, up to one `PublishBatch`.
+    async fn gather(&mut self, listener: &mut PgListener, me: Option<Uuid>, window: Duration) {
+        let until = tokio::time::Instant::now() + window;
+        while !self.full() {
+            match tokio::time::timeout_at(until, listener.recv()).await {
+                Ok(Ok(n)) => self.add(Notice::parse(n.payload(), me)),
+                // The caller's next receive sees a lost connection again.
+                Ok(Err(_)) | Err(_) => return,
+            }
+        }
     }
 }
 

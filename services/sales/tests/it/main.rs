@@ -10,6 +10,7 @@ mod cancelling;
 mod faults;
 mod http;
 mod listing;
+mod owned_relay;
 mod placing;
 mod rate_limiting;
 mod rechecking;

@@ -49,6 +49,7 @@ async fn relay(pool: &PgPool, proxy: &Proxy, breaker: CircuitBreaker) -> Relay {
         breaker,
         config,
         pause_before_mark: Duration::ZERO,
+        flight: Default::default(),
     }
 }
 
