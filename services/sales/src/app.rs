@@ -234,6 +234,7 @@ impl Application {
                 delivery: delivery.clone(),
                 config: config.clone(),
                 recheck_wake: recheck_wake.clone(),
+                outbox_marks: relay.as_ref().map(|r| r.flight.clone()),
             },
             format!("sales-{}-{}", std::process::id(), uuid::Uuid::now_v7()),
             config.saga_lease,

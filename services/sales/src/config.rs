@@ -230,11 +230,13 @@ pub struct OutboxConfig {
     /// `SALES_OUTBOX_TAKEOVER_MS` (default 10000; 0 turns the writer's fast path off): a
     /// row is published by the instance that wrote it, from its notification (no claim, no
     /// read); other instances' claims take it only once it is this old and still PENDING
-    /// (its writer crashed or could not publish it). Must exceed the mark interval.
+    /// (its writer crashed or could not publish it). Must exceed twice the mark interval.
     pub takeover: Duration,
-    /// `SALES_OUTBOX_MARK_INTERVAL_MS` (default 1000): the writer marks what it published
-    /// SENT once per interval, in one statement (sooner when 1000 wait). A crash loses at
-    /// most this much marking: those events are published again (consumers dedup).
+    /// `SALES_OUTBOX_MARK_INTERVAL_MS` (default 1000): what the writer published is marked
+    /// SENT by the next order transaction (no statement of its own); what waited this long
+    /// for one is marked by the relay, in one statement (sooner when 1000 wait). A crash
+    /// loses at most two intervals of marks: those events are published again (consumers
+    /// dedup).
     pub mark_interval: Duration,
     /// `SALES_OUTBOX_BATCH_SIZE` (default 100): rows claimed per step.
     pub batch_size: i64,
@@ -358,12 +360,13 @@ impl Config {
                         .into(),
             });
         }
-        if !outbox.takeover.is_zero() && outbox.takeover <= outbox.mark_interval {
+        if !outbox.takeover.is_zero() && outbox.takeover <= 2 * outbox.mark_interval {
             return Err(ConfigError {
                 variable: env.name("OUTBOX_TAKEOVER_MS"),
-                message: "must be 0 (fast path off) or more than SALES_OUTBOX_MARK_INTERVAL_MS, \
+                message:
+                    "must be 0 (fast path off) or more than twice SALES_OUTBOX_MARK_INTERVAL_MS, \
                           else other instances publish rows their writer is about to mark"
-                    .into(),
+                        .into(),
             });
         }
         Ok(config)

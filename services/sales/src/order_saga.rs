@@ -91,6 +91,10 @@ pub struct OrderSaga {
     /// What the delivery call came to.
     #[serde(default)]
     pub delivery: Option<DeliveryAttempt>,
+    /// Outbox marks the saga's transactions carried ([`outbox::owned::ride`]), confirmed
+    /// when the saga completes (not persisted: a resumed saga's go back to the relay).
+    #[serde(skip)]
+    pub marks: Vec<Arc<outbox::owned::RidingMarks>>,
 }
 
 impl OrderSaga {
@@ -148,6 +152,25 @@ pub struct Deps {
     pub config: Arc<Config>,
     /// Notified when an order is recorded on the fallback (the re-check has work).
     pub recheck_wake: Arc<tokio::sync::Notify>,
+    /// What this instance's relay published and has not marked yet: the saga's
+    /// transactions carry the marks (none when the broker is off).
+    pub outbox_marks: Option<Arc<outbox::owned::InFlight>>,
+}
+
+impl Deps {
+    /// Marks what the relay published, in the step's transaction.
+    async fn carry_marks(
+        &self,
+        ctx: &mut OrderSaga,
+        conn: &mut PgConnection,
+    ) -> Result<(), StepError<Rejection>> {
+        if let Some(flight) = &self.outbox_marks
+            && let Some(marks) = outbox::owned::ride(flight, conn).await.map_err(db_error)?
+        {
+            ctx.marks.push(Arc::new(marks));
+        }
+        Ok(())
+    }
 }
 
 /// The engine and the order saga's definition.
@@ -430,6 +453,7 @@ async fn record(
         .map_err(db_error)?;
     tracing::info!(order_id = %order.id, customer_id = %order.customer_id, fallback_used = fallback,
         "Created order {} in database", order.id);
+    deps.carry_marks(&mut ctx, &mut *conn).await?;
     if fallback && deps.config.availability_recheck.wake {
         deps.recheck_wake.notify_one();
     }
@@ -547,6 +571,7 @@ async fn record_delivery(
         }
         None => {}
     }
+    deps.carry_marks(&mut ctx, &mut *conn).await?;
     Ok(ctx)
 }
 

@@ -75,6 +75,7 @@ async fn place(
         fallback: None,
         order: None,
         delivery: None,
+        marks: Vec::new(),
     };
     // The saga runs in a task of its own: a client that goes away or a request that times
     // out never cuts a step mid-way; the saga goes on to its next checkpoint.
@@ -107,6 +108,10 @@ async fn place(
     };
     match outcome.end {
         SagaEnd::Completed | SagaEnd::Waiting { .. } => {
+            if matches!(outcome.end, SagaEnd::Completed) {
+                // Every transaction of a completed saga committed, with the marks it carried.
+                outcome.context.marks.iter().for_each(|m| m.confirm());
+            }
             let order = match outcome.context.order {
                 Some(order) => order,
                 // Not expected (the record step sets it), but the order is in the database.

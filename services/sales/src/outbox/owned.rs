@@ -7,6 +7,10 @@
 //! of a [mark interval](crate::config::OutboxConfig::mark_interval) in one statement. So an
 //! event costs the database nothing but its insert and a share of one mark.
 //!
+//! Under load not even the mark costs a transaction: the order's own transactions carry
+//! the marks of what was published before them ([`ride`]); the relay marks on its own only
+//! what waited a whole mark interval for a ride.
+//!
 //! Nothing is lost on this path, only delayed: a row the owner could not publish (broker
 //! down, breaker open, process killed before its mark) stays PENDING, and any instance's
 //! claim ([`super::relay::Relay::run_once`]) takes it once it is older than the
@@ -16,10 +20,15 @@
 
 use std::{
     collections::HashSet,
-    sync::{Mutex, OnceLock},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use serde::Deserialize;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::relay::Row;
@@ -93,6 +102,8 @@ struct State {
     held: HashSet<Uuid>,
     /// Published, waiting for their mark.
     published: Vec<Uuid>,
+    /// When the oldest of `published` was published.
+    oldest: Option<Instant>,
 }
 
 impl InFlight {
@@ -115,7 +126,19 @@ impl InFlight {
 
     /// Rows published: they wait for the next mark.
     pub(crate) fn published(&self, ids: &[Uuid]) {
-        self.lock().published.extend_from_slice(ids);
+        if ids.is_empty() {
+            return;
+        }
+        let mut state = self.lock();
+        state.published.extend_from_slice(ids);
+        state.oldest.get_or_insert_with(Instant::now);
+    }
+
+    /// Whether a published row has waited `at_least` for its mark.
+    pub(crate) fn mark_waited(&self, at_least: Duration) -> bool {
+        self.lock()
+            .oldest
+            .is_some_and(|at| at.elapsed() >= at_least)
     }
 
     /// Rows published and not yet marked.
@@ -130,7 +153,9 @@ impl InFlight {
 
     /// Takes the published rows for a mark.
     pub(crate) fn take_published(&self) -> Vec<Uuid> {
-        std::mem::take(&mut self.lock().published)
+        let mut state = self.lock();
+        state.oldest = None;
+        std::mem::take(&mut state.published)
     }
 
     /// The mark of `ids` committed: they are done.
@@ -140,8 +165,66 @@ impl InFlight {
 
     /// The mark of `ids` failed: they wait for the next one.
     pub(crate) fn mark_failed(&self, ids: Vec<Uuid>) {
-        self.lock().published.extend(ids);
+        if ids.is_empty() {
+            return;
+        }
+        let mut state = self.lock();
+        state.published.extend(ids);
+        state.oldest.get_or_insert_with(Instant::now);
     }
+}
+
+/// Marks carried by a caller's transaction ([`ride`]). Confirmed once that transaction is
+/// known to have committed; dropped unconfirmed (it rolled back, or nobody knows), they go
+/// back to wait for the next mark (marking twice is harmless).
+#[derive(Debug)]
+pub struct RidingMarks {
+    flight: Arc<InFlight>,
+    ids: Vec<Uuid>,
+    confirmed: AtomicBool,
+}
+
+impl RidingMarks {
+    /// The transaction that carried these marks committed.
+    pub fn confirm(&self) {
+        if !self.confirmed.swap(true, Ordering::AcqRel) {
+            self.flight.marked(&self.ids);
+        }
+    }
+}
+
+impl Drop for RidingMarks {
+    fn drop(&mut self) {
+        if !self.confirmed.load(Ordering::Acquire) {
+            self.flight.mark_failed(std::mem::take(&mut self.ids));
+        }
+    }
+}
+
+/// Marks SENT, in `conn`'s transaction, the rows this process published since the last
+/// mark: a write the transaction pays almost nothing for, saving one of its own. The
+/// caller confirms the returned marks once its transaction committed.
+pub async fn ride(
+    flight: &Arc<InFlight>,
+    conn: &mut PgConnection,
+) -> Result<Option<RidingMarks>, sqlx::Error> {
+    let ids = flight.take_published();
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let marks = RidingMarks {
+        flight: flight.clone(),
+        ids,
+        confirmed: AtomicBool::new(false),
+    };
+    sqlx::query(
+        "UPDATE outbox_events SET status = 'SENT', sent_at = now(), last_error = NULL
+         WHERE id = ANY($1) AND status = 'PENDING'",
+    )
+    .bind(&marks.ids)
+    .execute(conn)
+    .await?;
+    Ok(Some(marks))
 }
 
 #[cfg(test)]
@@ -195,6 +278,34 @@ mod tests {
         flight.mark_failed(taken);
         let taken = flight.take_published();
         flight.marked(&taken);
+        assert!(flight.held().is_empty());
+    }
+
+    #[test]
+    fn riding_marks_go_back_unless_confirmed() {
+        let flight = Arc::new(InFlight::default());
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        flight.hold([a, b]);
+        flight.published(&[a]);
+        assert!(!flight.mark_waited(Duration::from_secs(60)));
+        assert!(flight.mark_waited(Duration::ZERO));
+        let rolled_back = RidingMarks {
+            flight: flight.clone(),
+            ids: flight.take_published(),
+            confirmed: AtomicBool::new(false),
+        };
+        assert!(!flight.mark_waited(Duration::ZERO), "taken for a ride");
+        drop(rolled_back);
+        assert_eq!(flight.unmarked(), 1, "back for the next mark");
+        flight.published(&[b]);
+        let committed = RidingMarks {
+            flight: flight.clone(),
+            ids: flight.take_published(),
+            confirmed: AtomicBool::new(false),
+        };
+        committed.confirm();
+        drop(committed);
+        assert_eq!(flight.unmarked(), 0);
         assert!(flight.held().is_empty());
     }
 }

@@ -316,7 +316,10 @@ impl Relay {
             tokio::select! {
                 () = token.cancelled() => break,
                 _ = poll.tick() => claim = true,
-                _ = marks.tick() => self.mark().await,
+                // What the order path's own transactions did not carry within an interval.
+                _ = marks.tick() => if self.flight.mark_waited(self.config.mark_interval) {
+                    self.mark().await;
+                },
                 woke = wake => match woke {
                     Ok(first) => {
                         let mut gathered = Gathered::default();

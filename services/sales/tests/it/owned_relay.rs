@@ -252,3 +252,56 @@ async fn a_broker_outage_on_the_fast_path_charges_nothing_and_the_claim_path_del
     assert_eq!(received(&queue, 5).await, ids);
     assert_eq!(count(&pool, "SENT").await, 5);
 }
+
+#[sqlx::test(migrations = false)]
+async fn marks_ride_in_a_callers_transaction_and_come_back_when_it_rolls_back(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let stack = Stack::start(options).await;
+    let pool = stack.sales_db.clone();
+    let (topic, queue) = topic_and_queue().await;
+    let proxy = Proxy::start(upstream()).await;
+    let relay = relay(&pool, &proxy, topic).await;
+    let token = CancellationToken::new();
+    let running = tokio::spawn(relay.clone().run(token.clone()));
+    wait_until("the relay owns", async || {
+        sales::outbox::owned::owner().is_some()
+    })
+    .await;
+    let ids: HashSet<Uuid> = [
+        enqueue(&pool, &json!({"n": 1})).await,
+        enqueue(&pool, &json!({"n": 2})).await,
+    ]
+    .into();
+    assert_eq!(received(&queue, 2).await, ids);
+    wait_until("published, waiting for a mark", async || {
+        relay.flight.unmarked() == 2
+    })
+    .await;
+
+    // A transaction carries the marks, then rolls back: they wait for the next mark.
+    let mut tx = pool.begin().await.unwrap();
+    let marks = sales::outbox::owned::ride(&relay.flight, &mut tx)
+        .await
+        .unwrap()
+        .expect("marks to carry");
+    assert_eq!(relay.flight.unmarked(), 0);
+    tx.rollback().await.unwrap();
+    drop(marks);
+    assert_eq!(relay.flight.unmarked(), 2);
+    assert_eq!(count(&pool, "SENT").await, 0);
+
+    // Another commits them.
+    let mut tx = pool.begin().await.unwrap();
+    let marks = sales::outbox::owned::ride(&relay.flight, &mut tx)
+        .await
+        .unwrap()
+        .expect("marks to carry");
+    tx.commit().await.unwrap();
+    marks.confirm();
+    assert_eq!(count(&pool, "SENT").await, 2);
+    assert!(relay.flight.held().is_empty());
+    token.cancel();
+    running.await.unwrap();
+}
