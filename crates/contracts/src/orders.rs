@@ -33,7 +33,7 @@ impl PlaceOrder {
     }
 }
 
-/// Status of an order (DESIGN §7).
+/// Status of an order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {

@@ -1,4 +1,4 @@
-//! The envelope every domain event travels in (DESIGN §6), and the message attributes copied
+//! The envelope every domain event travels in, and the message attributes copied
 //! out of it so SNS can filter without parsing bodies.
 
 use std::collections::BTreeMap;

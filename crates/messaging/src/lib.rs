@@ -1,4 +1,4 @@
-//! Domain events over SNS and SQS (DESIGN §6): the [`Envelope`] every event travels in, the
+//! Domain events over SNS and SQS: the [`Envelope`] every event travels in, the
 //! topology (one topic, filtered queues, a dead-letter queue each), a batching [`Publisher`] for
 //! the outbox relay, and a polling [`Consumer`] that deletes a message only after its
 //! [`Handler`] succeeded.

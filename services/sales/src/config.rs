@@ -264,7 +264,7 @@ pub struct OutboxConfig {
     pub fault_pause_before_mark: Duration,
 }
 
-/// Circuit breakers of sales' dependencies (numbers of DESIGN §5). Each reads
+/// Circuit breakers of sales' dependencies (the numbers of docs/architecture.md). Each reads
 /// `SALES_BREAKER_{DEP}_ERROR_THRESHOLD_PERCENTAGE`, `_RESET_TIMEOUT_MS`,
 /// `_VOLUME_THRESHOLD` and `_CALL_TIMEOUT_MS`, with `{DEP}` one of `PRODUCT`,
 /// `DELIVERY`, `DATABASE`; all share `SALES_BREAKER_ROLLING_WINDOW_MS` (10000)

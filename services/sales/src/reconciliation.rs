@@ -1,4 +1,4 @@
-//! Reconciliation with delivery (DESIGN §4, §7): orders whose status may lag
+//! Reconciliation with delivery: orders whose status may lag
 //! behind their delivery are compared with delivery's authoritative status.
 //!
 //! A run takes, least recently checked first, orders with a delivery that are
@@ -443,7 +443,7 @@ async fn settle(
     Ok(Checked::Fixed { flagged })
 }
 
-/// The seed's `reconciliationJobsStatus`.
+/// `reconciliationJobsStatus` of the reliability view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum JobsStatus {

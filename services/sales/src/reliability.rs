@@ -24,7 +24,7 @@ use crate::{
     reviews,
 };
 
-/// The seed's `ReliabilityMetrics`, growing as capabilities land.
+/// The reliability view (`GET /health/reliability`).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReliabilityMetrics {

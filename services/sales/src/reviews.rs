@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::{orders::store, outbox::events};
 
-/// Why an order waits for a person (DESIGN §7).
+/// Why an order waits for a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ReviewReason {

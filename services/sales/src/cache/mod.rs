@@ -1,5 +1,5 @@
 //! Redis, optional (`SALES_REDIS_URL`): the order cache behind `GET /orders/{id}`
-//! (seed 000) and the store the rate limiter shares across instances (seed 002).
+//! and the store the rate limiter shares across instances.
 //! Without it, reads go to the database and rate limits are kept per instance.
 //!
 //! Redis is never on the critical path. The connection is made lazily (the

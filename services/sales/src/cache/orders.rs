@@ -1,4 +1,4 @@
-//! Cache-aside of orders (seed 000): `GET /orders/{id}` reads Redis first; on a
+//! Cache-aside of orders: `GET /orders/{id}` reads Redis first; on a
 //! miss, a failed read or an entry that does not decode (logged `Order {id}
 //! cache-database consistency issue detected`) it reads the database and puts the
 //! order back. Writers commit to the database first and then update the entry
@@ -56,7 +56,7 @@ use uuid::Uuid;
 use super::{CallError, Redis};
 use crate::orders::store;
 
-/// Delays before the retries of a failed update (the seed's 100/200/400 ms).
+/// Delays before the retries of a failed update (100, 200, 400 ms).
 pub const RETRY_DELAYS: [Duration; 3] = [
     Duration::from_millis(100),
     Duration::from_millis(200),

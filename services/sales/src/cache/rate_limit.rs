@@ -1,4 +1,4 @@
-//! Per-client rate limits on the customer endpoints (seed 002): `POST /orders`,
+//! Per-client rate limits on the customer endpoints: `POST /orders`,
 //! `GET /orders`, `GET /orders/{id}` and `POST /orders/{id}/cancel`. Health,
 //! metrics, OpenAPI and staff endpoints are not limited.
 //!

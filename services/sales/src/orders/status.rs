@@ -1,4 +1,4 @@
-//! The order status state machine (DESIGN §7), in one place:
+//! The order status state machine, in one place:
 //!
 //! ```text
 //! PENDING_SHIPMENT ──▶ SHIPPED ──▶ DELIVERED
