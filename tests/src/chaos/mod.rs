@@ -162,6 +162,8 @@ fn stack_options() -> StackOptions {
         broker: true,
         broker_proxy: true,
         product_broker_proxy: true,
+        delivery_events: true,
+        delivery_broker_proxy: false,
     }
 }
 
