@@ -278,6 +278,12 @@ def script_defaults():
     return found
 
 
+def outbox_topic_default(config_src):
+    """The topic default a service gives the outbox crate's config: `from_env(env, "name")`."""
+    m = re.search(r"(?:outbox::Config|OutboxConfig)::from_env\(\s*env\s*,\s*\"([a-z-]+)\"", config_src)
+    return m.group(1) if m else None
+
+
 def check_init_script():
     section("LocalStack init script (localstack/init/ready.d/10-sales-events.sh)")
     path = ROOT / "localstack/init/ready.d/10-sales-events.sh"
@@ -292,7 +298,7 @@ def check_init_script():
         return m.group(1) if m else None
 
     pairs = [
-        ("TOPIC_NAME", code_default(sales_cfg, "BROKER_TOPIC_NAME"), "sales' BROKER_TOPIC_NAME default"),
+        ("TOPIC_NAME", outbox_topic_default(sales_cfg), "sales' BROKER_TOPIC_NAME default"),
         ("TOPIC_NAME", code_default(product_cfg, "BROKER_TOPIC_NAME"), "product's BROKER_TOPIC_NAME default"),
         ("QUEUE_NAME", code_default(product_cfg, "BROKER_QUEUE_NAME"), "product's BROKER_QUEUE_NAME default"),
         ("MAX_RECEIVE_COUNT", code_default(product_cfg, "BROKER_MAX_RECEIVE_COUNT"), "PRODUCT_BROKER_MAX_RECEIVE_COUNT default"),
@@ -330,9 +336,8 @@ def check_delivery_init_script():
         m = re.search(r"\"" + key + r"\"\s*,\s*\"?([A-Za-z0-9_-]+)\"?\s*\)", src)
         return m.group(1) if m else None
 
-    m = re.search(r"outbox::Config::from_env\(\s*env\s*,\s*\"([a-z-]+)\"", delivery_cfg)
     pairs = [
-        ("TOPIC_NAME", m and m.group(1), "delivery's BROKER_TOPIC_NAME default"),
+        ("TOPIC_NAME", outbox_topic_default(delivery_cfg), "delivery's BROKER_TOPIC_NAME default"),
         ("TOPIC_NAME", code_default(sales_cfg, "DELIVERY_EVENTS_TOPIC_NAME"), "sales' DELIVERY_EVENTS_TOPIC_NAME default"),
         ("QUEUE_NAME", code_default(sales_cfg, "DELIVERY_EVENTS_QUEUE_NAME"), "sales' DELIVERY_EVENTS_QUEUE_NAME default"),
         ("MAX_RECEIVE_COUNT", code_default(sales_cfg, "DELIVERY_EVENTS_MAX_RECEIVE_COUNT"), "SALES_DELIVERY_EVENTS_MAX_RECEIVE_COUNT default"),
