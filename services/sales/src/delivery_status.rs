@@ -235,16 +235,58 @@ pub async fn consume(db: &Db, event: &Envelope) -> Result<Outcome, ConsumeError>
     Ok(outcome)
 }
 
+/// How long the handler keeps an event while sales' database is unreachable before it
+/// gives the message back to the queue (where a receive counts toward its DLQ).
+pub const OUTAGE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl ConsumeError {
+    /// Sales' database was unreachable (not the event's fault).
+    fn is_outage(&self) -> bool {
+        match self {
+            Self::Database(e) | Self::Transition(TransitionError::Database(e)) => {
+                platform::db::is_unavailable(e)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The SQS handler of delivery's events.
 #[derive(Clone)]
 pub struct Consumer {
     pub db: Db,
 }
 
+impl Consumer {
+    /// [`consume`], tried again while the database is unreachable (for up to
+    /// [`OUTAGE_PATIENCE`], the consumer extending the message's visibility meanwhile), so a
+    /// database outage does not spend the message's receives and send it to the DLQ.
+    async fn consume_patiently(&self, envelope: &Envelope) -> Result<Outcome, ConsumeError> {
+        let started = std::time::Instant::now();
+        let mut attempt = 0;
+        loop {
+            match consume(&self.db, envelope).await {
+                Err(e) if e.is_outage() && started.elapsed() < OUTAGE_PATIENCE => {
+                    attempt += 1;
+                    let wait = resilience::backoff::exponential(
+                        attempt,
+                        std::time::Duration::from_millis(100),
+                        std::time::Duration::from_secs(2),
+                    );
+                    tracing::debug!(event_id = %envelope.event_id, error = %e, ?wait,
+                        "database unreachable; the delivery event waits");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 impl Handler for Consumer {
     async fn handle(&self, envelope: Envelope) -> Result<(), HandlerError> {
         let started = Utc::now();
-        let consumed = consume(&self.db, &envelope).await;
+        let consumed = self.consume_patiently(&envelope).await;
         // `delivery_events_total{result}`: a redelivery or an outdated version is a duplicate.
         let result = match &consumed {
             Ok(Outcome::Duplicate | Outcome::Stale) => "duplicate",
