@@ -91,6 +91,10 @@ def code_variables():
     )
     platform_src = (ROOT / "crates/platform/src/config.rs").read_text()
     platform_keys = {k: m for m, k in reader.findall(platform_src)}
+    outbox_src = (ROOT / "crates/outbox/src/lib.rs").read_text()
+    config_part, _, breaker_part = outbox_src.partition("pub fn broker_breaker")
+    outbox_keys = {k: m for m, k in reader.findall(config_part)}
+    outbox_breaker_keys = {k: m for m, k in reader.findall(breaker_part.split("#[cfg(test)]")[0])}
     out = {}
     for service, prefix in SERVICES.items():
         src = (ROOT / f"services/{service}/src/config.rs").read_text()
@@ -99,6 +103,10 @@ def code_variables():
         keys.update({k: "optional" for k in re.findall(r"\bservice_token\(\s*env\s*,\s*\"([A-Z0-9_]+)\"", src)})
         if "ServerConfig::from_env" in src and "DatabaseConfig::from_env" in src:
             keys.update(platform_keys)
+        # The outbox crate's settings (BROKER_*, OUTBOX_*, and BREAKER_BROKER_* for a service
+        # whose only breaker is the relay's), read with the service's prefix.
+        if re.search(r"\b(outbox::Config|OutboxConfig)::from_env\(", src):
+            keys.update(outbox_keys)
         # Breakers: `let key = |k: &str| format!("BREAKER_{dep}_{k}")` with breaker(env, "DEP", ..),
         # read as env.positive(&key("X")) / env.millis(&key("X_MS")).
         fmt = re.search(r"format!\(\"([A-Z_]+)_\{dep\}_\{k\}\"\)", src)
@@ -109,6 +117,8 @@ def code_variables():
                 for method, suffix in suffixes:
                     if method != "name":  # env.name(..) only spells the name in an error
                         keys[f"{fmt.group(1)}_{d}_{suffix}"] = method
+        if re.search(r"\boutbox::broker_breaker\(", src):
+            keys.update(outbox_breaker_keys)
         out[service] = {prefix + k: m for k, m in keys.items()}
     return out
 
@@ -179,12 +189,14 @@ def check_values(where, service, env, code_vars):
 
 
 def broker_rule(where, env):
-    """sales refuses to start with the broker on, provisioning off and no topic ARN."""
+    """sales and delivery (the outbox crate) refuse to start with the broker on, provisioning
+    off and no topic ARN."""
     flag = lambda k, d: str(env.get(k, d)).strip().lower() in ("1", "true", "yes", "on")
-    if "SALES_LISTEN_ADDR" in env and flag("SALES_BROKER_ENABLED", "false") and not flag(
-        "SALES_BROKER_PROVISION", "false"
-    ):
-        check(bool(env.get("SALES_BROKER_TOPIC_ARN")), f"{where}: SALES_BROKER_TOPIC_ARN set (broker on, provisioning off)")
+    for p in ("SALES_", "DELIVERY_"):
+        if p + "LISTEN_ADDR" in env and flag(p + "BROKER_ENABLED", "false") and not flag(
+            p + "BROKER_PROVISION", "false"
+        ):
+            check(bool(env.get(p + "BROKER_TOPIC_ARN")), f"{where}: {p}BROKER_TOPIC_ARN set (broker on, provisioning off)")
 
 
 # ---------------------------------------------------------------------------
@@ -266,6 +278,12 @@ def script_defaults():
     return found
 
 
+def outbox_topic_default(config_src):
+    """The topic default a service gives the outbox crate's config: `from_env(env, "name")`."""
+    m = re.search(r"(?:outbox::Config|OutboxConfig)::from_env\(\s*env\s*,\s*\"([a-z-]+)\"", config_src)
+    return m.group(1) if m else None
+
+
 def check_init_script():
     section("LocalStack init script (localstack/init/ready.d/10-sales-events.sh)")
     path = ROOT / "localstack/init/ready.d/10-sales-events.sh"
@@ -280,7 +298,7 @@ def check_init_script():
         return m.group(1) if m else None
 
     pairs = [
-        ("TOPIC_NAME", code_default(sales_cfg, "BROKER_TOPIC_NAME"), "sales' BROKER_TOPIC_NAME default"),
+        ("TOPIC_NAME", outbox_topic_default(sales_cfg), "sales' BROKER_TOPIC_NAME default"),
         ("TOPIC_NAME", code_default(product_cfg, "BROKER_TOPIC_NAME"), "product's BROKER_TOPIC_NAME default"),
         ("QUEUE_NAME", code_default(product_cfg, "BROKER_QUEUE_NAME"), "product's BROKER_QUEUE_NAME default"),
         ("MAX_RECEIVE_COUNT", code_default(product_cfg, "BROKER_MAX_RECEIVE_COUNT"), "PRODUCT_BROKER_MAX_RECEIVE_COUNT default"),
@@ -298,6 +316,50 @@ def check_init_script():
     code_retention = eval(m.group(1)) if m else None  # a product of integer literals
     m = re.search(r"DLQ_RETENTION_SECS=(\d+)", path.read_text())
     check(m and int(m.group(1)) == code_retention, f"DLQ retention {m and m.group(1)} s = messaging's DLQ_RETENTION_SECS {code_retention}")
+    d["delivery"] = check_delivery_init_script()
+    return d
+
+
+def check_delivery_init_script():
+    """20-delivery-events.sh: delivery's topic and sales' queue, as the code names them, with
+    the filter policy sales' provisioning writes (DELIVERY_STATUS_CHANGED but not CREATED)."""
+    section("LocalStack init script (localstack/init/ready.d/20-delivery-events.sh)")
+    path = ROOT / "localstack/init/ready.d/20-delivery-events.sh"
+    check(os.access(path, os.X_OK), "it is executable (LocalStack runs ready.d/*.sh directly)")
+    text = path.read_text()
+    d = {k: v for k, _, v in re.findall(r"^([A-Z_]+)=\$\{([A-Z_]+):-([^}]*)\}", text, re.M)}
+    d.update(dict(re.findall(r"^(EVENT_TYPES|EXCLUDED_STATUSES)=([A-Z_,]+)", text, re.M)))
+    sales_cfg = (ROOT / "services/sales/src/config.rs").read_text()
+    delivery_cfg = (ROOT / "services/delivery/src/config.rs").read_text()
+
+    def code_default(src, key):
+        m = re.search(r"\"" + key + r"\"\s*,\s*\"?([A-Za-z0-9_-]+)\"?\s*\)", src)
+        return m.group(1) if m else None
+
+    pairs = [
+        ("TOPIC_NAME", outbox_topic_default(delivery_cfg), "delivery's BROKER_TOPIC_NAME default"),
+        ("TOPIC_NAME", code_default(sales_cfg, "DELIVERY_EVENTS_TOPIC_NAME"), "sales' DELIVERY_EVENTS_TOPIC_NAME default"),
+        ("QUEUE_NAME", code_default(sales_cfg, "DELIVERY_EVENTS_QUEUE_NAME"), "sales' DELIVERY_EVENTS_QUEUE_NAME default"),
+        ("MAX_RECEIVE_COUNT", code_default(sales_cfg, "DELIVERY_EVENTS_MAX_RECEIVE_COUNT"), "SALES_DELIVERY_EVENTS_MAX_RECEIVE_COUNT default"),
+        ("VISIBILITY_TIMEOUT", code_default(sales_cfg, "DELIVERY_EVENTS_VISIBILITY_TIMEOUT_SECS"), "SALES_DELIVERY_EVENTS_VISIBILITY_TIMEOUT_SECS default"),
+    ]
+    for var, want, what in pairs:
+        check(d.get(var) == want, f"{var} default {d.get(var)!r} = {what} {want!r}")
+    consumer = (ROOT / "services/sales/src/delivery_status.rs").read_text()
+    contracts = (ROOT / "crates/contracts/src/delivery.rs").read_text()
+    m = re.search(r"pub const CONSUMED[^=]*=\s*\[([^\]]*)\]", consumer)
+    consts = dict(re.findall(r"pub const ([A-Z_]+): &str = \"([A-Z_]+)\";", contracts))
+    consumed = sorted(consts.get(c.strip(), c.strip()) for c in m.group(1).split(",") if c.strip()) if m else None
+    check(consumed == sorted(d.get("EVENT_TYPES", "").split(",")), f"EVENT_TYPES {d.get('EVENT_TYPES')} = sales' delivery_status::CONSUMED {consumed}")
+    m = re.search(r"pub const NOT_DELIVERED[^=]*=\s*\[([^\]]*)\]", consumer)
+    snake = lambda v: re.sub(r"(?<!^)([A-Z])", r"_\1", v).upper()
+    excluded = sorted(snake(v) for v in re.findall(r"DeliveryStatus::(\w+)", m.group(1))) if m else None
+    check(excluded == sorted(d.get("EXCLUDED_STATUSES", "").split(",")),
+          f"EXCLUDED_STATUSES {d.get('EXCLUDED_STATUSES')} = sales' delivery_status::NOT_DELIVERED {excluded} (the filter policy drops them)")
+    check('"anything-but"' in (ROOT / "crates/messaging/src/provision.rs").read_text()
+          and '"anything-but"' in (ROOT / "localstack/init/provision.py").read_text()
+          and '"anything-but"' in (ROOT / "localstack/init/ready.d/10-sales-events.sh").read_text(),
+          "the code, provision.py and the CLI path all write the status condition as anything-but")
     return d
 
 
@@ -447,6 +509,19 @@ def check_compose(code_vars, std_vars, init_defaults, venv_bin):
     check(
         product_env.get("PRODUCT_BROKER_QUEUE_NAME", "product-order-events") == init_defaults.get("QUEUE_NAME"),
         f"product consumes the init script's queue ({init_defaults.get('QUEUE_NAME')})",
+    )
+    delivery_init = init_defaults.get("delivery", {})
+    delivery_env = {k: str(v) for k, v in (services.get("delivery", {}).get("environment") or {}).items()}
+    arn = delivery_env.get("DELIVERY_BROKER_TOPIC_ARN", "")
+    check(
+        delivery_env.get("DELIVERY_BROKER_ENABLED", "false").lower() == "true"
+        and arn.rsplit(":", 1)[-1] == delivery_init.get("TOPIC_NAME"),
+        f"delivery relays its outbox to the init script's delivery topic ({arn})",
+    )
+    check(
+        sales_env.get("SALES_DELIVERY_EVENTS_ENABLED", "false").lower() == "true"
+        and sales_env.get("SALES_DELIVERY_EVENTS_QUEUE_NAME", "sales-delivery-events") == delivery_init.get("QUEUE_NAME"),
+        f"sales follows delivery's events from the init script's queue ({delivery_init.get('QUEUE_NAME')})",
     )
 
     # Prometheus.
@@ -619,6 +694,15 @@ def check_k8s_objects(where, docs, code_vars, std_vars):
     check(set(by_kind.get("PodDisruptionBudget", {})) == set(SERVICES), f"{where}: a PDB per service")
     check_service_tokens(where, envs, secret_keys)
     check_network_policies(where, by_kind, deployments)
+    d_env, s_env = envs.get("delivery", {}), envs.get("sales", {})
+    check(
+        d_env.get("DELIVERY_BROKER_ENABLED", "").lower() == "true" and d_env.get("DELIVERY_BROKER_TOPIC_ARN", "").endswith(":delivery-events"),
+        f"{where} delivery: relays its outbox to the delivery-events topic",
+    )
+    check(
+        s_env.get("SALES_DELIVERY_EVENTS_ENABLED", "").lower() == "true",
+        f"{where} sales: follows delivery's events (SALES_DELIVERY_EVENTS_ENABLED)",
+    )
     sales = deployments.get("sales")
     if sales:
         cm = config_maps.get("sales-config", {}).get("data", {})

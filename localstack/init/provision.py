@@ -1,4 +1,5 @@
-"""The messaging topology of localstack/init/ready.d/10-sales-events.sh, with boto3.
+"""The messaging topology of localstack/init/ready.d/10-sales-events.sh (and of
+20-delivery-events.sh, which runs it with delivery's settings), with boto3.
 
 Used by that script when neither `awslocal` nor `aws` is installed (boto3 is in
 LocalStack's own Python and in the project's LocalStack venv). Same settings
@@ -28,6 +29,7 @@ def main():
     visibility_timeout = int(env.get("VISIBILITY_TIMEOUT") or 30)
     dlq_retention = int(env.get("DLQ_RETENTION_SECS") or 1209600)
     event_types = sorted({t for t in (env.get("EVENT_TYPES") or "ORDER_CANCELLED,ORDER_CREATED").split(",") if t})
+    excluded_statuses = sorted({t for t in (env.get("EXCLUDED_STATUSES") or "").split(",") if t})
     session = boto3.session.Session(
         region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
         aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or "test",
@@ -64,7 +66,7 @@ def main():
     # restarted under the services) gets "topic not found" and retries until the topic exists,
     # and SNS drops only what is published in the moment between these two calls.
     topic_arn = sns.create_topic(Name=topic_name)["TopicArn"]
-    subscribe(sns, topic_arn, arn, event_types)
+    subscribe(sns, topic_arn, arn, event_types, excluded_statuses)
     policy = compact({
         "Version": "2012-10-17",
         "Statement": [{
@@ -78,16 +80,23 @@ def main():
     })
     sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy})
     print(f"sales-events init: topic {topic_arn}; queue {url} (DLQ {dlq_url}, "
-          f"maxReceiveCount {max_receive_count}); filter {filter_policy(event_types)}", file=sys.stderr)
+          f"maxReceiveCount {max_receive_count}); filter {filter_policy(event_types, excluded_statuses)}",
+          file=sys.stderr)
 
 
-def filter_policy(event_types):
-    return compact({"event_type": event_types}) if event_types else None
+def filter_policy(event_types, excluded_statuses):
+    # messaging::provision::filter_policy_excluding
+    policy = {}
+    if event_types:
+        policy["event_type"] = event_types
+    if excluded_statuses:
+        policy["status"] = [{"anything-but": excluded_statuses}]
+    return compact(policy) if policy else None
 
 
-def subscribe(sns, topic_arn, arn, event_types):
+def subscribe(sns, topic_arn, arn, event_types, excluded_statuses):
     attributes = {"RawMessageDelivery": "true"}
-    policy = filter_policy(event_types)
+    policy = filter_policy(event_types, excluded_statuses)
     if policy:
         attributes["FilterPolicy"] = policy
     try:

@@ -248,6 +248,12 @@ pub struct StackOptions {
     pub product_broker_proxy: bool,
     /// Extra `DELIVERY_*` settings.
     pub delivery_env: Vec<(&'static str, String)>,
+    /// Relay delivery's outbox to its own SNS topic and have sales follow it from its own
+    /// queue (names unique to this stack).
+    pub delivery_events: bool,
+    /// Route delivery's SNS calls through a [`proxy::Proxy`] of their own (needs
+    /// `delivery_events`), so a test can cut delivery's broker alone.
+    pub delivery_broker_proxy: bool,
 }
 
 /// A `POST /orders` body for `customer` with `(product, quantity)` items, shipped
@@ -297,6 +303,11 @@ pub struct Stack {
     /// Names of this stack's topic and product queue, when the broker is on.
     pub topic_name: String,
     pub queue_name: String,
+    /// Between delivery and the SNS emulator, when asked for.
+    pub delivery_broker_proxy: Option<proxy::Proxy>,
+    /// Names of this stack's delivery topic and sales' delivery-events queue, when on.
+    pub delivery_topic_name: String,
+    pub delivery_queue_name: String,
 }
 
 impl Stack {
@@ -404,6 +415,54 @@ impl Stack {
                 product_env.insert(k.into(), v);
             }
         }
+        let delivery_topic_name = format!("delivery-events-{}", &run[..12]);
+        let delivery_queue_name = format!("sales-delivery-events-{}", &run[..12]);
+        let mut delivery_broker_proxy = None;
+        if options.delivery_events {
+            let endpoint = if options.delivery_broker_proxy {
+                let upstream = aws_endpoint()
+                    .trim_start_matches("http://")
+                    .replace("localhost", "127.0.0.1");
+                let proxy = proxy::Proxy::start(upstream.parse().unwrap()).await;
+                let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+                delivery_broker_proxy = Some(proxy);
+                endpoint
+            } else {
+                aws_endpoint()
+            };
+            delivery_env.extend(aws_env(&endpoint));
+            for (k, v) in [
+                ("DELIVERY_BROKER_ENABLED", "true".to_owned()),
+                ("DELIVERY_BROKER_PROVISION", "true".to_owned()),
+                ("DELIVERY_BROKER_TOPIC_NAME", delivery_topic_name.clone()),
+                // A shorter safety-net poll than the default (1 s); LISTEN/NOTIFY wakes it.
+                ("DELIVERY_OUTBOX_POLL_INTERVAL_MS", "200".to_owned()),
+            ] {
+                delivery_env.insert(k.into(), v);
+            }
+            if !options.broker {
+                sales_env.extend(aws_env(&aws_endpoint()));
+            }
+            for (k, v) in [
+                ("SALES_DELIVERY_EVENTS_ENABLED", "true".to_owned()),
+                ("SALES_DELIVERY_EVENTS_PROVISION", "true".to_owned()),
+                (
+                    "SALES_DELIVERY_EVENTS_TOPIC_NAME",
+                    delivery_topic_name.clone(),
+                ),
+                (
+                    "SALES_DELIVERY_EVENTS_QUEUE_NAME",
+                    delivery_queue_name.clone(),
+                ),
+                ("SALES_DELIVERY_EVENTS_WAIT_TIME_SECS", "1".to_owned()),
+                (
+                    "SALES_DELIVERY_EVENTS_VISIBILITY_TIMEOUT_SECS",
+                    "2".to_owned(),
+                ),
+            ] {
+                sales_env.insert(k.into(), v);
+            }
+        }
         for (k, v) in options.sales_env {
             sales_env.insert(k.to_owned(), v);
         }
@@ -424,6 +483,9 @@ impl Stack {
             broker_proxy,
             topic_name,
             queue_name,
+            delivery_broker_proxy,
+            delivery_topic_name,
+            delivery_queue_name,
         };
         stack.product.start().await;
         stack.delivery.start().await;

@@ -56,10 +56,71 @@ fn topology(topic: &str, queue: &str) -> Topology {
         queues: vec![QueueSpec {
             name: queue.to_owned(),
             event_types: consumed(),
+            excluded_statuses: vec![],
             max_receive_count: 5,
             visibility_timeout_secs: 30,
         }],
     }
+}
+
+/// What sales' start-up provisioning of delivery's events asks for with the default settings.
+fn delivery_topology(topic: &str, queue: &str) -> Topology {
+    Topology {
+        topic_name: topic.to_owned(),
+        queues: vec![QueueSpec {
+            name: queue.to_owned(),
+            event_types: sales::delivery_status::CONSUMED
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            excluded_statuses: sales::delivery_status::NOT_DELIVERED
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect(),
+            max_receive_count: 5,
+            visibility_timeout_secs: 30,
+        }],
+    }
+}
+
+/// The delivery-events hook (boto3 path) creates what sales provisions, byte for byte:
+/// delivery's topic, sales' queue and DLQ, and a subscription dropping CREATED; the code's
+/// provisioning after it finds nothing to change.
+#[tokio::test]
+async fn the_delivery_events_hook_creates_what_sales_provisions() {
+    let sdk = messaging::aws::emulator_sdk_config(&aws_endpoint()).await;
+    let (topic, queue) = names("delivery");
+    for _ in 0..2 {
+        let out = tokio::process::Command::new("bash")
+            .arg(root().join("localstack/init/ready.d/20-delivery-events.sh"))
+            .env("AWS_ENDPOINT_URL", aws_endpoint())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("DELIVERY_TOPIC_NAME", &topic)
+            .env("DELIVERY_QUEUE_NAME", &queue)
+            .env("PROVISION_WITH", "python")
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "20-delivery-events.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let by_script = snapshot(&sdk, &topic, &queue).await;
+    assert_eq!(by_script.subscriptions.len(), 1, "{by_script:#?}");
+    assert_eq!(
+        by_script.subscriptions[0]["FilterPolicy"],
+        r#"{"event_type":["DELIVERY_STATUS_CHANGED"],"status":[{"anything-but":["CREATED"]}]}"#
+    );
+    messaging::provision(&sdk, &delivery_topology(&topic, &queue))
+        .await
+        .unwrap();
+    let after_code = snapshot(&sdk, &topic, &queue).await;
+    assert_eq!(after_code, by_script, "provision() found nothing to change");
+    cleanup(&sdk, &after_code).await;
 }
 
 /// Runs the init script (`with`: `cli`, `python` or `auto`) against the test LocalStack.
@@ -408,17 +469,16 @@ async fn localstack_runs_the_hook_on_start() {
     let scripts = doc["scripts"].as_array().unwrap();
     assert_eq!(
         scripts.len(),
-        1,
-        "one hook, provision.py is not run: {body}"
+        2,
+        "two hooks, provision.py is not run: {body}"
     );
-    assert!(
-        scripts[0]["name"]
-            .as_str()
-            .unwrap()
-            .ends_with("10-sales-events.sh"),
-        "{body}"
-    );
-    assert_eq!(scripts[0]["state"], "SUCCESSFUL", "{body}");
+    for (script, name) in scripts
+        .iter()
+        .zip(["10-sales-events.sh", "20-delivery-events.sh"])
+    {
+        assert!(script["name"].as_str().unwrap().ends_with(name), "{body}");
+        assert_eq!(script["state"], "SUCCESSFUL", "{body}");
+    }
     // The compose health check: `grep -q '"completed": *true'` and no "ERROR".
     assert!(
         body.contains("\"completed\": true") && !body.contains("ERROR"),
@@ -437,6 +497,21 @@ async fn localstack_runs_the_hook_on_start() {
     );
     assert_eq!(
         snapshot(&sdk, "sales-events", "product-order-events").await,
+        by_hook
+    );
+    let by_hook = snapshot(&sdk, "delivery-events", "sales-delivery-events").await;
+    let provisioned = messaging::provision(
+        &sdk,
+        &delivery_topology("delivery-events", "sales-delivery-events"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        provisioned.topic_arn, "arn:aws:sns:us-east-1:000000000000:delivery-events",
+        "the ARN docker-compose.yml gives delivery"
+    );
+    assert_eq!(
+        snapshot(&sdk, "delivery-events", "sales-delivery-events").await,
         by_hook
     );
 

@@ -301,6 +301,7 @@ async fn two_relays_on_one_database_publish_each_event_once() {
             queues: vec![messaging::QueueSpec {
                 name: audit_queue.clone(),
                 event_types: vec![],
+                excluded_statuses: vec![],
                 max_receive_count: 5,
                 visibility_timeout_secs: 30,
             }],

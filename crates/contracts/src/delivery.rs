@@ -93,7 +93,16 @@ pub struct Delivery {
     pub items: Vec<LineItem>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Per-delivery sequence, 1 at creation and bumped on every status change; the
+    /// `aggregate_version` of its `DELIVERY_STATUS_CHANGED` events.
+    #[serde(default)]
+    pub version: i32,
 }
+
+/// Event type of a delivery's status change (payload: the full [`Delivery`]).
+pub const DELIVERY_STATUS_CHANGED: &str = "DELIVERY_STATUS_CHANGED";
+/// Aggregate type of delivery events.
+pub const DELIVERY_AGGREGATE: &str = "delivery";
 
 /// Courier/ops update of a delivery's status.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -9,6 +9,9 @@ use uuid::Uuid;
 
 /// Message attribute carrying [`Envelope::event_type`]; subscriptions filter on it.
 pub const ATTR_EVENT_TYPE: &str = "event_type";
+/// Message attribute carrying the payload's top-level `status` (when it has one as a
+/// string), so a subscription can filter on the entity's new status.
+pub const ATTR_STATUS: &str = "status";
 /// Message attribute carrying [`Envelope::aggregate_id`].
 pub const ATTR_AGGREGATE_ID: &str = "aggregate_id";
 /// W3C trace-context keys of [`Envelope::trace`] that are also copied to message attributes.
@@ -54,13 +57,22 @@ impl Envelope {
     }
 
     /// The String message attributes to send with this envelope, as (name, value) pairs:
-    /// `event_type`, `aggregate_id` and the trace keys present with a non-empty value
-    /// (SNS rejects empty attribute values).
+    /// `event_type`, `aggregate_id`, `status` (the payload's top-level `status`, when it is
+    /// a non-empty string) and the trace keys present with a non-empty value (SNS rejects
+    /// empty attribute values).
     pub fn attributes(&self) -> Vec<(&'static str, String)> {
         let mut attrs = vec![
             (ATTR_EVENT_TYPE, self.event_type.clone()),
             (ATTR_AGGREGATE_ID, self.aggregate_id.to_string()),
         ];
+        if let Some(status) = self
+            .payload
+            .get("status")
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            attrs.push((ATTR_STATUS, status.to_owned()));
+        }
         for key in TRACE_ATTRIBUTE_KEYS {
             if let Some(value) = self.trace.get(key).filter(|v| !v.is_empty()) {
                 attrs.push((key, value.clone()));
@@ -118,6 +130,7 @@ mod tests {
             vec![
                 (ATTR_EVENT_TYPE, "ORDER_CREATED".to_string()),
                 (ATTR_AGGREGATE_ID, e.aggregate_id.to_string()),
+                (ATTR_STATUS, "PENDING".to_string()),
                 ("traceparent", "00-abc-def-01".to_string()),
             ]
         );

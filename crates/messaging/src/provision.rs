@@ -8,7 +8,7 @@ use aws_config::SdkConfig;
 use aws_sdk_sns::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::QueueAttributeName;
 
-use crate::envelope::ATTR_EVENT_TYPE;
+use crate::envelope::{ATTR_EVENT_TYPE, ATTR_STATUS};
 
 /// Suffix of the dead-letter queue of each queue: `<name>-dlq`.
 pub const DLQ_SUFFIX: &str = "-dlq";
@@ -23,6 +23,10 @@ pub struct QueueSpec {
     /// Event types delivered to this queue (SNS filter policy on the `event_type` attribute);
     /// empty means all.
     pub event_types: Vec<String>,
+    /// Values of the `status` message attribute not delivered to this queue (an
+    /// `anything-but` condition of the filter policy); empty means no condition on it. With
+    /// a condition, a message without a `status` attribute is not delivered either.
+    pub excluded_statuses: Vec<String>,
     /// Receives after which a message is moved to `<name>-dlq` (≥ 1).
     pub max_receive_count: i32,
     /// Default visibility timeout of the queue, in seconds (0..=43200).
@@ -163,7 +167,7 @@ async fn provision_queue(
     )
     .await?;
 
-    subscribe(sns, topic_arn, &arn, &spec.event_types).await?;
+    subscribe(sns, topic_arn, &arn, spec).await?;
     tracing::debug!(queue = %spec.name, dlq = %dlq_name, "queue provisioned");
     Ok((url, dlq_url))
 }
@@ -238,22 +242,41 @@ fn queue_policy(queue_arn: &str, topic_arn: &str) -> String {
 /// The subscription's filter policy, or `None` for all events. Deterministic (sorted,
 /// deduplicated), because an existing subscription is compared attribute by attribute as strings.
 pub fn filter_policy(event_types: &[String]) -> Option<String> {
-    if event_types.is_empty() {
-        return None;
+    filter_policy_excluding(event_types, &[])
+}
+
+/// [`filter_policy`] that also drops the messages whose `status` attribute is one of
+/// `excluded_statuses`: `{"event_type":[…],"status":[{"anything-but":[…]}]}`.
+pub fn filter_policy_excluding(
+    event_types: &[String],
+    excluded_statuses: &[String],
+) -> Option<String> {
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let mut policy = serde_json::Map::new();
+    if !event_types.is_empty() {
+        policy.insert(ATTR_EVENT_TYPE.into(), sorted(event_types).into());
     }
-    let mut types = event_types.to_vec();
-    types.sort();
-    types.dedup();
-    Some(serde_json::json!({ ATTR_EVENT_TYPE: types }).to_string())
+    if !excluded_statuses.is_empty() {
+        policy.insert(
+            ATTR_STATUS.into(),
+            serde_json::json!([{ "anything-but": sorted(excluded_statuses) }]),
+        );
+    }
+    (!policy.is_empty()).then(|| serde_json::Value::Object(policy).to_string())
 }
 
 async fn subscribe(
     sns: &aws_sdk_sns::Client,
     topic_arn: &str,
     queue_arn: &str,
-    event_types: &[String],
+    spec: &QueueSpec,
 ) -> anyhow::Result<()> {
-    let policy = filter_policy(event_types);
+    let policy = filter_policy_excluding(&spec.event_types, &spec.excluded_statuses);
     let mut req = sns
         .subscribe()
         .topic_arn(topic_arn)
@@ -364,6 +387,13 @@ mod tests {
             filter_policy(&types).as_deref(),
             Some(r#"{"event_type":["ORDER_CANCELLED","ORDER_CREATED"]}"#)
         );
+        let types = ["DELIVERY_STATUS_CHANGED".to_owned()];
+        assert_eq!(
+            filter_policy_excluding(&types, &["CREATED".to_owned()]).as_deref(),
+            Some(
+                r#"{"event_type":["DELIVERY_STATUS_CHANGED"],"status":[{"anything-but":["CREATED"]}]}"#
+            )
+        );
     }
 
     #[test]
@@ -373,6 +403,7 @@ mod tests {
             queues: vec![QueueSpec {
                 name: name.into(),
                 event_types: vec![],
+                excluded_statuses: vec![],
                 max_receive_count,
                 visibility_timeout_secs,
             }],

@@ -19,6 +19,8 @@
 #   MAX_RECEIVE_COUNT    5                       (PRODUCT_BROKER_MAX_RECEIVE_COUNT)
 #   VISIBILITY_TIMEOUT   30                      (PRODUCT_BROKER_VISIBILITY_TIMEOUT_SECS)
 #   EVENT_TYPES          ORDER_CANCELLED,ORDER_CREATED  (product's order_events::CONSUMED)
+#   EXCLUDED_STATUSES    (none)                  values of the `status` attribute the subscription
+#                                                drops (20-delivery-events.sh: CREATED)
 #   AWS_ENDPOINT_URL     http://localhost:4566   (never real AWS unless you point it there)
 #   AWS_REGION           us-east-1; credentials default to LocalStack's test/test
 #   PROVISION_WITH       auto | cli | python     (auto: python + boto3, else awslocal, else aws)
@@ -37,6 +39,7 @@ DLQ_NAME=${QUEUE_NAME}-dlq
 MAX_RECEIVE_COUNT=${MAX_RECEIVE_COUNT:-5}
 VISIBILITY_TIMEOUT=${VISIBILITY_TIMEOUT:-30}
 EVENT_TYPES=${EVENT_TYPES:-ORDER_CANCELLED,ORDER_CREATED}
+EXCLUDED_STATUSES=${EXCLUDED_STATUSES:-}
 DLQ_RETENTION_SECS=1209600 # 14 days, the SQS maximum (messaging::provision::DLQ_RETENTION_SECS)
 PROVISION_WITH=${PROVISION_WITH:-auto}
 
@@ -44,7 +47,7 @@ export AWS_ENDPOINT_URL=${AWS_ENDPOINT_URL:-http://localhost:4566}
 export AWS_REGION=${AWS_REGION:-${AWS_DEFAULT_REGION:-us-east-1}}
 export AWS_DEFAULT_REGION=$AWS_REGION
 export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-test}
-export TOPIC_NAME QUEUE_NAME MAX_RECEIVE_COUNT VISIBILITY_TIMEOUT EVENT_TYPES DLQ_RETENTION_SECS
+export TOPIC_NAME QUEUE_NAME MAX_RECEIVE_COUNT VISIBILITY_TIMEOUT EVENT_TYPES EXCLUDED_STATUSES DLQ_RETENTION_SECS
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 log() { echo "sales-events init: $*" >&2; }
@@ -89,15 +92,25 @@ pick_cli() {
 # JSON strings, exactly as serde_json::json!(..).to_string() prints them.
 json_escape() { local s=$1; s=${s//\\/\\\\}; printf '%s' "${s//\"/\\\"}"; }
 
-filter_policy() {
-  local sorted first=1 out='{"event_type":['
-  sorted=$(tr ',' '\n' <<<"$EVENT_TYPES" | sed '/^$/d' | LC_ALL=C sort -u)
+json_list() { # comma-separated values -> sorted, deduplicated JSON array of strings
+  local sorted first=1 out='['
+  sorted=$(tr ',' '\n' <<<"$1" | sed '/^$/d' | LC_ALL=C sort -u)
   while IFS= read -r t; do
+    [ -n "$t" ] || continue
     [ $first = 1 ] || out+=','
     out+="\"$t\""
     first=0
   done <<<"$sorted"
-  printf '%s]}' "$out"
+  printf '%s]' "$out"
+}
+
+filter_policy() {
+  local out
+  out='{"event_type":'"$(json_list "$EVENT_TYPES")"
+  if [ -n "$EXCLUDED_STATUSES" ]; then
+    out+=',"status":[{"anything-but":'"$(json_list "$EXCLUDED_STATUSES")"'}]'
+  fi
+  printf '%s}' "$out"
 }
 
 queue_policy() { # queue ARN, topic ARN

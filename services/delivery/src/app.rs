@@ -8,10 +8,10 @@ use platform::{
 };
 use sqlx::{PgPool, migrate::Migrator};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use utoipa::OpenApi;
 
-use crate::{config::Config, deliveries};
+use crate::{config::Config, dead_letters, deliveries};
 
 /// The delivery database's migrations, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/delivery");
@@ -47,6 +47,10 @@ impl FromRef<AppState> for ServiceToken {
         deliveries::delivery_history,
         deliveries::cancel_delivery,
         deliveries::update_status,
+        dead_letters::list_failed,
+        dead_letters::replay_all,
+        dead_letters::replay_one,
+        dead_letters::discard_one,
     ),
     modifiers(&StaffSecurity, &ServiceSecurity)
 )]
@@ -64,6 +68,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The complete router, middleware included.
 pub fn router(state: AppState, config: &Config) -> Router {
     let router = deliveries::router()
+        .merge(dead_letters::router())
         .with_state(state.clone())
         .merge(platform::health::router(state.pool, &MIGRATOR))
         .merge(platform::server::openapi_router(openapi()))
@@ -77,6 +82,7 @@ pub struct Application {
     router: Router,
     pool: PgPool,
     config: Config,
+    relay: Option<outbox::Relay>,
 }
 
 impl Application {
@@ -104,6 +110,11 @@ impl Application {
             staff_token,
             service_token,
         };
+        let breaker = resilience::CircuitBreaker::new(config.broker_breaker.clone());
+        let relay = outbox::Relay::from_config(&config.outbox, &pool, breaker).await?;
+        if relay.is_none() {
+            tracing::warn!("DELIVERY_BROKER_ENABLED is false: status changes stay in the outbox");
+        }
         let router = router(state, &config);
         let listener = TcpListener::bind(config.server.listen_addr)
             .await
@@ -113,6 +124,7 @@ impl Application {
             router,
             pool,
             config,
+            relay,
         })
     }
 
@@ -120,15 +132,33 @@ impl Application {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
-    /// Serves until `token` is cancelled, then drains.
+    /// The outbox relay of this instance, if the broker is enabled (tests drive it).
+    pub fn relay(&self) -> Option<&outbox::Relay> {
+        self.relay.as_ref()
+    }
+
+    /// Serves and runs the outbox workers (relay, retention, alerts) until `token` is
+    /// cancelled, then drains.
     pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
-        platform::server::serve(
-            self.listener,
-            self.router,
-            token,
-            self.config.server.shutdown_grace,
-        )
-        .await?;
+        let tracker = TaskTracker::new();
+        if let Some(relay) = self.relay.clone() {
+            tracker.spawn(relay.run(token.clone()));
+        }
+        tracker.spawn(outbox::cleanup::run(
+            self.pool.clone(),
+            self.config.outbox.clone(),
+            token.clone(),
+        ));
+        tracker.spawn(outbox::monitor::run(
+            self.pool.clone(),
+            self.config.alerts.clone(),
+            token.clone(),
+        ));
+        tracker.close();
+        let grace = self.config.server.shutdown_grace;
+        platform::server::serve(self.listener, self.router, token.clone(), grace).await?;
+        token.cancel();
+        let _ = tokio::time::timeout(grace, tracker.wait()).await;
         self.pool.close().await;
         tracing::info!("delivery stopped");
         Ok(())

@@ -1,6 +1,8 @@
 //! Deliveries (initiating and cancelling one needs a service or staff credential,
 //! status updates a staff one): idempotent initiation by order, reads, cancellation before pickup,
-//! courier status updates along the allowed transitions, and their history.
+//! courier status updates along the allowed transitions, and their history. Every status
+//! change (creation included) writes its history row and its `DELIVERY_STATUS_CHANGED`
+//! event in the same transaction.
 
 use axum::{
     Router,
@@ -11,7 +13,10 @@ use axum::{
 use chrono::{DateTime, Utc};
 use contracts::{
     Problem,
-    delivery::{Delivery, DeliveryRequest, DeliveryStatus, DeliveryStatusUpdate},
+    delivery::{
+        DELIVERY_AGGREGATE, DELIVERY_STATUS_CHANGED, Delivery, DeliveryRequest, DeliveryStatus,
+        DeliveryStatusUpdate,
+    },
 };
 use platform::{
     ApiResult,
@@ -44,6 +49,7 @@ struct DeliveryRow {
     items: Jsonb<Vec<contracts::LineItem>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    version: i32,
 }
 
 impl From<DeliveryRow> for Delivery {
@@ -57,11 +63,12 @@ impl From<DeliveryRow> for Delivery {
             items: r.items.0,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            version: r.version,
         }
     }
 }
 
-const COLUMNS: &str = "id, order_id, status, address, items, created_at, updated_at";
+const COLUMNS: &str = "id, order_id, status, address, items, created_at, updated_at, version";
 
 async fn find(
     conn: &mut PgConnection,
@@ -82,22 +89,34 @@ fn not_found(id: Uuid) -> platform::ApiError {
     Problem::not_found(&format!("delivery {id}")).into()
 }
 
+/// Records a status change of `delivery` (already written, now in `delivery.status` at
+/// `delivery.version`) in the caller's transaction: its history row and its
+/// `DELIVERY_STATUS_CHANGED` event (the full delivery) in the outbox, so the event exists
+/// exactly when the change was committed.
 async fn record_change(
     conn: &mut PgConnection,
-    id: Uuid,
+    delivery: &Delivery,
     from: Option<DeliveryStatus>,
-    to: DeliveryStatus,
     note: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO delivery_status_history (delivery_id, from_status, to_status, note)
          VALUES ($1, $2, $3, $4)",
     )
-    .bind(id)
+    .bind(delivery.id)
     .bind(from.map(DeliveryStatus::as_str))
-    .bind(to.as_str())
+    .bind(delivery.status.as_str())
     .bind(note)
-    .execute(conn)
+    .execute(&mut *conn)
+    .await?;
+    outbox::enqueue(
+        conn,
+        DELIVERY_AGGREGATE,
+        delivery.id,
+        delivery.version,
+        DELIVERY_STATUS_CHANGED,
+        delivery,
+    )
     .await?;
     Ok(())
 }
@@ -131,7 +150,7 @@ pub async fn create_delivery(
     .await?;
     if let Some(row) = inserted {
         let delivery = Delivery::from(row);
-        record_change(&mut tx, delivery.id, None, DeliveryStatus::Created, None).await?;
+        record_change(&mut tx, &delivery, None, None).await?;
         tx.commit().await?;
         tracing::info!(order_id = %delivery.order_id, delivery_id = %delivery.id, "delivery created");
         return Ok((StatusCode::CREATED, Json(delivery)));
@@ -251,16 +270,18 @@ async fn transition(
         .into());
     }
     let row: DeliveryRow = sqlx::query_as(&format!(
-        "UPDATE deliveries SET status = $2, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+        "UPDATE deliveries SET status = $2, version = version + 1, updated_at = now()
+         WHERE id = $1 RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(next.as_str())
     .fetch_one(&mut *tx)
     .await?;
-    record_change(&mut tx, id, Some(current.status), next, note).await?;
+    let delivery = Delivery::from(row);
+    record_change(&mut tx, &delivery, Some(current.status), note).await?;
     tx.commit().await?;
     tracing::info!(delivery_id = %id, from = current.status.as_str(), to = next.as_str(), "delivery status changed");
-    Ok(row.into())
+    Ok(delivery)
 }
 
 /// Cancel a delivery before pickup. Idempotent.

@@ -107,6 +107,7 @@ async fn order_events_consumer(config: &Config) -> anyhow::Result<Option<messagi
                     .iter()
                     .map(|s| (*s).to_owned())
                     .collect(),
+                excluded_statuses: vec![],
                 max_receive_count: broker.max_receive_count,
                 visibility_timeout_secs: broker.visibility_timeout_secs,
             }],

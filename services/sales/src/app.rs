@@ -16,7 +16,7 @@ use crate::{
     alerts, availability_recheck, cancellation,
     config::Config,
     db::Db,
-    delivery_retry,
+    delivery_retry, delivery_status,
     order_saga::{self, OrderSagas},
     orders,
     outbox::{self, relay::Relay},
@@ -129,6 +129,7 @@ pub struct Application {
     router: Router,
     state: AppState,
     relay: Option<Relay>,
+    delivery_events: Option<messaging::Consumer>,
 }
 
 /// The relay, when the broker is enabled (provisioning the topic if asked).
@@ -137,35 +138,65 @@ async fn relay(
     pool: &PgPool,
     breakers: &Registry,
 ) -> anyhow::Result<Option<Relay>> {
-    let outbox = &config.outbox;
     let breaker = breakers.register(config.breakers.broker.clone());
-    if !outbox.enabled {
+    let relay = Relay::from_config(&config.outbox, pool, breaker).await?;
+    if relay.is_none() {
         tracing::warn!("SALES_BROKER_ENABLED is false: events stay in the outbox");
+    }
+    Ok(relay)
+}
+
+/// The consumer of delivery's status events, when enabled (provisioning delivery's topic,
+/// the queue, its DLQ and the filtered subscription if asked).
+async fn delivery_events_consumer(config: &Config) -> anyhow::Result<Option<messaging::Consumer>> {
+    let events = &config.delivery_events;
+    if !events.enabled {
+        tracing::warn!(
+            "SALES_DELIVERY_EVENTS_ENABLED is false: orders follow their deliveries through reconciliation only"
+        );
         return Ok(None);
     }
     let sdk = messaging::aws::sdk_config().await;
-    let topic_arn = match &outbox.topic_arn {
-        Some(arn) => arn.clone(),
-        None => {
-            let topology = messaging::Topology {
-                topic_name: outbox.topic_name.clone(),
-                queues: Vec::new(),
-            };
-            messaging::provision(&sdk, &topology)
-                .await
-                .context("provisioning the SNS topic")?
-                .topic_arn
-        }
+    let queue_url = if events.provision {
+        let topology = messaging::Topology {
+            topic_name: events.topic_name.clone(),
+            queues: vec![messaging::QueueSpec {
+                name: events.queue_name.clone(),
+                event_types: delivery_status::CONSUMED
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .collect(),
+                excluded_statuses: delivery_status::NOT_DELIVERED
+                    .iter()
+                    .map(|s| s.as_str().to_owned())
+                    .collect(),
+                max_receive_count: events.max_receive_count,
+                visibility_timeout_secs: events.visibility_timeout_secs,
+            }],
+        };
+        messaging::provision(&sdk, &topology)
+            .await
+            .context("provisioning the delivery events queue")?
+            .queue_urls
+            .get(&events.queue_name)
+            .cloned()
+            .context("the provisioned queue has no URL")?
+    } else {
+        messaging::provision::queue_url(&sdk, &events.queue_name).await?
     };
-    tracing::info!(%topic_arn, "relaying the outbox to SNS");
-    Ok(Some(Relay {
-        pool: pool.clone(),
-        publisher: messaging::Publisher::new(&sdk, topic_arn, outbox.max_in_flight),
-        breaker,
-        config: outbox.clone(),
-        pause_before_mark: outbox.fault_pause_before_mark,
-        flight: Default::default(),
-    }))
+    tracing::info!(queue = %events.queue_name, "following delivery's status events");
+    Ok(Some(messaging::Consumer::new(
+        &sdk,
+        messaging::ConsumerConfig {
+            queue_url,
+            wait_time_secs: events.wait_time_secs,
+            max_messages: 10,
+            visibility_timeout_secs: events.visibility_timeout_secs,
+            extend_after: std::time::Duration::from_secs(
+                (events.visibility_timeout_secs as u64 / 2).max(1),
+            ),
+        },
+    )))
 }
 
 impl Application {
@@ -217,6 +248,7 @@ impl Application {
             config.bulkheads.delivery,
         )?;
         let relay = relay(&config, &pool, &breakers).await?;
+        let delivery_events = delivery_events_consumer(&config).await?;
         let redis = crate::cache::Redis::connect(&config.cache, config.bulkheads.redis).await?;
         let db = Db {
             pool,
@@ -262,6 +294,7 @@ impl Application {
             router,
             state,
             relay,
+            delivery_events,
         })
     }
 
@@ -326,7 +359,22 @@ impl Application {
             token.clone(),
         ));
         tracker.spawn(self.delivery_retry_worker().run(token.clone()));
-        tracker.spawn(self.reconciliation_worker().run(token.clone()));
+        if self.state.config.reconciliation.enabled {
+            tracker.spawn(self.reconciliation_worker().run(token.clone()));
+        } else {
+            tracing::warn!(
+                "SALES_RECONCILIATION_ENABLED is false: no safety net for lost delivery events"
+            );
+        }
+        if let Some(consumer) = self.delivery_events.clone() {
+            let handler = delivery_status::Consumer {
+                db: self.state.db.clone(),
+            };
+            tracker.spawn({
+                let token = token.clone();
+                async move { consumer.run(handler, token).await }
+            });
+        }
         tracker.spawn(self.availability_recheck_worker().run(token.clone()));
         tracker.spawn(self.alert_checker().run(token.clone()));
         tracker.spawn(self.reservation_keeper().run(token.clone()));

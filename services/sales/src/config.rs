@@ -44,6 +44,8 @@ pub struct Config {
     pub saga_recovery_interval: Duration,
     /// The reconciliation job, see [`ReconciliationConfig`].
     pub reconciliation: ReconciliationConfig,
+    /// Following delivery's status events, see [`DeliveryEventsConfig`].
+    pub delivery_events: DeliveryEventsConfig,
     /// The availability re-check of fallback orders, see [`AvailabilityRecheckConfig`].
     pub availability_recheck: AvailabilityRecheckConfig,
     /// Redis and the order cache, see [`CacheConfig`].
@@ -168,13 +170,25 @@ fn per_second(env: &Env) -> Result<f64, ConfigError> {
     Ok(rate)
 }
 
-/// The job comparing orders with delivery's authoritative status.
+/// The job comparing orders with delivery's authoritative status: the safety net.
+///
+/// Sales follows delivery's `DELIVERY_STATUS_CHANGED` events (see [`DeliveryEventsConfig`]),
+/// so an order shows its delivery's status within a second; reconciliation only catches
+/// what a lost or late event left behind (an event discarded as a dead letter, a queue
+/// that was purged, a consumer switched off). Its defaults say so: an order is looked at
+/// only once it has not changed for 30 minutes (longer than any broker outage the outbox
+/// rides out without help, so a run does not race the events on their way), and a run
+/// every 10 minutes bounds how long a lost event shows the wrong status (about 40
+/// minutes), at a cost of one delivery call per such order instead of one per order.
 #[derive(Debug, Clone)]
 pub struct ReconciliationConfig {
-    /// `SALES_RECONCILIATION_INTERVAL_MS` (default 300000 = 5 min): time between runs.
+    /// `SALES_RECONCILIATION_ENABLED` (default true): run the job. Off, nothing corrects an
+    /// order whose delivery event was lost (tests that must see the events do the work).
+    pub enabled: bool,
+    /// `SALES_RECONCILIATION_INTERVAL_MS` (default 600000 = 10 min): time between runs.
     /// `/health/reliability` reports DEGRADED when no run finished for two intervals.
     pub interval: Duration,
-    /// `SALES_RECONCILIATION_STALE_AFTER_MS` (default 86400000 = 24 h; 0 allowed): an order
+    /// `SALES_RECONCILIATION_STALE_AFTER_MS` (default 1800000 = 30 min; 0 allowed): an order
     /// pending shipment or shipped is checked once it has not changed for this long
     /// (flagged orders are checked every run).
     pub stale_after: Duration,
@@ -188,6 +202,33 @@ pub struct ReconciliationConfig {
     /// `SALES_RECONCILIATION_RUN_RETENTION_MS` (default 2592000000 = 30 days): run records
     /// older than this are deleted.
     pub run_retention: Duration,
+}
+
+/// The SQS consumer of delivery's `DELIVERY_STATUS_CHANGED` events
+/// ([`crate::delivery_status`]). Endpoint, region and credentials come from the standard
+/// AWS environment (`AWS_ENDPOINT_URL` for LocalStack).
+#[derive(Debug, Clone)]
+pub struct DeliveryEventsConfig {
+    /// `SALES_DELIVERY_EVENTS_ENABLED` (default false): follow delivery's events.
+    pub enabled: bool,
+    /// `SALES_DELIVERY_EVENTS_PROVISION` (default false): create delivery's topic, the queue,
+    /// its DLQ and the filtered subscription at start (dev/test; production provisions them
+    /// beforehand).
+    pub provision: bool,
+    /// `SALES_DELIVERY_EVENTS_TOPIC_NAME` (default `delivery-events`): delivery's topic
+    /// (`DELIVERY_BROKER_TOPIC_NAME`).
+    pub topic_name: String,
+    /// `SALES_DELIVERY_EVENTS_QUEUE_NAME` (default `sales-delivery-events`); its DLQ is
+    /// `<name>-dlq`. Its subscription delivers `DELIVERY_STATUS_CHANGED` except status
+    /// `CREATED`.
+    pub queue_name: String,
+    /// `SALES_DELIVERY_EVENTS_MAX_RECEIVE_COUNT` (default 5): receives before a message goes
+    /// to the DLQ.
+    pub max_receive_count: i32,
+    /// `SALES_DELIVERY_EVENTS_VISIBILITY_TIMEOUT_SECS` (default 30).
+    pub visibility_timeout_secs: i32,
+    /// `SALES_DELIVERY_EVENTS_WAIT_TIME_SECS` (default 10): SQS long-poll wait.
+    pub wait_time_secs: i32,
 }
 
 /// The worker reserving, once product answers again, the items of orders
@@ -209,60 +250,9 @@ pub struct AvailabilityRecheckConfig {
     pub wake: bool,
 }
 
-/// The outbox relay publishing sales' events to SNS. Endpoint, region and
-/// credentials come from the standard AWS environment (`AWS_ENDPOINT_URL`).
-#[derive(Debug, Clone)]
-pub struct OutboxConfig {
-    /// `SALES_BROKER_ENABLED` (default false): run the relay. Off, events wait in the outbox.
-    pub enabled: bool,
-    /// `SALES_BROKER_PROVISION` (default false): create the SNS topic at start (dev/test).
-    pub provision: bool,
-    /// `SALES_BROKER_TOPIC_NAME` (default `sales-events`): the topic created when provisioning.
-    pub topic_name: String,
-    /// `SALES_BROKER_TOPIC_ARN`: the topic to publish to when not provisioning (required then).
-    pub topic_arn: Option<String>,
-    /// `SALES_OUTBOX_POLL_INTERVAL_MS` (default 1000): safety-net poll besides LISTEN/NOTIFY.
-    pub poll_interval: Duration,
-    /// `SALES_OUTBOX_COALESCE_MS` (default 10; 0 allowed): after a NOTIFY wakes the relay it
-    /// waits this long, so the events of commits close together go out in one claim and one
-    /// `PublishBatch` (fewer transactions and calls per event; adds at most this to the lag).
-    pub coalesce: Duration,
-    /// `SALES_OUTBOX_TAKEOVER_MS` (default 10000; 0 turns the writer's fast path off): a
-    /// row is published by the instance that wrote it, from its notification (no claim, no
-    /// read); other instances' claims take it only once it is this old and still PENDING
-    /// (its writer crashed or could not publish it). Must exceed twice the mark interval.
-    pub takeover: Duration,
-    /// `SALES_OUTBOX_MARK_INTERVAL_MS` (default 1000): what the writer published is marked
-    /// SENT by the next order transaction (no statement of its own); what waited this long
-    /// for one is marked by the relay, in one statement (sooner when 1000 wait). A crash
-    /// loses at most two intervals of marks: those events are published again (consumers
-    /// dedup).
-    pub mark_interval: Duration,
-    /// `SALES_OUTBOX_BATCH_SIZE` (default 100): rows claimed per step.
-    pub batch_size: i64,
-    /// `SALES_OUTBOX_MAX_IN_FLIGHT` (default 4): concurrent `PublishBatch` calls.
-    pub max_in_flight: usize,
-    /// `SALES_OUTBOX_MAX_ATTEMPTS` (default 5): refusals of an event by the broker (a
-    /// per-entry failure, content it will not take) before it may become FAILED (a dead
-    /// letter). The broker being unreachable, slow or failing never counts: an outage of any
-    /// length makes no dead letter.
-    pub max_attempts: i32,
-    /// `SALES_OUTBOX_DEAD_LETTER_MIN_AGE_MS` (default 300000 = 5 min): and not before its
-    /// first refusal is this old, so a short burst of refusals (the broker throttling some
-    /// entries) never dead-letters an event it takes a minute later.
-    pub dead_letter_min_age: Duration,
-    /// `SALES_OUTBOX_RETRY_BASE_MS` (default 1000) and `SALES_OUTBOX_RETRY_MAX_MS` (default 60000):
-    /// backoff between publish attempts of a row.
-    pub retry_base: Duration,
-    pub retry_max: Duration,
-    /// `SALES_OUTBOX_RETENTION_MS` (default 604800000 = 7 days): SENT rows older than this are deleted.
-    pub retention: Duration,
-    /// `SALES_OUTBOX_CLEANUP_INTERVAL_MS` (default 60000).
-    pub cleanup_interval: Duration,
-    /// `SALES_OUTBOX_FAULT_PAUSE_BEFORE_MARK_MS` (default 0): fault injection for tests, a
-    /// pause between publishing a batch and marking it SENT (to kill the process there).
-    pub fault_pause_before_mark: Duration,
-}
+/// The outbox relay publishing sales' events to SNS: the `outbox` crate's settings, read
+/// from `SALES_BROKER_*` and `SALES_OUTBOX_*` (topic default `sales-events`).
+pub use outbox::Config as OutboxConfig;
 
 /// Circuit breakers of sales' dependencies (the numbers of docs/architecture.md). Each reads
 /// `SALES_BREAKER_{DEP}_ERROR_THRESHOLD_PERCENTAGE`, `_RESET_TIMEOUT_MS`,
@@ -350,26 +340,7 @@ impl Config {
     }
 
     pub fn from(env: &Env) -> Result<Self, ConfigError> {
-        let config = Self::read(env)?;
-        let outbox = &config.outbox;
-        if outbox.enabled && !outbox.provision && outbox.topic_arn.is_none() {
-            return Err(ConfigError {
-                variable: env.name("BROKER_TOPIC_ARN"),
-                message:
-                    "required when SALES_BROKER_ENABLED is true and SALES_BROKER_PROVISION is false"
-                        .into(),
-            });
-        }
-        if !outbox.takeover.is_zero() && outbox.takeover <= 2 * outbox.mark_interval {
-            return Err(ConfigError {
-                variable: env.name("OUTBOX_TAKEOVER_MS"),
-                message:
-                    "must be 0 (fast path off) or more than twice SALES_OUTBOX_MARK_INTERVAL_MS, \
-                          else other instances publish rows their writer is about to mark"
-                        .into(),
-            });
-        }
-        Ok(config)
+        Self::read(env)
     }
 
     fn read(env: &Env) -> Result<Self, ConfigError> {
@@ -396,33 +367,12 @@ impl Config {
             },
             saga_lease: env.millis("SAGA_LEASE_MS", 30_000)?,
             saga_recovery_interval: env.millis("SAGA_RECOVERY_INTERVAL_MS", 30_000)?,
-            outbox: OutboxConfig {
-                enabled: env.flag("BROKER_ENABLED", false)?,
-                provision: env.flag("BROKER_PROVISION", false)?,
-                topic_name: env.string("BROKER_TOPIC_NAME", "sales-events"),
-                topic_arn: env.optional("BROKER_TOPIC_ARN"),
-                poll_interval: env.millis("OUTBOX_POLL_INTERVAL_MS", 1_000)?,
-                coalesce: Duration::from_millis(env.parse("OUTBOX_COALESCE_MS", 10)?),
-                takeover: Duration::from_millis(env.parse("OUTBOX_TAKEOVER_MS", 10_000)?),
-                mark_interval: env.millis("OUTBOX_MARK_INTERVAL_MS", 1_000)?,
-                batch_size: env.positive("OUTBOX_BATCH_SIZE", 100)?,
-                max_in_flight: env.positive("OUTBOX_MAX_IN_FLIGHT", 4)?,
-                max_attempts: env.positive("OUTBOX_MAX_ATTEMPTS", 5)?,
-                dead_letter_min_age: Duration::from_millis(
-                    env.parse("OUTBOX_DEAD_LETTER_MIN_AGE_MS", 300_000)?,
-                ),
-                retry_base: env.millis("OUTBOX_RETRY_BASE_MS", 1_000)?,
-                retry_max: env.millis("OUTBOX_RETRY_MAX_MS", 60_000)?,
-                retention: env.millis("OUTBOX_RETENTION_MS", 7 * 86_400_000)?,
-                cleanup_interval: env.millis("OUTBOX_CLEANUP_INTERVAL_MS", 60_000)?,
-                fault_pause_before_mark: std::time::Duration::from_millis(
-                    env.parse("OUTBOX_FAULT_PAUSE_BEFORE_MARK_MS", 0)?,
-                ),
-            },
+            outbox: OutboxConfig::from_env(env, "sales-events")?,
             reconciliation: ReconciliationConfig {
-                interval: env.millis("RECONCILIATION_INTERVAL_MS", 300_000)?,
+                enabled: env.flag("RECONCILIATION_ENABLED", true)?,
+                interval: env.millis("RECONCILIATION_INTERVAL_MS", 600_000)?,
                 stale_after: Duration::from_millis(
-                    env.parse("RECONCILIATION_STALE_AFTER_MS", 86_400_000)?,
+                    env.parse("RECONCILIATION_STALE_AFTER_MS", 1_800_000)?,
                 ),
                 stale_shipment_review_after: env.millis(
                     "RECONCILIATION_STALE_SHIPMENT_REVIEW_AFTER_MS",
@@ -430,6 +380,16 @@ impl Config {
                 )?,
                 batch: env.positive("RECONCILIATION_BATCH", 100)?,
                 run_retention: env.millis("RECONCILIATION_RUN_RETENTION_MS", 30 * 86_400_000)?,
+            },
+            delivery_events: DeliveryEventsConfig {
+                enabled: env.flag("DELIVERY_EVENTS_ENABLED", false)?,
+                provision: env.flag("DELIVERY_EVENTS_PROVISION", false)?,
+                topic_name: env.string("DELIVERY_EVENTS_TOPIC_NAME", "delivery-events"),
+                queue_name: env.string("DELIVERY_EVENTS_QUEUE_NAME", "sales-delivery-events"),
+                max_receive_count: env.positive("DELIVERY_EVENTS_MAX_RECEIVE_COUNT", 5)?,
+                visibility_timeout_secs: env
+                    .positive("DELIVERY_EVENTS_VISIBILITY_TIMEOUT_SECS", 30)?,
+                wait_time_secs: env.parse("DELIVERY_EVENTS_WAIT_TIME_SECS", 10)?,
             },
             availability_recheck: AvailabilityRecheckConfig {
                 interval: env.millis("AVAILABILITY_RECHECK_INTERVAL_MS", 10_000)?,
@@ -534,11 +494,15 @@ mod tests {
     #[test]
     fn workers_default_to_the_design_numbers_and_accept_zero_staleness() {
         let config = Config::from(&env(&[])).expect("defaults are valid");
-        assert_eq!(config.reconciliation.interval, Duration::from_secs(300));
+        assert!(config.reconciliation.enabled);
+        assert_eq!(config.reconciliation.interval, Duration::from_secs(600));
         assert_eq!(
             config.reconciliation.stale_after,
-            Duration::from_secs(86_400)
+            Duration::from_secs(1_800)
         );
+        assert!(!config.delivery_events.enabled);
+        assert_eq!(config.delivery_events.topic_name, "delivery-events");
+        assert_eq!(config.delivery_events.queue_name, "sales-delivery-events");
         assert_eq!(config.reconciliation.batch, 100);
         assert_eq!(
             config.availability_recheck.interval,

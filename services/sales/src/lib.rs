@@ -19,14 +19,16 @@
 //! - [`compensations`]: the order's compensations, one implementation for the saga and
 //!   cancellations.
 //! - [`delivery_retry`]: durable delivery initiation and its background worker.
-//! - [`reconciliation`]: the job comparing orders with delivery's status, and its run records.
+//! - [`delivery_status`]: following delivery's statuses (one implementation for its
+//!   `DELIVERY_STATUS_CHANGED` events and reconciliation), and the events' SQS consumer.
+//! - [`reconciliation`]: the safety net comparing orders with delivery's status, and its run records.
 //! - [`availability_recheck`]: reserving fallback orders' items once product answers again.
 //! - [`reviews`]: opening, flagging and resolving manual reviews.
 //! - [`review`]: the staff review queue (list, detail, approve, reject).
 //! - [`reservation_keeper`]: renews reservations while their `ORDER_CREATED` waits for the broker.
 //! - [`reliability`]: `/health/reliability`, the readiness details and the database-derived gauges.
 //! - [`alerts`]: the reliability alert checker (episodes logged, gauged and POSTed to a webhook).
-//! - [`outbox`]: writing events in the caller's transaction.
+//! - [`outbox`]: writing order events in the caller's transaction (the `outbox` crate).
 
 pub mod alerts;
 pub mod app;
@@ -37,6 +39,7 @@ pub mod compensations;
 pub mod config;
 pub mod db;
 pub mod delivery_retry;
+pub mod delivery_status;
 pub mod order_saga;
 pub mod orders;
 pub mod outbox;

@@ -616,7 +616,8 @@ pub async fn run_recovery(
 }
 
 /// A saga with its steps (staff). The order saga's id is its order's id, so an order's
-/// saga is `GET /sagas/{order_id}`.
+/// saga is `GET /sagas/{order_id}`; an order whose saga was given another id (placed
+/// before sagas took their order's id) is found by its order id too ([`saga_of`]).
 #[utoipa::path(get, path = "/sagas/{id}", tag = "sagas", security(("staff" = [])),
     params(("id" = Uuid, Path, description = "The saga's id; an order's saga has the order's id")),
     responses((status = 200, body = saga::store::SagaView), (status = 401, body = contracts::Problem),
@@ -629,7 +630,13 @@ pub async fn get_saga(
     state
         .db
         .guard(async {
-            match saga::store::load(&state.db.pool, id).await {
+            let mut loaded = saga::store::load(&state.db.pool, id).await;
+            if matches!(loaded, Ok(None))
+                && let Some(saga_id) = saga_of(&state.db.pool, id).await?
+            {
+                loaded = saga::store::load(&state.db.pool, saga_id).await;
+            }
+            match loaded {
                 Ok(Some(view)) => Ok(platform::extract::Json(view)),
                 Ok(None) => Err(contracts::Problem::not_found(&format!("saga {id}")).into()),
                 Err(saga::Error::Database(e)) => Err(e.into()),

@@ -5,13 +5,20 @@
 //! pending shipment or shipped and have not changed for `stale_after`, plus
 //! flagged orders (`requires_manual_review`) in any status. For each it reads
 //! the delivery through the delivery breaker and maps its status
-//! ([`crate::orders::status::from_delivery`]):
+//! ([`crate::orders::status::from_delivery`]) and settles the difference with
+//! [`crate::delivery_status::apply`], the implementation delivery's events go
+//! through too:
 //! - the same status → nothing to do;
 //! - reachable along valid transitions → applied step by step (e.g.
 //!   PENDING_SHIPMENT → SHIPPED → DELIVERED), logged `Order status reconciled`;
 //!   a failed delivery also opens a `DELIVERY_FAILED` review;
 //! - not reachable → never applied: an `INVALID_STATUS_TRANSITION` review
 //!   with `from`/`to` in its details.
+//!
+//! Reconciliation is the safety net: sales follows delivery's
+//! `DELIVERY_STATUS_CHANGED` events within a second ([`crate::delivery_status`]),
+//! and a run only catches what an event lost or late left behind. It can be
+//! switched off (`SALES_RECONCILIATION_ENABLED=false`).
 //!
 //! An error on one order is logged and counted, and the run goes on (an open
 //! delivery breaker ends it early: every further call would be refused). Each
@@ -42,6 +49,7 @@ use uuid::Uuid;
 use crate::{
     config::ReconciliationConfig,
     db::Db,
+    delivery_status::{self, Settled, Source},
     orders::status::{self, TransitionError},
     peers::{PeerError, delivery::DeliveryClient},
     reviews::{self, ReviewReason},
@@ -356,10 +364,20 @@ impl Worker {
                     "Order pending shipment for too long; flagged for manual review");
             }
             Checked::Flagged { opened }
-        } else if current == target {
-            Checked::Consistent
         } else {
-            settle(&mut tx, order_id, current, target, &delivery).await?
+            match delivery_status::apply(
+                &mut tx,
+                order_id,
+                current,
+                &delivery,
+                Source::Reconciliation,
+            )
+            .await?
+            {
+                Settled::Consistent => Checked::Consistent,
+                Settled::Fixed { flagged } => Checked::Fixed { flagged },
+                Settled::Flagged { opened } => Checked::Flagged { opened },
+            }
         };
         tx.commit().await?;
         if !matches!(
@@ -399,50 +417,6 @@ fn count_run(result: &'static str) {
     metrics::counter!("reconciliation_runs_total", "result" => result).increment(1);
 }
 
-/// Applies the path from `current` to `target`, or flags the order when there
-/// is none, in the caller's transaction (the order row is locked).
-async fn settle(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    current: OrderStatus,
-    target: OrderStatus,
-    delivery: &contracts::delivery::Delivery,
-) -> Result<Checked, CheckError> {
-    let Some(steps) = status::path(current, target) else {
-        tracing::warn!(%order_id, current = current.as_str(), expected = target.as_str(),
-            delivery_status = delivery.status.as_str(), "Order status inconsistency detected; flagged for manual review");
-        let details = json!({
-            "from": current, "to": target,
-            "delivery_id": delivery.id, "delivery_status": delivery.status,
-        });
-        let opened = reviews::open_flagged(
-            conn,
-            order_id,
-            ReviewReason::InvalidStatusTransition,
-            &details,
-        )
-        .await?;
-        return Ok(Checked::Flagged { opened });
-    };
-    let reason = format!(
-        "reconciled with delivery {} ({})",
-        delivery.id,
-        delivery.status.as_str()
-    );
-    for step in steps {
-        status::transition(&mut *conn, order_id, step, &reason).await?;
-    }
-    tracing::info!(%order_id, from = current.as_str(), to = target.as_str(),
-        delivery_status = delivery.status.as_str(), "Order status reconciled");
-    let flagged = if target == OrderStatus::DeliveryFailed {
-        let details = json!({"delivery_id": delivery.id, "delivery_status": delivery.status});
-        reviews::open_flagged(conn, order_id, ReviewReason::DeliveryFailed, &details).await?
-    } else {
-        false
-    };
-    Ok(Checked::Fixed { flagged })
-}
-
 /// `reconciliationJobsStatus` of the reliability view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -453,6 +427,8 @@ pub enum JobsStatus {
     Degraded,
     /// The last run failed entirely.
     Failed,
+    /// Reconciliation is switched off (`SALES_RECONCILIATION_ENABLED=false`).
+    Disabled,
 }
 
 /// The status given the last finished run (its status and start), `now`, the

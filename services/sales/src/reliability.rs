@@ -69,13 +69,17 @@ pub async fn snapshot(state: &AppState, now: DateTime<Utc>) -> ReliabilityMetric
         let mut conn = state.db.pool.acquire().await?;
         let pending = delivery_retry::pending_count(&mut conn).await?;
         let reviews = reviews::open_count(&mut conn).await?;
-        let jobs = reconciliation::jobs_status(
-            &mut conn,
-            now,
-            state.config.reconciliation.interval,
-            state.started_at,
-        )
-        .await?;
+        let jobs = if state.config.reconciliation.enabled {
+            reconciliation::jobs_status(
+                &mut conn,
+                now,
+                state.config.reconciliation.interval,
+                state.started_at,
+            )
+            .await?
+        } else {
+            reconciliation::JobsStatus::Disabled
+        };
         let outbox = relay::backlog(&state.db.pool, now).await?;
         Ok::<_, sqlx::Error>((pending, reviews, jobs, outbox))
     };

@@ -1,9 +1,10 @@
 //! The ledger of a chaos run: once the load stopped and the system settled
-//! (bounded), invariants 1–11, each read from the three databases and the
+//! (bounded), invariants 1–12, each read from the three databases and the
 //! clients' records, printed one line each with its counts: 1–8 of the first
-//! chaos run, and 9–11 for outages that outlive the outbox's patience (no dead
+//! chaos run, 9–11 for outages that outlive the outbox's patience (no dead
 //! letter without a poison cause, flagged orders never shipped, cancelled
-//! orders' units all back).
+//! orders' units all back), and 12: every order's status is the one its
+//! delivery implies (sales followed delivery's events through the faults).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -105,12 +106,41 @@ pub async fn wait_for_quiescence(dbs: &Dbs, bound: Duration) -> Quiescence {
             "SELECT count(*) FROM orders WHERE status = 'CANCELLED' AND stock_released_at IS NULL",
         )
         .await;
+        let delivery_pending = count(
+            &dbs.delivery,
+            "SELECT count(*) FROM outbox_events WHERE status = 'PENDING'",
+        )
+        .await;
+        // Delivery's events sales' queue takes (all but CREATED), and those sales applied.
+        let followed: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM outbox_events WHERE status = 'SENT' AND payload->>'status' <> 'CREATED'",
+        )
+        .fetch_all(&dbs.delivery)
+        .await
+        .unwrap();
+        let seen: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM delivery_events_inbox WHERE event_id = ANY($1)",
+        )
+        .bind(&followed)
+        .fetch_one(&dbs.sales)
+        .await
+        .unwrap();
+        let unfollowed = followed.len() as i64 - seen;
         let outstanding = format!(
             "outbox pending {pending}, sagas running {sagas}, deliveries pending {deliveries}, \
              unverified fallback orders {unverified}, events not applied at product {unapplied}, \
-             cancelled orders with stock not confirmed back {unreleased}"
+             cancelled orders with stock not confirmed back {unreleased}, \
+             delivery outbox pending {delivery_pending}, delivery events not applied at sales {unfollowed}"
         );
-        let quiet = pending + sagas + deliveries + unverified + unapplied + unreleased == 0;
+        let quiet = pending
+            + sagas
+            + deliveries
+            + unverified
+            + unapplied
+            + unreleased
+            + delivery_pending
+            + unfollowed
+            == 0;
         if quiet || started.elapsed() >= bound {
             return Quiescence {
                 reached: quiet,
@@ -428,6 +458,7 @@ pub async fn check(inputs: Inputs<'_>) -> Ledger {
     lines.push(dead_letters_poisoned(&snap));
     lines.push(flagged_not_shipped(&snap));
     lines.push(cancelled_stock_returned(&snap));
+    lines.push(status_follows_delivery(&snap));
     Ledger { header, lines }
 }
 
@@ -851,6 +882,69 @@ fn cancelled_stock_returned(snap: &Snapshot) -> Line {
             bad.iter().filter(|b| b.contains("still holds")).count()
         ),
         details: examples(&bad),
+    }
+}
+
+/// The order status a delivery status implies (sales' `orders::status::from_delivery`).
+fn implied_by(delivery_status: &str) -> &'static str {
+    match delivery_status {
+        "CREATED" => "PENDING_SHIPMENT",
+        "PICKED_UP" | "IN_TRANSIT" => "SHIPPED",
+        "DELIVERED" => "DELIVERED",
+        "CANCELLED" => "CANCELLED",
+        "FAILED" => "DELIVERY_FAILED",
+        _ => "?",
+    }
+}
+
+/// Invariant 12. Every order's status equals the one its delivery implies, after
+/// quiescence: sales followed every status change delivery published (the courier moved
+/// parcels all through the faults; reconciliation runs too, but only for orders unchanged
+/// for its staleness, longer than a run). An order whose delivery's status cannot be
+/// reached along the state machine is the one exception, and only with an open
+/// `INVALID_STATUS_TRANSITION` review: never applied silently.
+fn status_follows_delivery(snap: &Snapshot) -> Line {
+    let mut checked = 0;
+    let mut flagged = 0;
+    let mut moved = 0;
+    let mut violations = Vec::new();
+    for (id, order) in &snap.orders {
+        let Some(deliveries) = snap.deliveries.get(id) else {
+            continue;
+        };
+        for (delivery_id, status) in deliveries {
+            checked += 1;
+            let want = implied_by(status);
+            if matches!(status.as_str(), "PICKED_UP" | "IN_TRANSIT" | "DELIVERED") {
+                moved += 1;
+            }
+            if order.status == want {
+                continue;
+            }
+            let reviewed = snap
+                .open_reviews(*id)
+                .iter()
+                .any(|(reason, _, _)| reason == "INVALID_STATUS_TRANSITION");
+            if reviewed {
+                flagged += 1;
+            } else {
+                violations.push(format!(
+                    "order {id} is {} but its delivery {delivery_id} is {status} (implies {want})",
+                    order.status
+                ));
+            }
+        }
+    }
+    Line {
+        number: 12,
+        name: "every order's status equals the one its delivery implies",
+        pass: violations.is_empty() && moved > 0,
+        counts: format!(
+            "{checked} orders with a delivery ({moved} moved by the courier), {flagged} in \
+             INVALID_STATUS_TRANSITION review, {} wrong",
+            violations.len()
+        ),
+        details: examples(&violations),
     }
 }
 

@@ -14,7 +14,8 @@
 //!   the record of every attempt.
 //! - [`faults`]: the schedule, the injection (SIGKILL, proxies cut) and the
 //!   recovery probes started at each fault's end.
-//! - [`ledger`]: quiescence, then invariants 1–8 read from the databases.
+//! - [`ledger`]: quiescence, then invariants 1–12 read from the databases.
+//! - `courier`: moves deliveries along during the load, so orders follow them.
 
 pub mod faults;
 pub mod ledger;
@@ -162,6 +163,8 @@ fn stack_options() -> StackOptions {
         broker: true,
         broker_proxy: true,
         product_broker_proxy: true,
+        delivery_events: true,
+        delivery_broker_proxy: false,
     }
 }
 
@@ -230,6 +233,12 @@ pub async fn run(size: Size, seed: u64) -> ledger::Ledger {
         },
         stop.clone(),
     );
+    let courier = tokio::spawn(courier(
+        stack.delivery.base_url(),
+        dbs.delivery.clone(),
+        seed,
+        stop.clone(),
+    ));
     tokio::time::sleep(size.warmup).await;
     let mut injected = Vec::new();
     for planned in &plan {
@@ -248,9 +257,10 @@ pub async fn run(size: Size, seed: u64) -> ledger::Ledger {
     tokio::time::sleep(size.warmup).await;
     stop.store(true, Ordering::SeqCst);
     let records = load.finish().await;
+    let moved = courier.await.unwrap_or_default();
     let load_end = t0.elapsed();
     println!(
-        "[{:6.1}s] load stopped: {} requests",
+        "[{:6.1}s] load stopped: {} requests, {moved} courier status updates",
         load_end.as_secs_f64(),
         records.len()
     );
@@ -286,6 +296,52 @@ pub async fn run(size: Size, seed: u64) -> ledger::Ledger {
         stack.product.stop().await;
     }
     ledger
+}
+
+/// A courier moving deliveries along while the load runs, so orders follow their
+/// deliveries through delivery's events (whatever the faults do to them): every 200 ms a
+/// few deliveries, drawn at random among those not finished, go one step along
+/// CREATED → PICKED_UP → IN_TRANSIT → DELIVERED through delivery's staff API. A refused or
+/// failed update (delivery down, the delivery cancelled meanwhile) is simply not counted.
+/// Returns how many updates delivery accepted.
+async fn courier(base_url: String, delivery: PgPool, seed: u64, stop: Arc<AtomicBool>) -> u64 {
+    let http = reqwest::Client::new();
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0xc0de);
+    let mut moved = 0;
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Ok(candidates) = sqlx::query_as::<_, (uuid::Uuid, String)>(
+            "SELECT id, status FROM deliveries WHERE status IN ('CREATED', 'PICKED_UP', 'IN_TRANSIT')
+             ORDER BY random() LIMIT 4",
+        )
+        .fetch_all(&delivery)
+        .await
+        else {
+            continue;
+        };
+        for (id, status) in candidates {
+            // Not every parcel moves at once: some stay put for a while.
+            if rng.bool() {
+                continue;
+            }
+            let next = match status.as_str() {
+                "CREATED" => "PICKED_UP",
+                "PICKED_UP" => "IN_TRANSIT",
+                _ => "DELIVERED",
+            };
+            let sent = http
+                .post(format!("{base_url}/deliveries/{id}/status"))
+                .bearer_auth(crate::STAFF_TOKEN)
+                .json(&serde_json::json!({ "status": next }))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if sent.is_ok_and(|r| r.status() == 200) {
+                moved += 1;
+            }
+        }
+    }
+    moved
 }
 
 /// Sets the stock of [`STOCK`] through product's staff API.

@@ -69,6 +69,7 @@ pub fn queue(
     QueueSpec {
         name: name.to_owned(),
         event_types: event_types.iter().map(|t| (*t).to_owned()).collect(),
+        excluded_statuses: vec![],
         max_receive_count,
         visibility_timeout_secs: visibility,
     }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod deliveries;
+mod outbox;
 
 use delivery::{Application, Config};
 use platform::config::Env;

@@ -1,14 +1,15 @@
 //! Operator endpoints for dead letters (staff credential): list FAILED events
 //! with their errors, replay one or all (back to PENDING), discard one with a
-//! reason. Every replay and discard is written to `outbox_audit`.
+//! reason. Every replay and discard is written to `outbox_audit` (the `outbox` crate's
+//! [`dead_letters`] does the work).
 
+use ::outbox::dead_letters;
 use axum::{
     Router,
     extract::State,
     http::HeaderMap,
     routing::{get, post},
 };
-use chrono::{DateTime, Utc};
 use contracts::{Problem, common::TextRule};
 use platform::{
     ApiResult,
@@ -17,7 +18,6 @@ use platform::{
     extract::{Json, Path},
 };
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -31,17 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/outbox/failed/{id}/discard", post(discard_one))
 }
 
-/// A dead-lettered event.
-#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
-pub struct FailedEvent {
-    pub id: Uuid,
-    pub event_type: String,
-    pub aggregate_id: Uuid,
-    pub aggregate_version: i32,
-    pub retry_count: i32,
-    pub last_error: Option<String>,
-    pub created_at: DateTime<Utc>,
-}
+pub use ::outbox::dead_letters::FailedEvent;
 
 /// How many events an action moved.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -64,25 +54,6 @@ pub struct Discard {
     pub reason: String,
 }
 
-async fn audit(
-    conn: &mut PgConnection,
-    ids: &[Uuid],
-    action: &str,
-    actor: &str,
-    reason: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO outbox_audit (event_id, action, actor, reason) SELECT id, $2, $3, $4 FROM unnest($1::uuid[]) AS id",
-    )
-    .bind(ids)
-    .bind(action)
-    .bind(actor)
-    .bind(reason)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// FAILED events (dead letters), oldest first.
 #[utoipa::path(get, path = "/outbox/failed", tag = "outbox", security(("staff" = [])),
     responses((status = 200, body = Vec<FailedEvent>), (status = 401, body = Problem), (status = 403, body = Problem)))]
@@ -92,35 +63,14 @@ pub async fn list_failed(
 ) -> ApiResult<Json<Vec<FailedEvent>>> {
     state
         .db
-        .guard(async {
-            let rows: Vec<FailedEvent> = sqlx::query_as(
-                "SELECT id, event_type, aggregate_id, aggregate_version, retry_count, last_error, created_at
-                 FROM outbox_events WHERE status = 'FAILED' ORDER BY created_at LIMIT 1000",
-            )
-            .fetch_all(&state.db.pool)
-            .await?;
-            Ok(Json(rows))
-        })
+        .guard(async { Ok(Json(dead_letters::list(&state.db.pool).await?)) })
         .await
 }
 
 async fn replay(state: &AppState, only: Option<Uuid>, actor: &str) -> ApiResult<u64> {
-    let mut tx = state.db.pool.begin().await?;
-    let ids: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE outbox_events SET status = 'PENDING', retry_count = 0, first_refused_at = NULL, next_attempt_at = now(), last_error = NULL
-         WHERE status = 'FAILED' AND ($1::uuid IS NULL OR id = $1) RETURNING id",
-    )
-    .bind(only)
-    .fetch_all(&mut *tx)
-    .await?;
-    audit(&mut tx, &ids, "REPLAYED", actor, None).await?;
-    // Wake the relay: the trigger only fires on INSERT.
-    sqlx::query("SELECT pg_notify('outbox_events', '')")
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    tracing::info!(count = ids.len(), actor, "dead-lettered events replayed");
-    Ok(ids.len() as u64)
+    Ok(dead_letters::replay(&state.db.pool, only, actor)
+        .await?
+        .len() as u64)
 }
 
 /// Replay every FAILED event (back to PENDING).
@@ -184,19 +134,9 @@ pub async fn discard_one(
     state
         .db
         .guard(async {
-            let mut tx = state.db.pool.begin().await?;
-            let ids: Vec<Uuid> = sqlx::query_scalar(
-                "UPDATE outbox_events SET status = 'DISCARDED' WHERE status = 'FAILED' AND id = $1 RETURNING id",
-            )
-            .bind(id)
-            .fetch_all(&mut *tx)
-            .await?;
-            if ids.is_empty() {
+            if !dead_letters::discard(&state.db.pool, id, &actor, body.reason.trim()).await? {
                 return Err(Problem::not_found(&format!("failed event {id}")).into());
             }
-            audit(&mut tx, &ids, "DISCARDED", &actor, Some(body.reason.trim())).await?;
-            tx.commit().await?;
-            tracing::warn!(event_id = %id, actor, reason = body.reason.trim(), "dead-lettered event discarded");
             Ok(Json(Moved { count: 1 }))
         })
         .await

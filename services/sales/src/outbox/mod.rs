@@ -1,19 +1,16 @@
-//! The transactional outbox: events are written inside the caller's transaction
-//! (so an event exists exactly when the change it describes was committed), then
-//! relayed to SNS.
+//! Sales' use of the transactional outbox (the `outbox` crate): order events are written
+//! inside the caller's transaction (so an event exists exactly when the change it describes
+//! was committed), then relayed to sales' SNS topic.
 //!
 //! # Layout
-//! - [`enqueue`]: append an event in the caller's transaction.
-//! - [`relay`]: the relay to SNS (claim, publish, mark), woken by LISTEN/NOTIFY.
-//! - [`owned`]: the writer's own fast path: a row's notification carries it to the
-//!   process that wrote it, which publishes it and marks it SENT in batches.
-//! - [`cleanup`]: retention of SENT rows.
+//! - [`enqueue`]: append an order event in the caller's transaction.
+//! - [`events`]: the event types sales emits.
+//! - [`relay`], [`owned`], [`cleanup`]: the crate's relay (and its fast path) and retention, re-exported.
 //! - [`admin`]: staff endpoints for dead letters (list, replay, discard).
 
 pub mod admin;
-pub mod cleanup;
-pub mod owned;
-pub mod relay;
+
+pub use ::outbox::{cleanup, owned, relay};
 
 use serde::Serialize;
 use sqlx::PgConnection;
@@ -42,10 +39,8 @@ pub mod events {
     pub const AVAILABILITY_CONFIRMED: &str = "AVAILABILITY_CONFIRMED";
 }
 
-/// Appends one PENDING event; returns its id (the event id consumers dedup on).
-/// The current span's trace context is stored with it, for the relay to continue. When
-/// this process runs a relay, the row names it as its owner ([`owned::owner`]): the
-/// relay publishes it from its notification, without reading it.
+/// Appends one PENDING order event ([`ORDER`]) in the caller's transaction; returns its id
+/// (the event id consumers dedup on). See [`::outbox::enqueue`].
 pub async fn enqueue(
     conn: &mut PgConnection,
     aggregate_id: Uuid,
@@ -53,22 +48,13 @@ pub async fn enqueue(
     event_type: &str,
     payload: &impl Serialize,
 ) -> Result<Uuid, sqlx::Error> {
-    let id = Uuid::now_v7();
-    let payload = serde_json::to_value(payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let trace = sqlx::types::Json(platform::trace_context::current_map());
-    sqlx::query(
-        "INSERT INTO outbox_events (id, aggregate_type, aggregate_id, aggregate_version, event_type, payload, trace, owner)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    ::outbox::enqueue(
+        conn,
+        ORDER,
+        aggregate_id,
+        aggregate_version,
+        event_type,
+        payload,
     )
-    .bind(id)
-    .bind(ORDER)
-    .bind(aggregate_id)
-    .bind(aggregate_version)
-    .bind(event_type)
-    .bind(payload)
-    .bind(trace)
-    .bind(owned::owner())
-    .execute(conn)
-    .await?;
-    Ok(id)
+    .await
 }

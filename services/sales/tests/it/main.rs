@@ -8,6 +8,7 @@ mod bad_input;
 mod caching;
 mod cancelling;
 mod faults;
+mod following;
 mod http;
 mod listing;
 mod owned_relay;

@@ -1,7 +1,7 @@
 //! The outbox relay: publishes PENDING rows to SNS and marks them SENT.
 //!
 //! A step takes a permit of the `broker` breaker, claims up to a batch of due rows in
-//! creation order (`FOR UPDATE SKIP LOCKED`, so several sales instances never claim the
+//! creation order (`FOR UPDATE SKIP LOCKED`, so several instances of a service never claim the
 //! same row; while the breaker is half-open, its one trial claims only one `PublishBatch`
 //! worth), publishes them with `PublishBatch`, marks the published ones SENT and
 //! reschedules the others, all in the claim's transaction. A crash after publishing and
@@ -26,6 +26,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use messaging::{Envelope, PublishError, Publisher};
 use resilience::{CircuitBreaker, Outcome};
@@ -34,11 +35,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::owned::{self, InFlight, Notice};
-use crate::config::OutboxConfig;
-
-/// Channel the outbox trigger notifies.
-pub const CHANNEL: &str = "outbox_events";
+use crate::{
+    CHANNEL, Config,
+    owned::{self, InFlight, Notice},
+};
 
 /// One outbox row as the relay publishes it (read by a claim, or carried by its
 /// notification to its owner).
@@ -91,21 +91,57 @@ pub struct RelayReport {
     pub trial: bool,
 }
 
-/// The relay of one sales instance.
+/// The relay of one service instance.
 #[derive(Clone)]
 pub struct Relay {
     pub pool: PgPool,
     pub publisher: Publisher,
     pub breaker: CircuitBreaker,
-    pub config: OutboxConfig,
+    pub config: Config,
     /// Fault injection for tests: a pause between publishing and marking SENT,
-    /// `SALES_OUTBOX_FAULT_PAUSE_BEFORE_MARK_MS` (default 0 = none).
+    /// `{PREFIX}OUTBOX_FAULT_PAUSE_BEFORE_MARK_MS` (default 0 = none).
     pub pause_before_mark: Duration,
     /// Rows this instance's fast path holds ([`owned`]); its claims skip them.
     pub flight: Arc<InFlight>,
 }
 
 impl Relay {
+    /// The relay `config` asks for: `None` when the broker is off (events wait in the
+    /// outbox), else a relay publishing to the configured topic (created first when
+    /// provisioning), behind `breaker`.
+    pub async fn from_config(
+        config: &Config,
+        pool: &PgPool,
+        breaker: CircuitBreaker,
+    ) -> anyhow::Result<Option<Self>> {
+        if !config.enabled {
+            return Ok(None);
+        }
+        let sdk = messaging::aws::sdk_config().await;
+        let topic_arn = match &config.topic_arn {
+            Some(arn) => arn.clone(),
+            None => {
+                let topology = messaging::Topology {
+                    topic_name: config.topic_name.clone(),
+                    queues: Vec::new(),
+                };
+                messaging::provision(&sdk, &topology)
+                    .await
+                    .context("provisioning the SNS topic")?
+                    .topic_arn
+            }
+        };
+        tracing::info!(%topic_arn, "relaying the outbox to SNS");
+        Ok(Some(Self {
+            pool: pool.clone(),
+            publisher: Publisher::new(&sdk, topic_arn, config.max_in_flight),
+            breaker,
+            config: config.clone(),
+            pause_before_mark: config.fault_pause_before_mark,
+            flight: Default::default(),
+        }))
+    }
+
     /// One step: claim, publish, mark; returns what happened.
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<RelayReport, sqlx::Error> {
         let mut report = RelayReport::default();

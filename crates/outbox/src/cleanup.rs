@@ -7,7 +7,7 @@ use platform::worker::{Next, Start, run_every};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::OutboxConfig;
+use crate::Config;
 
 /// Rows deleted per statement.
 pub const BATCH: i64 = 1_000;
@@ -15,7 +15,7 @@ pub const BATCH: i64 = 1_000;
 /// Deletes up to [`BATCH`] SENT rows sent before `now - retention`; returns how many.
 pub async fn run_once(
     pool: &PgPool,
-    config: &OutboxConfig,
+    config: &Config,
     now: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
     let cutoff =
@@ -34,7 +34,7 @@ pub async fn run_once(
 }
 
 /// Cleans up every `cleanup_interval` until `token` is cancelled.
-pub async fn run(pool: PgPool, config: OutboxConfig, token: CancellationToken) {
+pub async fn run(pool: PgPool, config: Config, token: CancellationToken) {
     run_every(
         "outbox-cleanup",
         config.cleanup_interval,

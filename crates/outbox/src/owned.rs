@@ -1,20 +1,20 @@
-//! The writer's fast path: a sales process publishes the events it wrote itself.
+//! The writer's fast path: a service process publishes the events it wrote itself.
 //!
-//! A process whose relay runs is an *owner* ([`owner`]): [`super::enqueue`] writes its id
+//! A process whose relay runs is an *owner* ([`owner`]): [`crate::enqueue`] writes its id
 //! into each row, and the row's notification (sent at commit, carrying the row) reaches it
 //! through the relay's `LISTEN`. The relay publishes such rows straight from their
 //! notifications — no claim, no read — and marks what it published SENT later, all rows
-//! of a [mark interval](crate::config::OutboxConfig::mark_interval) in one statement. So an
+//! of a [mark interval](crate::Config::mark_interval) in one statement. So an
 //! event costs the database nothing but its insert and a share of one mark.
 //!
-//! Under load not even the mark costs a transaction: the order's own transactions carry
-//! the marks of what was published before them ([`ride`]); the relay marks on its own only
-//! what waited a whole mark interval for a ride.
+//! Under load not even the mark costs a transaction: the service's own transactions (sales:
+//! the order's) carry the marks of what was published before them ([`ride`]); the relay
+//! marks on its own only what waited a whole mark interval for a ride.
 //!
 //! Nothing is lost on this path, only delayed: a row the owner could not publish (broker
 //! down, breaker open, process killed before its mark) stays PENDING, and any instance's
-//! claim ([`super::relay::Relay::run_once`]) takes it once it is older than the
-//! [takeover delay](crate::config::OutboxConfig::takeover), so the claim path never races
+//! claim ([`crate::Relay::run_once`]) takes it once it is older than the
+//! [takeover delay](crate::Config::takeover), so the claim path never races
 //! a live owner. A row the broker refused goes through the claim path's budget as any
 //! other. Delivery stays at least once: consumers dedup on the event id.
 
@@ -31,7 +31,7 @@ use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::relay::Row;
+use crate::relay::Row;
 
 static OWNER: OnceLock<Uuid> = OnceLock::new();
 
