@@ -27,6 +27,9 @@
 //! - [`reliability`]: `/health/reliability`, the readiness details and the database-derived gauges.
 //! - [`alerts`]: the reliability alert checker (episodes logged, gauged and POSTed to a webhook).
 //! - [`outbox`]: writing events in the caller's transaction.
+//! - [`staff`]: staff accounts (one per person, argon2id-hashed secrets), the operator
+//!   command `sales staff add|list|revoke`, and verifying the staff routes' credential.
+//! - [`console`]: the staff console at `/console` (server-rendered HTML, sessions, CSRF).
 
 pub mod alerts;
 pub mod app;
@@ -35,6 +38,7 @@ pub mod cache;
 pub mod cancellation;
 pub mod compensations;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod delivery_retry;
 pub mod order_saga;
@@ -46,6 +50,7 @@ pub mod reliability;
 pub mod reservation_keeper;
 pub mod review;
 pub mod reviews;
+pub mod staff;
 
 pub use app::{Application, MIGRATOR};
 pub use config::Config;
