@@ -134,12 +134,12 @@ struct EventRow {
     retry_count: i32,
     last_error: Option<String>,
     created_at: DateTime<Utc>,
-    published_at: Option<DateTime<Utc>>,
+    sent_at: Option<DateTime<Utc>>,
 }
 
 async fn events_of(state: &AppState, order_id: Uuid) -> ApiResult<Vec<EventRow>> {
     Ok(sqlx::query_as(
-        "SELECT id, event_type, aggregate_version, status, retry_count, last_error, created_at, published_at
+        "SELECT id, event_type, aggregate_version, status, retry_count, last_error, created_at, sent_at
          FROM outbox_events WHERE aggregate_id = $1 ORDER BY aggregate_version, created_at",
     )
     .bind(order_id)
@@ -310,12 +310,12 @@ fn order_body(
         }
         h2 { "Events" }
         table #events {
-            tr { th { "Version" } th { "Event" } th { "Status" } th { "Retries" } th { "Created" } th { "Published" } }
+            tr { th { "Version" } th { "Event" } th { "Status" } th { "Retries" } th { "Created" } th { "Sent" } }
             @for e in events {
                 tr data-event=(e.id) {
                     td { (e.aggregate_version) } td { (e.event_type) } td { (badge(&e.status))
                         @if let Some(err) = &e.last_error { div.err-text { (err) } } }
-                    td { (e.retry_count) } td { (when(e.created_at)) } td { (e.published_at.map(when).unwrap_or_default()) }
+                    td { (e.retry_count) } td { (when(e.created_at)) } td { (e.sent_at.map(when).unwrap_or_default()) }
                 }
             }
         }

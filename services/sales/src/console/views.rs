@@ -118,7 +118,9 @@ impl From<ApiError> for Failure {
         Failure::Page {
             status,
             title: problem.title.clone(),
-            detail: problem.detail.clone().unwrap_or_default(),
+            detail: problem.detail.clone().unwrap_or_else(|| {
+                "Something went wrong on the server (it is logged). Try again in a moment.".into()
+            }),
         }
     }
 }
