@@ -58,7 +58,7 @@ async fn browser(driver: &Driver) -> Client {
         json!({
             "binary": "/usr/bin/chromium",
             "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", "--window-size=1280,1000"],
+                     "--disable-gpu", "--window-size=1280,1100"],
         }),
     );
     ClientBuilder::new(HttpConnector::new())
@@ -292,7 +292,7 @@ async fn staff_clear_the_queue_and_replay_dead_letters_in_a_browser() {
     assert_eq!(resolved_by, STAFF_NAME);
 
     // A form that does not carry the session's token (as another site would post
-    // it) is refused with a page saying so, and changes nothing.
+    // it) is refused with a page saying so, and nothing is replayed.
     client
         .execute(
             "const f = document.createElement('form');
@@ -309,6 +309,11 @@ async fn staff_clear_the_queue_and_replay_dead_letters_in_a_browser() {
             .await
             .contains("This form was refused")
     );
+    let audits: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_audit")
+        .fetch_one(&sales)
+        .await
+        .unwrap();
+    assert_eq!(audits, 1);
 
     client.close().await.unwrap();
     drop(driver);

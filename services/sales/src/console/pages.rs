@@ -107,7 +107,7 @@ pub async fn queue(
                             td { a href={"/console/orders/" (e.order.id)} { (e.order.id) } }
                             td { (e.order.customer_id) }
                             td { (badge(e.order.status.as_str())) }
-                            td { (e.order.item_units) " units in " (e.order.item_lines) " lines" }
+                            td { (count(e.order.item_units, "unit")) " in " (count(e.order.item_lines, "line")) }
                             td { (badge(&e.review.status)) }
                         }
                     }
@@ -252,6 +252,11 @@ fn order_body(
             tr { th { "Ship to" } td { (order.shipping_address.recipient) ", " (order.shipping_address.line1) } }
             tr { th { "Placed" } td { (when(order.created_at)) " (version " (order.version) ")" } }
         }
+        h2 { "Saga" }
+        @match saga {
+            Some(saga) => (saga_graph(saga)),
+            None => p.muted { "This order has no saga record." },
+        }
         h2 { "Items" }
         table #items {
             tr { th { "Product" } th { "Quantity" } }
@@ -284,11 +289,6 @@ fn order_body(
             }
         } @else {
             p.muted { "No open review: nothing to decide." }
-        }
-        h2 { "Saga" }
-        @match saga {
-            Some(saga) => (saga_graph(saga)),
-            None => p.muted { "This order has no saga record." },
         }
         h2 { "Delivery" }
         table #delivery {
@@ -548,6 +548,11 @@ pub async fn discard(
     )
     .await?;
     Ok(Redirect::to("/console/dead-letters?done=discarded").into_response())
+}
+
+/// `n thing(s)`.
+fn count(n: i64, thing: &str) -> String {
+    format!("{n} {thing}{}", if n == 1 { "" } else { "s" })
 }
 
 fn figure<T: std::fmt::Display>(value: Option<T>) -> String {

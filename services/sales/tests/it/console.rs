@@ -140,7 +140,7 @@ async fn staff_sign_in_decide_and_sign_out(_pool: PgPoolOptions, options: PgConn
     let queue = queue.text().await.unwrap();
     assert!(queue.contains(&order.id.to_string()));
     assert!(queue.contains("AVAILABILITY_UNVERIFIED: <strong>1</strong>"));
-    assert!(queue.contains("2 units in 1 lines"));
+    assert!(queue.contains("2 units in 1 line"));
 
     let path = format!("/console/orders/{}", order.id);
     let page = browser.get(&path).await.text().await.unwrap();
