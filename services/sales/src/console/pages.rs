@@ -599,8 +599,10 @@ pub async fn health(State(state): State<AppState>, session: Session) -> Result<R
             }
         }
     };
-    Ok(respond(
-        StatusCode::OK,
-        page("Health", Some(&session), body),
-    ))
+    let mut response = respond(StatusCode::OK, page("Health", Some(&session), body));
+    // The header too: browsers honour either, the header whatever the markup.
+    response
+        .headers_mut()
+        .insert("refresh", HeaderValue::from_static("10"));
+    Ok(response)
 }

@@ -236,10 +236,18 @@ async fn sessions_expire_when_idle_and_when_revoked(
             .iter()
             .any(|v| v.to_str().unwrap().contains("Secure"))
     );
-    assert_eq!(
-        browser.get("/console/health").await.status(),
-        StatusCode::OK
-    );
+    let health = browser.get("/console/health").await;
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(health.headers()["refresh"], "10");
+    let health = health.text().await.unwrap();
+    for figure in [
+        "product-service",
+        "delivery-service",
+        "Outbox pending",
+        "Reconciliation",
+    ] {
+        assert!(health.contains(figure), "{figure} on the health page");
+    }
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let r = browser.get("/console/health").await;
     assert_eq!(location(&r), "/console/login?expired=1");
