@@ -115,12 +115,25 @@ impl From<ApiError> for Failure {
             ApiError::Database(e) => platform::db::problem(&e),
         };
         let status = problem.status_code();
+        // What a person needs: the detail, and each bad field's message.
+        let mut detail: Vec<String> = problem.detail.clone().into_iter().collect();
+        detail.extend(
+            problem
+                .errors
+                .iter()
+                .map(|e| format!("{}: {}.", e.field, e.message)),
+        );
+        if detail.is_empty() {
+            detail.push(if status.is_server_error() {
+                "Something went wrong on the server (it is logged). Try again in a moment.".into()
+            } else {
+                problem.title.clone()
+            });
+        }
         Failure::Page {
             status,
             title: problem.title.clone(),
-            detail: problem.detail.clone().unwrap_or_else(|| {
-                "Something went wrong on the server (it is logged). Try again in a moment.".into()
-            }),
+            detail: detail.join(" "),
         }
     }
 }

@@ -322,3 +322,89 @@ async fn sign_in_attempts_are_limited_and_forms_must_come_from_the_console(
         .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }
+
+#[sqlx::test(migrations = false)]
+async fn dead_letters_are_discarded_and_replayed_as_the_signed_in_person(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let stack = Stack::start(options).await;
+    for customer in ["d1", "d2"] {
+        expect_json::<Order>(
+            stack
+                .place(&order_body(customer, &[("SKU-A", 1)]), None)
+                .await,
+            201,
+        )
+        .await;
+    }
+    // Dead letters as the relay leaves them when the broker refuses events for good
+    // (the broker is off in these tests; the relay's part is tested in relaying.rs).
+    let dead: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "UPDATE outbox_events SET status = 'FAILED', last_error = 'refused by the broker'
+         WHERE id IN (SELECT id FROM outbox_events ORDER BY created_at LIMIT 3) RETURNING id",
+    )
+    .fetch_all(&stack.sales_db)
+    .await
+    .unwrap();
+    assert_eq!(dead.len(), 3);
+    sales::staff::add(&stack.sales_db, "erin", "erin-secret-123")
+        .await
+        .unwrap();
+    let mut browser = Browser::new(&stack);
+    browser.sign_in("erin", "erin-secret-123").await;
+    let page = browser
+        .get("/console/dead-letters")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("refused by the broker"));
+    let csrf = hidden(&page, "csrf");
+
+    // A discard needs a reason.
+    let discard = format!("/console/dead-letters/{}/discard", dead[0]);
+    let r = browser
+        .post(&discard, &[("csrf", &csrf), ("reason", " ")])
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.text().await.unwrap().contains("reason: "));
+    let r = browser
+        .post(
+            &discard,
+            &[("csrf", &csrf), ("reason", "not needed downstream")],
+        )
+        .await;
+    assert_eq!(location(&r), "/console/dead-letters?done=discarded");
+    let r = browser
+        .post("/console/dead-letters/replay", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(location(&r), "/console/dead-letters?done=2");
+    let page = browser
+        .get("/console/dead-letters?done=2")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Replayed 2") && page.contains("No dead letters."));
+
+    let audits: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT action, actor, reason FROM outbox_audit ORDER BY id")
+            .fetch_all(&stack.sales_db)
+            .await
+            .unwrap();
+    assert_eq!(audits.len(), 3);
+    assert_eq!(
+        audits[0],
+        (
+            "DISCARDED".to_owned(),
+            "erin".to_owned(),
+            Some("not needed downstream".to_owned())
+        )
+    );
+    assert!(
+        audits[1..]
+            .iter()
+            .all(|(action, actor, _)| action == "REPLAYED" && actor == "erin")
+    );
+}
