@@ -27,8 +27,13 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-/// Staff token the stack is started with.
-pub const STAFF_TOKEN: &str = "system-test-staff-token";
+/// The staff account `sales staff add` makes for each stack.
+pub const STAFF_NAME: &str = "system-staff";
+/// Its secret (the console password).
+pub const STAFF_SECRET: &str = "system-test-staff-secret";
+/// Staff token product and delivery are started with, which is also the
+/// credential of sales' account [`STAFF_NAME`] (`Bearer <name>:<secret>`).
+pub const STAFF_TOKEN: &str = "system-staff:system-test-staff-secret";
 
 /// Service token product and delivery are started with, and sales sends them.
 pub const SERVICE_TOKEN: &str = "system-test-service-token";
@@ -111,6 +116,26 @@ impl Service {
     }
 
     /// Starts the process (appending to its log) and waits until `/health/ready` answers 200.
+    /// Runs the binary as a command (e.g. `sales staff add NAME`) with the
+    /// service's settings and `env`; its standard output, or a panic if it fails.
+    pub async fn command(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+        let output = Command::new(binaries_dir().join(self.name))
+            .args(args)
+            .envs(&self.env)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{} {args:?} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     pub async fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
         let log = std::fs::OpenOptions::new()
@@ -489,6 +514,13 @@ impl Stack {
         };
         stack.product.start().await;
         stack.delivery.start().await;
+        stack
+            .sales
+            .command(
+                &["staff", "add", STAFF_NAME],
+                &[("SALES_STAFF_SECRET", STAFF_SECRET)],
+            )
+            .await;
         stack.sales.start().await;
         stack
     }

@@ -72,7 +72,6 @@ async fn decide(
         stack.sales.base_url()
     ))
     .bearer_auth(STAFF_TOKEN)
-    .header("X-Staff-Member", "grace")
     .json(&json!({"note": note}))
     .send()
     .await

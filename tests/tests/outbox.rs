@@ -525,10 +525,18 @@ async fn dead_letters_are_replayed_by_an_operator_and_delivered() {
         .await
         .unwrap();
     assert_eq!(no_reason.status(), 422);
+    // The operator acts with her own account; a name the client supplies is ignored.
+    stack
+        .sales
+        .command(
+            &["staff", "add", "ops-alice"],
+            &[("SALES_STAFF_SECRET", "ops-alice-secret-123")],
+        )
+        .await;
     let discard = http
         .post(format!("{base}/outbox/failed/{discarded}/discard"))
-        .bearer_auth(system_tests::STAFF_TOKEN)
-        .header("X-Staff-Member", "ops-alice")
+        .bearer_auth("ops-alice:ops-alice-secret-123")
+        .header("X-Staff-Member", "mallory")
         .json(&json!({"reason": "delivery event not needed downstream"}))
         .send()
         .await
@@ -537,8 +545,8 @@ async fn dead_letters_are_replayed_by_an_operator_and_delivered() {
     proxy.set_down(false);
     let replayed: Value = http
         .post(format!("{base}/outbox/failed/replay"))
-        .bearer_auth(system_tests::STAFF_TOKEN)
-        .header("X-Staff-Member", "ops-alice")
+        .bearer_auth("ops-alice:ops-alice-secret-123")
+        .header("X-Staff-Member", "mallory")
         .send()
         .await
         .unwrap()

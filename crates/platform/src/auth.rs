@@ -7,6 +7,12 @@
 //!   that change an order's stock or delivery, which only sales calls, [`Internal`]
 //!   (a staff token passes too, for operators).
 //!
+//! A service that knows its staff one by one (sales) verifies the person itself,
+//! in a layer before its handlers, and records who it is as a [`StaffMember`]
+//! request extension and in the `X-Staff-Member` header (any such header a
+//! client sent is removed first); [`Staff`] then passes and [`staff_member`]
+//! names that person.
+//!
 //! Without a configured token, the endpoints it guards refuse everyone. No
 //! credential (or not a bearer one) → 401 with `WWW-Authenticate: Bearer`; a
 //! bearer token that is not one of them, such as a customer's → 403.
@@ -97,8 +103,12 @@ token_set!(
 
 /// The bearer token of a request, if it presents one.
 fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
+    bearer_token(&parts.headers)
+}
+
+/// The bearer token of `Authorization`, if the request presents one.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -106,10 +116,21 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Who acts, for audit records: `X-Staff-Member` if given (1–100 characters), else `staff`.
+/// The header a service's authentication layer writes the authenticated person's
+/// name into (after removing any the client sent).
+pub const STAFF_MEMBER_HEADER: &str = "x-staff-member";
+
+/// The staff member a service's authentication layer verified (a request extension).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffMember {
+    pub name: String,
+}
+
+/// Who acts, for audit records: the name the service's authentication layer wrote
+/// into `X-Staff-Member` (1–100 characters), else `staff`.
 pub fn staff_member(headers: &HeaderMap) -> String {
     headers
-        .get("x-staff-member")
+        .get(STAFF_MEMBER_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty() && v.len() <= 100)
@@ -117,7 +138,8 @@ pub fn staff_member(headers: &HeaderMap) -> String {
         .to_owned()
 }
 
-/// Extractor proving the caller holds a staff credential (else 401 or 403).
+/// Extractor proving the caller holds a staff credential (else 401 or 403): a
+/// person the service's authentication layer verified, or a configured token.
 #[derive(Debug, Clone, Copy)]
 pub struct Staff;
 
@@ -129,6 +151,9 @@ where
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts.extensions.get::<StaffMember>().is_some() {
+            return Ok(Staff);
+        }
         match bearer(parts) {
             None => Err(Problem::unauthorized()),
             Some(p) if StaffToken::from_ref(state).verify(p) => Ok(Staff),
@@ -278,6 +303,20 @@ mod tests {
         assert_eq!(internal(Some("Bearer new-svc"), None).await, Err(403));
         assert_eq!(internal(Some("Bearer "), None).await, Err(401));
         assert!(!format!("{:?}", ServiceToken::new(tokens.map(str::to_owned))).contains("svc"));
+    }
+
+    #[tokio::test]
+    async fn a_verified_person_passes_without_a_token() {
+        let (mut parts, ()) = Request::builder()
+            .uri("/")
+            .body(())
+            .expect("request")
+            .into_parts();
+        parts.extensions.insert(StaffMember {
+            name: "alice".into(),
+        });
+        let state = StaffToken::default();
+        assert!(Staff::from_request_parts(&mut parts, &state).await.is_ok());
     }
 
     #[test]

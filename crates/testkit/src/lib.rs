@@ -19,8 +19,13 @@ use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-/// Staff token the tests configure services with.
-pub const STAFF_TOKEN: &str = "test-staff-token";
+/// The staff account the tests give sales (`Bearer <name>:<secret>`).
+pub const STAFF_NAME: &str = "test-staff";
+/// Its secret (the console password).
+pub const STAFF_SECRET: &str = "test-staff-secret";
+/// Staff token the tests configure product and delivery with, which is also the
+/// credential of sales' staff account [`STAFF_NAME`].
+pub const STAFF_TOKEN: &str = "test-staff:test-staff-secret";
 
 /// Service token the tests configure product and delivery with, and sales with
 /// for its calls to them.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::{Router, extract::FromRef, routing::get};
-use platform::{auth::StaffToken, server::StaffSecurity};
+use platform::auth::StaffToken;
 use resilience::Registry;
 use sqlx::{PgPool, migrate::Migrator};
 use tokio::net::TcpListener;
@@ -31,7 +31,10 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sales");
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
-    pub staff_token: StaffToken,
+    /// Verifies staff members' credentials ([`crate::staff`]).
+    pub staff: crate::staff::Verifier,
+    /// Limits the console's sign-in attempts.
+    pub login_limiter: crate::console::LoginLimiter,
     pub product: ProductClient,
     pub delivery: DeliveryClient,
     pub breakers: Registry,
@@ -48,9 +51,11 @@ pub struct AppState {
     pub recheck_wake: Arc<tokio::sync::Notify>,
 }
 
+/// Sales has no shared staff token: only people verified by [`crate::staff::authenticate`]
+/// pass [`platform::auth::Staff`].
 impl FromRef<AppState> for StaffToken {
-    fn from_ref(state: &AppState) -> Self {
-        state.staff_token.clone()
+    fn from_ref(_: &AppState) -> Self {
+        StaffToken::default()
     }
 }
 
@@ -73,9 +78,33 @@ impl FromRef<AppState> for StaffToken {
         outbox::admin::replay_one,
         outbox::admin::discard_one,
     ),
-    modifiers(&StaffSecurity)
+    modifiers(&PersonalStaffSecurity)
 )]
 pub struct ApiDoc;
+
+/// The `staff` security scheme of sales: each person's own credential.
+struct PersonalStaffSecurity;
+
+impl utoipa::Modify for PersonalStaffSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "staff",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("<name>:<secret>")
+                    .description(Some(
+                        "A staff member's own credential, `<name>:<secret>` of an account made by \
+                         `sales staff add NAME` (revoked by `sales staff revoke NAME`). Audits of \
+                         decisions, replays and discards name that person.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The OpenAPI document of the service, health routes included.
 pub fn openapi() -> utoipa::openapi::OpenApi {
@@ -107,11 +136,18 @@ pub fn router(state: AppState) -> Router {
             crate::cache::rate_limit::enforce,
         ),
     );
-    let router = customer
-        .merge(review::router())
+    // The staff routes verify the person first (and drop any client-supplied name).
+    let staff = review::router()
         .merge(outbox::admin::router())
-        .route("/health/reliability", get(reliability::reliability))
         .route("/sagas/{id}", get(order_saga::get_saga))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::staff::authenticate,
+        ));
+    let router = customer
+        .merge(staff)
+        .merge(crate::console::router())
+        .route("/health/reliability", get(reliability::reliability))
         .with_state(state.clone())
         .merge(platform::health::router_with(
             state.db.pool,
@@ -273,7 +309,10 @@ impl Application {
         );
         let state = AppState {
             db,
-            staff_token: StaffToken::new(config.staff_token.clone()),
+            staff: crate::staff::Verifier::default(),
+            login_limiter: crate::console::LoginLimiter::new(
+                config.console.login_attempts_per_minute,
+            ),
             product,
             delivery,
             breakers,

@@ -12,8 +12,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// `SALES_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/sales`) and pool settings.
     pub database: DatabaseConfig,
-    /// `SALES_STAFF_TOKEN` (no default): bearer token(s) for staff endpoints, comma-separated.
-    pub staff_token: Option<String>,
+    /// The staff console and staff sessions, see [`ConsoleConfig`]. (Staff
+    /// credentials are per person, made by `sales staff add`; there is no shared token.)
+    pub console: ConsoleConfig,
     /// `SALES_PRODUCT_SERVICE_TOKEN` (no default): the bearer token sales sends on every
     /// call to product (one of product's `PRODUCT_SERVICE_TOKEN`). Never logged.
     pub product_service_token: Option<String>,
@@ -59,6 +60,20 @@ pub struct Config {
     /// `SALES_FAULT_PAUSE_BEFORE_RECORD_MS` (default 0): fault injection for tests, a pause
     /// between the reservation and the order's transaction (to kill the process there).
     pub fault_pause_before_record: Duration,
+}
+
+/// The staff console ([`crate::console`]).
+#[derive(Debug, Clone)]
+pub struct ConsoleConfig {
+    /// `SALES_CONSOLE_IDLE_TIMEOUT_MS` (default 1800000, 30 minutes): a session unused this
+    /// long is over.
+    pub idle_timeout: Duration,
+    /// `SALES_CONSOLE_SECURE_COOKIE` (default true): the session cookie is `Secure` (sent
+    /// over HTTPS only); set false to use the console over plain HTTP on localhost.
+    pub secure_cookie: bool,
+    /// `SALES_CONSOLE_LOGIN_ATTEMPTS_PER_MINUTE` (default 5): sign-in attempts allowed per
+    /// staff name (and 10 times as many in all) each minute; more are refused until then.
+    pub login_attempts_per_minute: u32,
 }
 
 /// The reliability alert checker ([`crate::alerts`]).
@@ -347,7 +362,11 @@ impl Config {
         Ok(Self {
             server: ServerConfig::from_env(env, "127.0.0.1:8080")?,
             database: DatabaseConfig::from_env(env, "postgres://postgres@127.0.0.1:5432/sales")?,
-            staff_token: env.optional("STAFF_TOKEN"),
+            console: ConsoleConfig {
+                idle_timeout: env.millis("CONSOLE_IDLE_TIMEOUT_MS", 1_800_000)?,
+                secure_cookie: env.flag("CONSOLE_SECURE_COOKIE", true)?,
+                login_attempts_per_minute: env.positive("CONSOLE_LOGIN_ATTEMPTS_PER_MINUTE", 5)?,
+            },
             product_service_token: service_token(env, "PRODUCT_SERVICE_TOKEN")?,
             delivery_service_token: service_token(env, "DELIVERY_SERVICE_TOKEN")?,
             product_url: env.http_url("PRODUCT_URL", "http://127.0.0.1:8081")?,

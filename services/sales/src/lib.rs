@@ -29,6 +29,9 @@
 //! - [`reliability`]: `/health/reliability`, the readiness details and the database-derived gauges.
 //! - [`alerts`]: the reliability alert checker (episodes logged, gauged and POSTed to a webhook).
 //! - [`outbox`]: writing order events in the caller's transaction (the `outbox` crate).
+//! - [`staff`]: staff accounts (one per person, argon2id-hashed secrets), the operator
+//!   command `sales staff add|list|revoke`, and verifying the staff routes' credential.
+//! - [`console`]: the staff console at `/console` (server-rendered HTML, sessions, CSRF).
 
 pub mod alerts;
 pub mod app;
@@ -37,6 +40,7 @@ pub mod cache;
 pub mod cancellation;
 pub mod compensations;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod delivery_retry;
 pub mod delivery_status;
@@ -49,6 +53,7 @@ pub mod reliability;
 pub mod reservation_keeper;
 pub mod review;
 pub mod reviews;
+pub mod staff;
 
 pub use app::{Application, MIGRATOR};
 pub use config::Config;

@@ -27,21 +27,17 @@ pub const MAX_NOTE: usize = 2000;
 
 /// The note of a decision: required, 1–2000 characters, line breaks allowed (no
 /// other control characters). Checked before anything is read or changed.
-fn note(decision: &Decision) -> ApiResult<String> {
+pub fn note(decision: &Decision) -> ApiResult<String> {
     let mut errors = Vec::new();
     TextRule::text(true, MAX_NOTE).check(&mut errors, "note", &decision.note);
     ensure_valid(errors)?;
     Ok(decision.note.trim().to_owned())
 }
 
-async fn reviewed(state: &AppState, id: Uuid) -> ApiResult<Json<ReviewedOrder>> {
-    queue::detail(state, id).await.map(Json)
-}
-
 /// Approve an order's open reviews: the flag is cleared and the order proceeds
 /// (a delivery whose retries were exhausted is retried again).
 #[utoipa::path(post, path = "/review/orders/{id}/approve", tag = "review",
-    params(("id" = Uuid, Path), ("X-Staff-Member" = Option<String>, Header, max_length = 100, description = "Who decides (default `staff`; 1–100 characters)")),
+    params(("id" = Uuid, Path)),
     request_body = Decision, security(("staff" = [])),
     responses((status = 200, body = ReviewedOrder), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem),
@@ -55,7 +51,19 @@ pub async fn approve(
     Json(decision): Json<Decision>,
 ) -> ApiResult<Json<ReviewedOrder>> {
     let note = note(&decision)?;
-    let actor = staff_member(&headers);
+    approve_order(&state, id, &staff_member(&headers), &note)
+        .await
+        .map(Json)
+}
+
+/// Approves order `id`'s open reviews as `actor` (an authenticated staff member)
+/// with a checked `note`; the order's picture after the decision.
+pub async fn approve_order(
+    state: &AppState,
+    id: Uuid,
+    actor: &str,
+    note: &str,
+) -> ApiResult<ReviewedOrder> {
     state
         .db
         .guard(async {
@@ -70,9 +78,9 @@ pub async fn approve(
                 row.ok_or_else(|| Problem::not_found(&format!("order {id}")))?;
             let how = Resolution {
                 status: ReviewStatus::Approved,
-                by: &actor,
+                by: actor,
                 resolution: "APPROVED",
-                note: Some(&note),
+                note: Some(note),
             };
             let closed = reviews::resolve_open(&mut tx, id, None, &how).await?;
             if closed.is_empty() {
@@ -105,7 +113,7 @@ pub async fn approve(
                 state.db.cache.updated(order).await;
             }
             tracing::info!(order_id = %id, actor, reviews = closed.len(), "manual review approved");
-            reviewed(&state, id).await
+            queue::detail(state, id).await
         })
         .await
 }
@@ -113,7 +121,7 @@ pub async fn approve(
 /// Reject an order in review: it is cancelled (delivery cancelled, reservation
 /// released, status CANCELLED, `ORDER_CANCELLED`) and its reviews REJECTED.
 #[utoipa::path(post, path = "/review/orders/{id}/reject", tag = "review",
-    params(("id" = Uuid, Path), ("X-Staff-Member" = Option<String>, Header, max_length = 100, description = "Who decides (default `staff`; 1–100 characters)")),
+    params(("id" = Uuid, Path)),
     request_body = Decision, security(("staff" = [])),
     responses((status = 200, body = ReviewedOrder), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem),
@@ -128,20 +136,32 @@ pub async fn reject(
     Json(decision): Json<Decision>,
 ) -> ApiResult<Json<ReviewedOrder>> {
     let note = note(&decision)?;
-    let actor = staff_member(&headers);
+    reject_order(&state, id, &staff_member(&headers), &note)
+        .await
+        .map(Json)
+}
+
+/// Rejects order `id` as `actor` (an authenticated staff member) with a checked
+/// `note`: it is cancelled; the order's picture after the decision.
+pub async fn reject_order(
+    state: &AppState,
+    id: Uuid,
+    actor: &str,
+    note: &str,
+) -> ApiResult<ReviewedOrder> {
     state
         .db
         .guard(async {
             cancellation::cancel_with(
-                &state,
+                state,
                 id,
                 &format!("rejected in review: {note}"),
-                &actor,
-                OpenReviews::Reject { note: &note },
+                actor,
+                OpenReviews::Reject { note },
             )
             .await?;
             tracing::info!(order_id = %id, actor, "manual review rejected; order cancelled");
-            reviewed(&state, id).await
+            queue::detail(state, id).await
         })
         .await
 }

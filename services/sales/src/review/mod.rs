@@ -2,9 +2,9 @@
 //! person with their reasons, an order's full picture, and the two decisions.
 //! Approving resolves the order's open reviews and clears its flag (a delivery
 //! whose retries were exhausted is retried again); rejecting cancels the order
-//! through its compensations ([`crate::cancellation`]). Who (`X-Staff-Member`,
-//! default `staff`), when, the resolution and the note are stored on each
-//! review; a second decision on the same reviews is a 409.
+//! through its compensations ([`crate::cancellation`]). Who (the authenticated
+//! staff member, [`crate::staff`]), when, the resolution and the note are stored
+//! on each review; a second decision on the same reviews is a 409.
 //!
 //! Customers' endpoints show only `requires_manual_review`; nothing here is
 //! reachable without the staff credential.
@@ -70,6 +70,10 @@ pub struct OrderSummary {
     pub version: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// How many lines the order has (it carries no prices: its size is its total).
+    pub item_lines: i64,
+    /// How many units its lines add up to.
+    pub item_units: i64,
 }
 
 /// One entry of the queue: a review and its order.

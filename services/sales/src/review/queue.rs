@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// Filters and paging of the queue.
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct QueueQuery {
     /// `open` (default), `approved`, `rejected` or `resolved` (any case).
@@ -57,6 +57,8 @@ struct EntryRow {
     version: i32,
     order_created_at: DateTime<Utc>,
     order_updated_at: DateTime<Utc>,
+    item_lines: i64,
+    item_units: i64,
 }
 
 impl From<EntryRow> for QueueEntry {
@@ -72,6 +74,8 @@ impl From<EntryRow> for QueueEntry {
             version: row.version,
             created_at: row.order_created_at,
             updated_at: row.order_updated_at,
+            item_lines: row.item_lines,
+            item_units: row.item_units,
         };
         Self {
             review: row.review,
@@ -94,6 +98,11 @@ pub async fn list_reviews(
     _staff: Staff,
     Query(query): Query<QueueQuery>,
 ) -> ApiResult<Json<ReviewPage>> {
+    page(&state, &query).await.map(Json)
+}
+
+/// One page of the queue as `query` asks (400 for a bad filter or cursor).
+pub async fn page(state: &AppState, query: &QueueQuery) -> ApiResult<ReviewPage> {
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(Problem::bad_query("limit", "must be between 1 and 100").into());
@@ -127,8 +136,11 @@ pub async fn list_reviews(
             Ok(sqlx::query_as(&format!(
                 "SELECT {REVIEW_COLUMNS}, o.customer_id, o.status AS order_status,
                         o.requires_manual_review, o.fallback_used, o.delivery_id, o.version,
-                        o.created_at AS order_created_at, o.updated_at AS order_updated_at
+                        o.created_at AS order_created_at, o.updated_at AS order_updated_at,
+                        i.item_lines, i.item_units
                  FROM manual_reviews r JOIN orders o ON o.id = r.order_id
+                 CROSS JOIN LATERAL (SELECT count(*) AS item_lines, coalesce(sum(quantity), 0)::bigint AS item_units
+                                     FROM order_items WHERE order_id = o.id) i
                  WHERE r.status = $1 AND ($2::text IS NULL OR r.reason = $2)
                    AND ($3::timestamptz IS NULL OR (r.created_at, r.id) > ($3, $4::uuid))
                  ORDER BY r.created_at, r.id LIMIT $5"
@@ -149,10 +161,29 @@ pub async fn list_reviews(
     } else {
         None
     };
-    Ok(Json(ReviewPage {
+    Ok(ReviewPage {
         items: rows.into_iter().map(QueueEntry::from).collect(),
         next_cursor,
-    }))
+    })
+}
+
+/// How many reviews of `status` there are per reason, most first.
+pub async fn counts_by_reason(
+    state: &AppState,
+    status: ReviewStatus,
+) -> ApiResult<Vec<(String, i64)>> {
+    state
+        .db
+        .guard(async {
+            Ok(sqlx::query_as(
+                "SELECT reason, count(*) FROM manual_reviews WHERE status = $1
+                 GROUP BY reason ORDER BY count(*) DESC, reason",
+            )
+            .bind(status.as_str())
+            .fetch_all(&state.db.pool)
+            .await?)
+        })
+        .await
 }
 
 /// An order with its reviews, status history and delivery retry row.

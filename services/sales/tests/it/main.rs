@@ -7,6 +7,7 @@ mod alerting;
 mod bad_input;
 mod caching;
 mod cancelling;
+mod console;
 mod faults;
 mod following;
 mod http;
@@ -123,6 +124,9 @@ impl Stack {
         product::MIGRATOR.run(&product_db).await.unwrap();
         delivery::MIGRATOR.run(&delivery_db).await.unwrap();
         sales::MIGRATOR.run(&sales_db).await.unwrap();
+        sales::staff::add(&sales_db, testkit::STAFF_NAME, testkit::STAFF_SECRET)
+            .await
+            .unwrap();
 
         let product_config = product::Config::from(&Env::from_map(
             "PRODUCT_",
@@ -161,7 +165,6 @@ impl Stack {
         let product_port = port_of(product.is_some(), product_port);
         let mut sales_vars_map = vars(&[
             ("SALES_LISTEN_ADDR", "127.0.0.1:0".into()),
-            ("SALES_STAFF_TOKEN", STAFF_TOKEN.into()),
             ("SALES_PRODUCT_SERVICE_TOKEN", SERVICE_TOKEN.into()),
             ("SALES_DELIVERY_SERVICE_TOKEN", SERVICE_TOKEN.into()),
             (
