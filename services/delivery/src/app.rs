@@ -23,6 +23,9 @@ pub struct AppState {
     pub staff_token: StaffToken,
     /// Who may initiate and cancel deliveries (sales).
     pub service_token: ServiceToken,
+    /// What this instance's relay published and has not marked yet: status changes carry
+    /// the marks in their own transactions (none when the broker is off).
+    pub outbox_marks: Option<std::sync::Arc<outbox::owned::InFlight>>,
 }
 
 impl FromRef<AppState> for StaffToken {
@@ -105,16 +108,17 @@ impl Application {
                 "DELIVERY_SERVICE_TOKEN is not set: initiating and cancelling deliveries refuse every caller but staff"
             );
         }
-        let state = AppState {
-            pool: pool.clone(),
-            staff_token,
-            service_token,
-        };
         let breaker = resilience::CircuitBreaker::new(config.broker_breaker.clone());
         let relay = outbox::Relay::from_config(&config.outbox, &pool, breaker).await?;
         if relay.is_none() {
             tracing::warn!("DELIVERY_BROKER_ENABLED is false: status changes stay in the outbox");
         }
+        let state = AppState {
+            pool: pool.clone(),
+            staff_token,
+            service_token,
+            outbox_marks: relay.as_ref().map(|r| r.flight.clone()),
+        };
         let router = router(state, &config);
         let listener = TcpListener::bind(config.server.listen_addr)
             .await

@@ -121,6 +121,23 @@ async fn record_change(
     Ok(())
 }
 
+/// Commits a status change, marking SENT in the same transaction the events this instance
+/// published since (so the outbox's marks cost no transaction of their own).
+async fn commit_with_marks(
+    state: &AppState,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+) -> Result<(), sqlx::Error> {
+    let marks = match &state.outbox_marks {
+        Some(flight) => outbox::owned::ride(flight, &mut tx).await?,
+        None => None,
+    };
+    tx.commit().await?;
+    if let Some(marks) = marks {
+        marks.confirm();
+    }
+    Ok(())
+}
+
 /// Initiate the delivery of an order. Idempotent by `order_id`: a repeat returns
 /// the delivery made the first time, never a second one.
 #[utoipa::path(post, path = "/deliveries", tag = "deliveries", request_body = DeliveryRequest,
@@ -151,7 +168,7 @@ pub async fn create_delivery(
     if let Some(row) = inserted {
         let delivery = Delivery::from(row);
         record_change(&mut tx, &delivery, None, None).await?;
-        tx.commit().await?;
+        commit_with_marks(&state, tx).await?;
         tracing::info!(order_id = %delivery.order_id, delivery_id = %delivery.id, "delivery created");
         return Ok((StatusCode::CREATED, Json(delivery)));
     }
@@ -279,7 +296,7 @@ async fn transition(
     .await?;
     let delivery = Delivery::from(row);
     record_change(&mut tx, &delivery, Some(current.status), note).await?;
-    tx.commit().await?;
+    commit_with_marks(state, tx).await?;
     tracing::info!(delivery_id = %id, from = current.status.as_str(), to = next.as_str(), "delivery status changed");
     Ok(delivery)
 }

@@ -180,6 +180,7 @@ async fn the_relay_publishes_to_deliverys_topic_with_the_status_attribute(pool: 
         breaker,
         config: config.outbox.clone(),
         pause_before_mark: Duration::ZERO,
+        flight: Default::default(),
     };
     let report = relay.drain().await.unwrap();
     assert_eq!((report.claimed, report.sent), (2, 2));
