@@ -195,15 +195,32 @@ pub async fn consume(db: &Db, event: &Envelope) -> Result<Outcome, ConsumeError>
         return Ok(Outcome::Duplicate);
     }
     // Locks the order: a cancellation, a staff decision or reconciliation waits, or is waited for.
-    let row: Option<(String, i32)> =
-        sqlx::query_as("SELECT status, delivery_version FROM orders WHERE id = $1 FOR UPDATE")
-            .bind(delivery.order_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let outcome = match row.and_then(|(s, v)| Some((OrderStatus::parse(&s)?, v))) {
+    let row: Option<(String, i32, Option<Uuid>)> = sqlx::query_as(
+        "SELECT status, delivery_version, delivery_id FROM orders WHERE id = $1 FOR UPDATE",
+    )
+    .bind(delivery.order_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let mut recorded_now = false;
+    let outcome = match row.and_then(|(s, v, d)| Some((OrderStatus::parse(&s)?, v, d))) {
         None => Outcome::Ignored,
-        Some((_, applied)) if event.aggregate_version <= applied => Outcome::Stale,
-        Some((current, _)) => {
+        Some((_, applied, _)) if event.aggregate_version <= applied => Outcome::Stale,
+        Some((current, _, recorded)) => {
+            if recorded.is_none() {
+                // Delivery made it, but sales has not recorded it yet (the answer to the
+                // initiation was lost, or its retry is still due): this event says which
+                // it is, so it is recorded now, as the retry would (DELIVERY_INITIATED,
+                // the retry row done), before its status is applied.
+                crate::delivery_retry::record_initiated(
+                    &mut tx,
+                    delivery.order_id,
+                    delivery.id,
+                    None,
+                    Utc::now(),
+                )
+                .await?;
+                recorded_now = true;
+            }
             match apply(
                 &mut tx,
                 delivery.order_id,
@@ -225,7 +242,7 @@ pub async fn consume(db: &Db, event: &Envelope) -> Result<Outcome, ConsumeError>
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    if matches!(outcome, Outcome::Applied | Outcome::Flagged) {
+    if recorded_now || matches!(outcome, Outcome::Applied | Outcome::Flagged) {
         // The next read sees the change.
         db.cache.reload(&db.pool, delivery.order_id).await;
     }

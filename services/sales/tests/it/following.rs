@@ -160,3 +160,35 @@ async fn an_unreachable_status_opens_a_review_and_a_failed_delivery_another(
         [("DELIVERY_FAILED".to_owned(), "OPEN".to_owned())]
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn an_event_about_a_delivery_sales_has_not_recorded_records_it(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let stack = Stack::start(options).await;
+    let db = stack.reconciliation.db.clone();
+    let order = place(&stack, "d").await;
+    let delivery_id = order.delivery_id.unwrap();
+    // As if the answer to the initiation had been lost: sales does not know the delivery.
+    sqlx::query("UPDATE orders SET delivery_id = NULL WHERE id = $1")
+        .bind(order.id)
+        .execute(&stack.sales_db)
+        .await
+        .unwrap();
+    stack.courier(delivery_id, &["PICKED_UP"]).await;
+    let picked_up = events(&stack, delivery_id).await.pop().unwrap();
+    assert_eq!(consume(&db, &picked_up).await.unwrap(), Outcome::Applied);
+    let shipped = read(&stack, order.id).await;
+    assert_eq!(shipped.status, OrderStatus::Shipped);
+    assert_eq!(shipped.delivery_id, Some(delivery_id));
+    assert_eq!(
+        stack.events_of(order.id).await,
+        [
+            "ORDER_CREATED",
+            "DELIVERY_INITIATED",
+            "DELIVERY_INITIATED",
+            "ORDER_STATUS_CHANGED"
+        ]
+    );
+}
