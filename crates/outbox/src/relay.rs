@@ -432,7 +432,7 @@ impl Relay {
     async fn publish_owned(self, rows: Vec<Row>) {
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
         let Ok(permit) = self.breaker.try_acquire() else {
-            self.flight.release(&ids);
+            self.hand_back(&ids, "broker breaker open").await;
             return;
         };
         let envelopes: Vec<Envelope> = rows.iter().map(Row::envelope).collect();
@@ -442,11 +442,8 @@ impl Relay {
             Ok(results) => results,
             Err(_) => {
                 permit.record(Outcome::Failure);
-                self.flight.release(&ids);
-                tracing::debug!(
-                    events = ids.len(),
-                    "publish timed out; the events wait in the outbox"
-                );
+                let error = format!("publish timed out after {} ms", timeout.as_millis());
+                self.hand_back(&ids, &error).await;
                 return;
             }
         };
@@ -479,17 +476,18 @@ impl Relay {
         }
         let now = Utc::now();
         let mut updates = Updates::default();
+        // As on the claim path: a refusal is charged, an unavailable broker is not; either
+        // way the row is rescheduled, so the claim path takes it when it is due.
         for (id, result) in &results {
             let Err(error) = result else { continue };
-            if !error.is_refused() {
-                continue;
-            }
             let Some(row) = rows.iter().find(|r| r.id == *id) else {
                 continue;
             };
             let fate = self.fate(row, error, now);
-            tracing::warn!(event_id = %id, event_type = %row.event_type, refusals = fate.refusals, error = %error,
-                "Event refused by the broker, storing in outbox for retry");
+            if error.is_refused() {
+                tracing::warn!(event_id = %id, event_type = %row.event_type, refusals = fate.refusals, error = %error,
+                    "Event refused by the broker, storing in outbox for retry");
+            }
             updates.push(*id, fate, error);
         }
         if !updates.ids.is_empty() {
@@ -498,7 +496,7 @@ impl Relay {
                 updates.apply(&mut conn).await
             };
             if let Err(e) = applied.await {
-                tracing::warn!(error = %e, "cannot record refused events; the claim path retries them");
+                tracing::warn!(error = %e, "cannot reschedule unpublished events; the claim path takes them after the takeover delay");
             }
         }
         if broker_failed {
@@ -508,6 +506,35 @@ impl Relay {
             );
         }
         self.flight.release(&unsent);
+    }
+
+    /// Gives rows the fast path could not publish (the broker unavailable: nothing charged)
+    /// to the claim path, due once the breaker lets a call through.
+    async fn hand_back(&self, ids: &[Uuid], error: &str) {
+        let wait = self
+            .breaker
+            .remaining_open()
+            .unwrap_or_default()
+            .max(self.config.retry_base);
+        let due = resilience::deadline::after(Utc::now(), wait);
+        let handed = sqlx::query(
+            "UPDATE outbox_events SET next_attempt_at = $2, last_error = $3
+             WHERE id = ANY($1) AND status = 'PENDING'",
+        )
+        .bind(ids)
+        .bind(due)
+        .bind(error)
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = handed {
+            tracing::warn!(error = %e, "cannot hand events back; the claim path takes them after the takeover delay");
+        }
+        tracing::debug!(
+            events = ids.len(),
+            error,
+            "the broker is unavailable; events wait in the outbox"
+        );
+        self.flight.release(ids);
     }
 
     /// Marks what this instance published SENT, in one statement.

@@ -43,6 +43,7 @@ async fn topic_and_queue() -> (String, String) {
         queues: vec![QueueSpec {
             name: name.clone(),
             event_types: Vec::new(),
+            excluded_statuses: Vec::new(),
             max_receive_count: 5,
             visibility_timeout_secs: 30,
         }],
