@@ -630,6 +630,8 @@ impl Updates {
         self.errors.push(error.to_string());
     }
 
+    /// Only PENDING rows change: the fast path holds no lock on its rows, so a row staff
+    /// or another instance settled meanwhile keeps what they made of it.
     async fn apply(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
         if self.ids.is_empty() {
             return Ok(());
@@ -640,7 +642,7 @@ impl Updates {
                     last_error = f.error
              FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])
                   AS f(id, refusals, status, first_refused_at, next_attempt_at, error)
-             WHERE o.id = f.id",
+             WHERE o.id = f.id AND o.status = 'PENDING'",
         )
         .bind(&self.ids)
         .bind(&self.refusals)
