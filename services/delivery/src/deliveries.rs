@@ -99,14 +99,14 @@ async fn record_change(
     from: Option<DeliveryStatus>,
     note: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO delivery_status_history (delivery_id, from_status, to_status, note)
          VALUES ($1, $2, $3, $4)",
+        delivery.id,
+        from.map(DeliveryStatus::as_str),
+        delivery.status.as_str(),
+        note,
     )
-    .bind(delivery.id)
-    .bind(from.map(DeliveryStatus::as_str))
-    .bind(delivery.status.as_str())
-    .bind(note)
     .execute(&mut *conn)
     .await?;
     outbox::enqueue(
