@@ -16,10 +16,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN cargo install cargo-chef --locked
 WORKDIR /app
-# The services' SQL is checked at run time (sqlx::query, not the query! macros), so no
-# .sqlx offline cache and no database are needed to build; SQLX_OFFLINE=true makes sure a
-# build never tries to reach one. Migrations are embedded with sqlx::migrate!, which only
-# reads migrations/ from the source tree.
+# The services' SQL is checked at compile time against the committed .sqlx/ offline data
+# (COPY . . brings it, and .cargo/config.toml), so no database is needed to build;
+# SQLX_OFFLINE=true makes sure a build never tries to reach one. Migrations are embedded
+# with sqlx::migrate!, which only reads migrations/ from the source tree.
 ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
 
 FROM chef AS planner
