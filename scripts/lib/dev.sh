@@ -24,10 +24,15 @@ dev_port() {
   printf '%s\n' "${addr##*:}"
 }
 
+# dev_alive PID: whether PID runs (an exited process not yet reaped does not).
+dev_alive() {
+  kill -0 "$1" 2>/dev/null && [[ $(ps -o stat= -p "$1" 2>/dev/null) != Z* ]]
+}
+
 # dev_running SERVICE: whether the pid recorded for SERVICE is alive.
 dev_running() {
   local pidfile=$STATE/$1.pid
-  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+  [ -f "$pidfile" ] && dev_alive "$(cat "$pidfile")"
 }
 
 # dev_stop SERVICE: SIGTERM to its recorded pid, SIGKILL after 15 s; forgets the pid.
@@ -36,10 +41,10 @@ dev_stop() {
   local name=$1 pidfile=$STATE/$1.pid pid
   [ -f "$pidfile" ] || return 0
   pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
+  if dev_alive "$pid"; then
     kill -TERM "$pid"
-    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    for _ in $(seq 1 150); do dev_alive "$pid" || break; sleep 0.1; done
+    dev_alive "$pid" && kill -KILL "$pid"
     echo "stopped $name (pid $pid)"
   fi
   rm -f "$pidfile"
