@@ -43,19 +43,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::json;
 use sqlx::{Connection, PgConnection};
-use system_tests::{STAFF_TOKEN, Stack, StackOptions, postgres_base};
+use system_tests::{
+    SalesClient, Stack, StackOptions,
+    bench::{knob, markdown_file, markdown_table},
+    order_request, postgres_base,
+};
 use uuid::Uuid;
 
 const PRODUCTS: [&str; 3] = ["SKU-KEYBOARD", "SKU-MOUSE", "SKU-DOCK"];
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn concurrencies() -> Vec<usize> {
     std::env::var("BENCH_CONCURRENCY")
@@ -128,12 +124,10 @@ async fn order_load(sales: &str, concurrency: usize, secs: u64) -> Figures {
                 let mut n = 0usize;
                 while Instant::now() < until {
                     n += 1;
-                    let body = json!({
-                        "customer_id": format!("bench-{client}"),
-                        "items": [{"product_id": PRODUCTS[(client + n) % PRODUCTS.len()], "quantity": 1}],
-                        "shipping_address": {"recipient": "Bench", "line1": "1 Example Street",
-                                             "city": "Berlin", "postal_code": "10115", "country": "DE"}
-                    });
+                    let body = order_request(
+                        &format!("bench-{client}"),
+                        &[(PRODUCTS[(client + n) % PRODUCTS.len()], 1)],
+                    );
                     let sent = Instant::now();
                     let response = http
                         .post(&url)
@@ -163,10 +157,9 @@ async fn order_load(sales: &str, concurrency: usize, secs: u64) -> Figures {
     figures(micros, start.elapsed(), errors)
 }
 
-/// A fresh database holding the three services' schemas (`sales`, `product`, `delivery`),
-/// each migrated as the service migrates its own database, with the bench's products.
-async fn whole_order_database() -> String {
-    let name = format!("bench_whole_{}", &Uuid::new_v4().simple().to_string()[..12]);
+/// A new empty database named `{prefix}_<random>`; its name.
+async fn create_database(prefix: &str) -> String {
+    let name = format!("{prefix}_{}", &Uuid::new_v4().simple().to_string()[..12]);
     let mut admin = PgConnection::connect(&format!("{}/postgres", postgres_base()))
         .await
         .unwrap();
@@ -174,6 +167,13 @@ async fn whole_order_database() -> String {
         .execute(&mut admin)
         .await
         .unwrap();
+    name
+}
+
+/// A fresh database holding the three services' schemas (`sales`, `product`, `delivery`),
+/// each migrated as the service migrates its own database, with the bench's products.
+async fn whole_order_database() -> String {
+    let name = create_database("bench_whole").await;
     for schema in ["sales", "product", "delivery"] {
         let mut conn = PgConnection::connect(&format!(
             "{}/{name}?options=-c%20search_path%3D{schema}",
@@ -211,17 +211,7 @@ async fn whole_order_database() -> String {
 
 /// A fresh database with sales' schema, for pgbench.
 async fn ceiling_database() -> String {
-    let name = format!(
-        "bench_ceiling_{}",
-        &Uuid::new_v4().simple().to_string()[..12]
-    );
-    let mut admin = PgConnection::connect(&format!("{}/postgres", postgres_base()))
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    let name = create_database("bench_ceiling").await;
     let mut conn = PgConnection::connect(&format!("{}/{name}", postgres_base()))
         .await
         .unwrap();
@@ -305,29 +295,14 @@ fn pgbench(database: &str, script: &str, concurrency: usize, secs: u64, dir: &Pa
 }
 
 async fn set_stock(stack: &Stack) {
-    let http = reqwest::Client::new();
-    for product in PRODUCTS {
-        let response = http
-            .put(format!(
-                "{}/products/{product}/stock",
-                stack.product.base_url()
-            ))
-            .bearer_auth(STAFF_TOKEN)
-            .json(&json!({"stock_on_hand": 100_000_000}))
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success(), "{}", response.status());
+    let product = stack.product_api();
+    for id in PRODUCTS {
+        product.set_stock(id, 100_000_000).await;
     }
 }
 
 async fn breaker_state(sales: &str, breaker: &str) -> String {
-    let view: serde_json::Value = reqwest::get(format!("{sales}/health/reliability"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = SalesClient::new(sales).reliability().await;
     view["circuitBreakerStates"][breaker]
         .as_str()
         .unwrap_or_default()
@@ -448,22 +423,12 @@ async fn cost_of_orders(stack: &Stack, sales: &str, n: usize) -> Cost {
     let idle = Duration::from_secs(10);
     tokio::time::sleep(idle).await;
     let (x1, c1) = (xact_commits(&dbs).await, cpu_sample(stack, &dbs).await);
-    let http = reqwest::Client::new();
+    let api = SalesClient::new(sales);
     let started = Instant::now();
     for i in 0..n {
-        let body = json!({
-            "customer_id": "bench-cost",
-            "items": [{"product_id": PRODUCTS[i % PRODUCTS.len()], "quantity": 1}],
-            "shipping_address": {"recipient": "Bench", "line1": "1 Example Street",
-                                 "city": "Berlin", "postal_code": "10115", "country": "DE"}
-        });
-        let response = http
-            .post(format!("{sales}/orders"))
-            .header("Idempotency-Key", Uuid::new_v4().to_string())
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let order = order_request("bench-cost", &[(PRODUCTS[i % PRODUCTS.len()], 1)]);
+        let key = Uuid::new_v4().to_string();
+        let response = api.place_raw(&order, Some(&key)).await;
         assert_eq!(response.status(), 201);
     }
     let busy = started.elapsed();
@@ -638,12 +603,7 @@ async fn main() {
         hung.p99_ms / all_up
     ));
 
-    if let Ok(path) = std::env::var("BENCH_MARKDOWN") {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
+    if let Some(mut file) = markdown_file() {
         writeln!(
             file,
             "## Orders and the database's ceilings (broker {})\n\n{secs} s per run, median of {runs} runs; \
@@ -663,34 +623,14 @@ async fn main() {
         for line in &lines {
             writeln!(file, "{line}").unwrap();
         }
+        let (tx_labels, tx_rule, tx_values) = markdown_table(&cost.tx_per_order, 2);
+        let (cpu_labels, cpu_rule, cpu_values) = markdown_table(&cost.cpu_ms_per_order, 2);
         writeln!(
             file,
             "\n### The cost of one order\n\n{} sequential orders; idle rates subtracted.\n\n\
-             | | {} |\n|---|{}\n| transactions per order | {} |\n\n\
-             | CPU ms per order | {} |\n|---|{}\n| | {} |\n",
+             | | {tx_labels} |\n|---|{tx_rule}\n| transactions per order | {tx_values} |\n\n\
+             | CPU ms per order | {cpu_labels} |\n|---|{cpu_rule}\n| | {cpu_values} |\n",
             cost.orders,
-            cost.tx_per_order
-                .iter()
-                .map(|(k, _)| *k)
-                .collect::<Vec<_>>()
-                .join(" | "),
-            "---|".repeat(cost.tx_per_order.len()),
-            cost.tx_per_order
-                .iter()
-                .map(|(_, v)| format!("{v:.2}"))
-                .collect::<Vec<_>>()
-                .join(" | "),
-            cost.cpu_ms_per_order
-                .iter()
-                .map(|(k, _)| *k)
-                .collect::<Vec<_>>()
-                .join(" | "),
-            "---|".repeat(cost.cpu_ms_per_order.len()),
-            cost.cpu_ms_per_order
-                .iter()
-                .map(|(_, v)| format!("{v:.2}"))
-                .collect::<Vec<_>>()
-                .join(" | "),
         )
         .unwrap();
     }

@@ -20,15 +20,11 @@ use chrono::Utc;
 use messaging::Envelope;
 use serde_json::json;
 use sqlx::PgPool;
-use system_tests::{Stack, StackOptions};
+use system_tests::{
+    Stack, StackOptions,
+    bench::{knob, markdown_file, percentile},
+};
 use uuid::Uuid;
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn payload() -> serde_json::Value {
     json!({
@@ -74,10 +70,6 @@ async fn wait_sent(pool: &PgPool, tag: &str, limit: Duration) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -199,13 +191,8 @@ async fn main() {
         "median drain: {drain_m:.0} events/s; raw PublishBatch ceiling: {ceiling_m:.0} events/s; ratio {:.2}",
         drain_m / ceiling_m
     );
-    if let Ok(path) = std::env::var("BENCH_MARKDOWN") {
+    if let Some(mut file) = markdown_file() {
         use std::io::Write;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
         writeln!(
             file,
             "## Outbox relay\n\nMedian of {runs} runs; lag = commit to SNS publish at {rate} rows/s \

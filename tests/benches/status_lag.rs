@@ -17,21 +17,12 @@
 
 use std::time::{Duration, Instant};
 
-use contracts::orders::{Order, OrderStatus};
-use serde_json::json;
-use system_tests::{STAFF_TOKEN, Stack, StackOptions};
-use uuid::Uuid;
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
+use contracts::{delivery::DeliveryStatus, orders::OrderStatus};
+use system_tests::{
+    Stack, StackOptions,
+    bench::{knob, percentile},
+    order_request,
+};
 
 fn summary(name: &str, mut ms: Vec<f64>) {
     ms.sort_by(f64::total_cmp);
@@ -43,16 +34,6 @@ fn summary(name: &str, mut ms: Vec<f64>) {
         ms.last().copied().unwrap_or_default(),
         ms.len()
     );
-}
-
-async fn order(http: &reqwest::Client, stack: &Stack, id: Uuid) -> Order {
-    http.get(format!("{}/orders/{id}", stack.sales.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 fn main() {
@@ -76,53 +57,28 @@ async fn run() {
         ..StackOptions::default()
     })
     .await;
-    let http = reqwest::Client::new();
+    let (api, courier) = (stack.sales_api(), stack.delivery_api());
     let (sales, delivery) = (stack.db("sales").await, stack.db("delivery").await);
 
     let mut placed = Vec::with_capacity(orders);
     for i in 0..orders {
-        let response = http
-            .post(format!("{}/orders", stack.sales.base_url()))
-            .json(&system_tests::order_body(
-                &format!("lag{i}"),
-                &[("SKU-MOUSE", 1)],
-            ))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-        let o: Order = response.json().await.unwrap();
-        placed.push(o.id);
+        let order = order_request(&format!("lag{i}"), &[("SKU-MOUSE", 1)]);
+        placed.push(api.place(&order).await.id);
     }
     let mut deliveries = Vec::with_capacity(orders);
     for id in &placed {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let delivery_id = loop {
-            if let Some(d) = order(&http, &stack, *id).await.delivery_id {
-                break d;
-            }
-            assert!(Instant::now() < deadline, "order {id} got no delivery");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let delivery_id = api.wait_for_delivery(*id, Duration::from_secs(30)).await;
         deliveries.push((*id, delivery_id));
     }
 
     let mut seen = Vec::with_capacity(orders);
     for (order_id, delivery_id) in &deliveries {
         let started = Instant::now();
-        let response = http
-            .post(format!(
-                "{}/deliveries/{delivery_id}/status",
-                stack.delivery.base_url()
-            ))
-            .bearer_auth(STAFF_TOKEN)
-            .json(&json!({"status": "PICKED_UP"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        courier
+            .set_status(*delivery_id, DeliveryStatus::PickedUp)
+            .await;
         loop {
-            if order(&http, &stack, *order_id).await.status == OrderStatus::Shipped {
+            if api.get_order(*order_id).await.status == OrderStatus::Shipped {
                 break;
             }
             assert!(

@@ -8,12 +8,20 @@
 //! # Layout
 //! - [`Service`]: one child process with its environment, log file and port.
 //! - [`Stack`]: the three services wired together, and their databases.
+//! - [`client`]: typed clients of the three services' APIs ([`SalesClient`] …).
 //! - [`proxy`]: a TCP proxy that cuts and refuses connections to a dependency.
+//! - [`bench`]: the benchmarks' knobs and percentiles.
 //! - [`chaos`]: the chaos run: order load, scheduled faults, a ledger of invariants.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod bench;
 pub mod chaos;
+pub mod client;
 pub use testkit::proxy;
+
+pub use client::{
+    DeliveryClient, ProductClient, SalesClient, eventually, expect_json, order_request,
+};
 
 use std::{
     collections::BTreeMap,
@@ -279,21 +287,6 @@ pub struct StackOptions {
     /// Route delivery's SNS calls through a [`proxy::Proxy`] of their own (needs
     /// `delivery_events`), so a test can cut delivery's broker alone.
     pub delivery_broker_proxy: bool,
-}
-
-/// A `POST /orders` body for `customer` with `(product, quantity)` items, shipped
-/// to the address every test uses.
-pub fn order_body(customer: &str, items: &[(&str, i32)]) -> serde_json::Value {
-    let items: Vec<serde_json::Value> = items
-        .iter()
-        .map(|(product, quantity)| serde_json::json!({"product_id": product, "quantity": quantity}))
-        .collect();
-    serde_json::json!({
-        "customer_id": customer,
-        "items": items,
-        "shipping_address": {"recipient": "Ada", "line1": "1 Main St", "city": "Berlin",
-                             "postal_code": "10115", "country": "DE"}
-    })
 }
 
 /// The SQS/SNS emulator the tests use (`AWS_ENDPOINT_URL`, default LocalStack on 4566).

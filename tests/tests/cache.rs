@@ -10,13 +10,8 @@ use std::time::{Duration, Instant};
 
 use contracts::orders::{Order, OrderStatus};
 use prometheus_parse::{Scrape, Value};
-use serde_json::json;
-use system_tests::{Stack, StackOptions, proxy::Proxy};
+use system_tests::{SalesClient, Stack, StackOptions, order_request, proxy::Proxy};
 use uuid::Uuid;
-
-fn order_body(customer: &str) -> serde_json::Value {
-    system_tests::order_body(customer, &[("SKU-MOUSE", 1)])
-}
 
 fn redis_addr() -> std::net::SocketAddr {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
@@ -27,15 +22,8 @@ fn redis_addr() -> std::net::SocketAddr {
         .unwrap()
 }
 
-async fn scrape(http: &reqwest::Client, stack: &Stack) -> Scrape {
-    let text = http
-        .get(format!("{}/metrics", stack.sales.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+async fn scrape(sales: &SalesClient) -> Scrape {
+    let text = sales.metrics().await;
     // prometheus-parse ends labels at the first `}`: drop the lines whose label
     // values hold one (route templates), none of which are read here.
     let lines = text
@@ -67,36 +55,21 @@ fn lookups(before: &Scrape, after: &Scrape) -> [f64; 4] {
     })
 }
 
-async fn get(http: &reqwest::Client, stack: &Stack, id: Uuid) -> Order {
-    let response = http
-        .get(format!("{}/orders/{id}", stack.sales.base_url()))
-        .send()
+async fn place(sales: &SalesClient, customer: &str) -> Order {
+    sales
+        .place(&order_request(customer, &[("SKU-MOUSE", 1)]))
         .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
-}
-
-async fn place(http: &reqwest::Client, stack: &Stack, customer: &str) -> Order {
-    let response = http
-        .post(format!("{}/orders", stack.sales.base_url()))
-        .json(&order_body(customer))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    response.json().await.unwrap()
 }
 
 /// `rounds` reads of every order in turn; the hit rate of those reads.
-async fn steady_reads(http: &reqwest::Client, stack: &Stack, ids: &[Uuid], rounds: usize) -> f64 {
-    let before = scrape(http, stack).await;
+async fn steady_reads(sales: &SalesClient, ids: &[Uuid], rounds: usize) -> f64 {
+    let before = scrape(sales).await;
     for _ in 0..rounds {
         for id in ids {
-            get(http, stack, *id).await;
+            sales.get_order(*id).await;
         }
     }
-    let [hit, miss, error, corrupt] = lookups(&before, &scrape(http, stack).await);
+    let [hit, miss, error, corrupt] = lookups(&before, &scrape(sales).await);
     let total = hit + miss + error + corrupt;
     assert_eq!(
         total as usize,
@@ -124,75 +97,50 @@ async fn the_cache_serves_steady_reads_and_survives_redis_being_cut() {
         ..StackOptions::default()
     })
     .await;
-    let http = reqwest::Client::new();
+    let sales = stack.sales_api();
     let mut ids = Vec::new();
     for i in 0..10 {
-        ids.push(place(&http, &stack, &format!("cache-{i}")).await.id);
+        ids.push(place(&sales, &format!("cache-{i}")).await.id);
     }
 
-    let rate = steady_reads(&http, &stack, &ids, 20).await;
+    let rate = steady_reads(&sales, &ids, 20).await;
     println!(
         "cache hit rate under steady reads of 10 orders: {:.1} %",
         rate * 100.0
     );
     assert!(rate > 0.9, "hit rate {rate}");
-    assert_eq!(
-        metric(&scrape(&http, &stack).await, "cache_available", &[]),
-        1.0
-    );
+    assert_eq!(metric(&scrape(&sales).await, "cache_available", &[]), 1.0);
 
     // Redis cut: everything still answers, at database speed.
     proxy.set_down(true);
     let started = Instant::now();
-    let placed = place(&http, &stack, "cache-during-cut").await;
-    let cancel = http
-        .post(format!(
-            "{}/orders/{}/cancel",
-            stack.sales.base_url(),
-            ids[0]
-        ))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cancel.status(), 200);
+    let placed = place(&sales, "cache-during-cut").await;
+    sales.cancel(ids[0]).await;
     for id in ids.iter().chain([&placed.id]) {
-        get(&http, &stack, *id).await;
+        sales.get_order(*id).await;
     }
     let elapsed = started.elapsed();
     println!("Redis cut: 1 order placed, 1 cancelled, 11 reads in {elapsed:?}");
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
-    assert_eq!(
-        get(&http, &stack, ids[0]).await.status,
-        OrderStatus::Cancelled
-    );
-    let down = scrape(&http, &stack).await;
+    assert_eq!(sales.get_order(ids[0]).await.status, OrderStatus::Cancelled);
+    let down = scrape(&sales).await;
     assert_eq!(metric(&down, "cache_available", &[]), 0.0);
     assert!(metric(&down, "cache_requests_total", &[("result", "error")]) >= 1.0);
 
     // Back: the cancelled order is never read older, and reads hit again.
     proxy.set_down(false);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        get(&http, &stack, ids[0]).await.status,
-        OrderStatus::Cancelled
-    );
+    assert_eq!(sales.get_order(ids[0]).await.status, OrderStatus::Cancelled);
     ids.push(placed.id);
     // The first round refills what the cut left out.
-    steady_reads(&http, &stack, &ids, 1).await;
-    let rate = steady_reads(&http, &stack, &ids, 10).await;
+    steady_reads(&sales, &ids, 1).await;
+    let rate = steady_reads(&sales, &ids, 10).await;
     println!(
         "cache hit rate after Redis came back: {:.1} %",
         rate * 100.0
     );
     assert!(rate > 0.9, "hit rate {rate}");
-    assert_eq!(
-        get(&http, &stack, ids[0]).await.status,
-        OrderStatus::Cancelled
-    );
-    assert_eq!(
-        metric(&scrape(&http, &stack).await, "cache_available", &[]),
-        1.0
-    );
+    assert_eq!(sales.get_order(ids[0]).await.status, OrderStatus::Cancelled);
+    assert_eq!(metric(&scrape(&sales).await, "cache_available", &[]), 1.0);
     assert!(stack.shutdown().await, "stopped cleanly");
 }

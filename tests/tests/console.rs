@@ -15,11 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use contracts::orders::Order;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
-use system_tests::{STAFF_NAME, STAFF_SECRET, Stack, StackOptions, free_port};
+use system_tests::{STAFF_NAME, STAFF_SECRET, Stack, StackOptions, free_port, order_request};
 use tokio::process::{Child, Command};
 
 /// ChromeDriver on a free port, ended when dropped.
@@ -86,18 +85,14 @@ async fn sign_in(client: &Client, base: &str, name: &str, secret: &str) {
         .for_element(Locator::Css("form[action='/console/login']"))
         .await
         .unwrap();
-    form.find(Locator::Css("input[name=name]"))
-        .await
-        .unwrap()
-        .send_keys(name)
-        .await
-        .unwrap();
-    form.find(Locator::Css("input[name=secret]"))
-        .await
-        .unwrap()
-        .send_keys(secret)
-        .await
-        .unwrap();
+    for (field, value) in [("name", name), ("secret", secret)] {
+        form.find(Locator::Css(&format!("input[name={field}]")))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
     form.find(Locator::Id("sign-in"))
         .await
         .unwrap()
@@ -121,7 +116,6 @@ async fn staff_clear_the_queue_and_replay_dead_letters_in_a_browser() {
     })
     .await;
     let base = stack.sales.base_url();
-    let http = reqwest::Client::new();
     // Product down (for the whole test, so that no re-check confirms them): the
     // orders are accepted on the fallback and flagged for review.
     stack.product.stop().await;
@@ -131,15 +125,10 @@ async fn staff_clear_the_queue_and_replay_dead_letters_in_a_browser() {
         ("second-customer", "SKU-KEYBOARD", 1),
         ("third-customer", "SKU-MOUSE", 5),
     ] {
-        let order: Order = http
-            .post(format!("{base}/orders"))
-            .json(&system_tests::order_body(customer, &[(sku, quantity)]))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let order = stack
+            .sales_api()
+            .place(&order_request(customer, &[(sku, quantity)]))
+            .await;
         assert!(order.requires_manual_review && order.fallback_used);
         orders.push(order);
     }

@@ -6,16 +6,16 @@
 //! nothing.
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    future::Future,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use contracts::orders::{Order, OrderStatus};
+use contracts::{
+    delivery::DeliveryStatus::{Delivered, InTransit, PickedUp},
+    orders::OrderStatus,
+};
 use messaging::Envelope;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::PgPool;
-use system_tests::{STAFF_TOKEN, Stack, StackOptions};
+use system_tests::{SalesClient, Stack, StackOptions, eventually, order_request};
 use uuid::Uuid;
 
 /// The stack with delivery's events on and reconciliation off.
@@ -30,94 +30,15 @@ async fn stack(delivery_broker_proxy: bool, delivery_env: Vec<(&'static str, Str
     .await
 }
 
-/// Polls `probe` every 10 ms until it yields, or panics after `limit` naming `what`;
-/// returns the value and how long it took.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> (T, Duration)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(value) = probe().await {
-            return (value, started.elapsed());
-        }
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        // Under the shipped rate limit (50/s) when the probe reads an order.
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-async fn place(http: &reqwest::Client, stack: &Stack, customer: &str) -> Order {
-    let response = http
-        .post(format!("{}/orders", stack.sales.base_url()))
-        .json(&system_tests::order_body(customer, &[("SKU-MOUSE", 1)]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    response.json().await.unwrap()
-}
-
-async fn order(http: &reqwest::Client, stack: &Stack, id: Uuid) -> Order {
-    let response = http
-        .get(format!("{}/orders/{id}", stack.sales.base_url()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
-}
-
 /// Places an order and waits until sales recorded its delivery; returns both ids.
-async fn placed_with_delivery(
-    http: &reqwest::Client,
-    stack: &Stack,
-    customer: &str,
-) -> (Uuid, Uuid) {
-    let placed = place(http, stack, customer).await;
-    let (delivery_id, _) = eventually("the order's delivery", Duration::from_secs(10), || async {
-        order(http, stack, placed.id).await.delivery_id
-    })
-    .await;
+async fn placed_with_delivery(sales: &SalesClient, customer: &str) -> (Uuid, Uuid) {
+    let placed = sales
+        .place(&order_request(customer, &[("SKU-MOUSE", 1)]))
+        .await;
+    let delivery_id = sales
+        .wait_for_delivery(placed.id, Duration::from_secs(10))
+        .await;
     (placed.id, delivery_id)
-}
-
-async fn courier(http: &reqwest::Client, stack: &Stack, delivery_id: Uuid, status: &str) {
-    let response = http
-        .post(format!(
-            "{}/deliveries/{delivery_id}/status",
-            stack.delivery.base_url()
-        ))
-        .bearer_auth(STAFF_TOKEN)
-        .json(&json!({"status": status}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-}
-
-/// Waits until the order shows `want`; returns how long that took.
-async fn shows(
-    http: &reqwest::Client,
-    stack: &Stack,
-    id: Uuid,
-    want: OrderStatus,
-    limit: Duration,
-) -> Duration {
-    // A customer's reads every 25 ms stay under the shipped rate limit (50/s).
-    let started = Instant::now();
-    loop {
-        if order(http, stack, id).await.status == want {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "order {id} {}: not within {limit:?}",
-            want.as_str()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 async fn scalar(pool: &PgPool, sql: &str) -> i64 {
@@ -127,30 +48,20 @@ async fn scalar(pool: &PgPool, sql: &str) -> i64 {
 #[tokio::test]
 async fn an_order_shows_its_deliverys_status_within_a_second_of_each_change() {
     let stack = stack(false, Vec::new()).await;
-    let http = reqwest::Client::new();
+    let (sales_api, courier) = (stack.sales_api(), stack.delivery_api());
     let (sales, delivery) = (stack.db("sales").await, stack.db("delivery").await);
-    let (order_id, delivery_id) = placed_with_delivery(&http, &stack, "follow").await;
+    let (order_id, delivery_id) = placed_with_delivery(&sales_api, "follow").await;
 
-    courier(&http, &stack, delivery_id, "PICKED_UP").await;
-    let lag = shows(
-        &http,
-        &stack,
-        order_id,
-        OrderStatus::Shipped,
-        Duration::from_secs(1),
-    )
-    .await;
+    courier.set_status(delivery_id, PickedUp).await;
+    let lag = sales_api
+        .wait_for_status(order_id, OrderStatus::Shipped, Duration::from_secs(1))
+        .await;
     println!("PICKED_UP → order SHIPPED after {lag:?}");
-    courier(&http, &stack, delivery_id, "IN_TRANSIT").await;
-    courier(&http, &stack, delivery_id, "DELIVERED").await;
-    let lag = shows(
-        &http,
-        &stack,
-        order_id,
-        OrderStatus::Delivered,
-        Duration::from_secs(1),
-    )
-    .await;
+    courier.set_status(delivery_id, InTransit).await;
+    courier.set_status(delivery_id, Delivered).await;
+    let lag = sales_api
+        .wait_for_status(order_id, OrderStatus::Delivered, Duration::from_secs(1))
+        .await;
     println!("DELIVERED → order DELIVERED after {lag:?}");
 
     // Each change went through the order state machine: history and an event per step.
@@ -229,9 +140,9 @@ async fn with_deliverys_broker_cut_the_changes_wait_in_its_outbox_and_arrive_whe
         vec![("DELIVERY_BREAKER_BROKER_RESET_TIMEOUT_MS", "500".into())],
     )
     .await;
-    let http = reqwest::Client::new();
+    let (sales_api, courier) = (stack.sales_api(), stack.delivery_api());
     let delivery = stack.db("delivery").await;
-    let (order_id, delivery_id) = placed_with_delivery(&http, &stack, "cut").await;
+    let (order_id, delivery_id) = placed_with_delivery(&sales_api, "cut").await;
     // The CREATED event is out before the cut.
     eventually("CREATED relayed", Duration::from_secs(5), || async {
         (scalar(
@@ -246,11 +157,11 @@ async fn with_deliverys_broker_cut_the_changes_wait_in_its_outbox_and_arrive_whe
 
     let proxy = stack.delivery_broker_proxy.as_ref().unwrap();
     proxy.set_down(true);
-    courier(&http, &stack, delivery_id, "PICKED_UP").await;
-    courier(&http, &stack, delivery_id, "IN_TRANSIT").await;
+    courier.set_status(delivery_id, PickedUp).await;
+    courier.set_status(delivery_id, InTransit).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        order(&http, &stack, order_id).await.status,
+        sales_api.get_order(order_id).await.status,
         OrderStatus::PendingShipment,
         "nothing reached sales while delivery's broker is away"
     );
@@ -274,24 +185,14 @@ async fn with_deliverys_broker_cut_the_changes_wait_in_its_outbox_and_arrive_whe
     );
 
     proxy.set_down(false);
-    let waited = shows(
-        &http,
-        &stack,
-        order_id,
-        OrderStatus::Shipped,
-        Duration::from_secs(15),
-    )
-    .await;
+    let waited = sales_api
+        .wait_for_status(order_id, OrderStatus::Shipped, Duration::from_secs(15))
+        .await;
     println!("order SHIPPED {waited:?} after delivery's broker returned");
-    courier(&http, &stack, delivery_id, "DELIVERED").await;
-    shows(
-        &http,
-        &stack,
-        order_id,
-        OrderStatus::Delivered,
-        Duration::from_secs(1),
-    )
-    .await;
+    courier.set_status(delivery_id, Delivered).await;
+    sales_api
+        .wait_for_status(order_id, OrderStatus::Delivered, Duration::from_secs(1))
+        .await;
     // Every change published and marked (a mark rides a later change or the relay's mark
     // interval), no dead letter.
     eventually(
@@ -311,16 +212,11 @@ async fn with_deliverys_broker_cut_the_changes_wait_in_its_outbox_and_arrive_whe
 }
 
 /// `delivery_events_total{result="duplicate"}` of sales, from `/metrics`.
-async fn duplicates(http: &reqwest::Client, stack: &Stack) -> u64 {
-    let text = http
-        .get(format!("{}/metrics", stack.sales.base_url()))
-        .send()
+async fn duplicates(sales: &SalesClient) -> u64 {
+    sales
+        .metrics()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find(|l| l.starts_with("delivery_events_total{") && l.contains("result=\"duplicate\""))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
@@ -341,20 +237,15 @@ type OutboxRow = (
 #[tokio::test]
 async fn a_duplicated_or_reordered_delivery_event_changes_nothing() {
     let stack = stack(false, Vec::new()).await;
-    let http = reqwest::Client::new();
+    let (sales_api, courier) = (stack.sales_api(), stack.delivery_api());
     let (sales, delivery) = (stack.db("sales").await, stack.db("delivery").await);
-    let (order_id, delivery_id) = placed_with_delivery(&http, &stack, "dup").await;
-    for status in ["PICKED_UP", "IN_TRANSIT", "DELIVERED"] {
-        courier(&http, &stack, delivery_id, status).await;
-    }
-    shows(
-        &http,
-        &stack,
-        order_id,
-        OrderStatus::Delivered,
-        Duration::from_secs(2),
-    )
-    .await;
+    let (order_id, delivery_id) = placed_with_delivery(&sales_api, "dup").await;
+    courier
+        .courier(delivery_id, &[PickedUp, InTransit, Delivered])
+        .await;
+    sales_api
+        .wait_for_status(order_id, OrderStatus::Delivered, Duration::from_secs(2))
+        .await;
     eventually("three events applied", Duration::from_secs(5), || async {
         (scalar(&sales, "SELECT count(*) FROM delivery_events_inbox").await == 3).then_some(())
     })
@@ -372,7 +263,7 @@ async fn a_duplicated_or_reordered_delivery_event_changes_nothing() {
         },
     )
     .await;
-    let before = order(&http, &stack, order_id).await;
+    let before = sales_api.get_order(order_id).await;
     let history_before = scalar(&sales, "SELECT count(*) FROM order_status_history").await;
     let events_before = scalar(&sales, "SELECT count(*) FROM outbox_events").await;
 
@@ -442,10 +333,10 @@ async fn a_duplicated_or_reordered_delivery_event_changes_nothing() {
     eventually(
         "four duplicates counted",
         Duration::from_secs(10),
-        || async { (duplicates(&http, &stack).await >= 4).then_some(()) },
+        || async { (duplicates(&sales_api).await >= 4).then_some(()) },
     )
     .await;
-    let after = order(&http, &stack, order_id).await;
+    let after = sales_api.get_order(order_id).await;
     assert_eq!(after.status, OrderStatus::Delivered);
     assert_eq!(after.version, before.version, "the order did not change");
     assert_eq!(

@@ -351,19 +351,13 @@ async fn services_run_on_the_scripts_topology_with_provisioning_off() {
         ..StackOptions::default()
     })
     .await;
-    let http = reqwest::Client::new();
-    let response = http
-        .post(format!("{}/orders", stack.sales.base_url()))
-        .json(&json!({
-            "customer_id": "init-script",
-            "items": [{"product_id": "SKU-HEADSET", "quantity": 1}],
-            "shipping_address": {"recipient": "Ada", "line1": "1 Main St", "city": "Berlin",
-                                 "postal_code": "10115", "country": "DE"}
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    stack
+        .sales_api()
+        .place(&system_tests::order_request(
+            "init-script",
+            &[("SKU-HEADSET", 1)],
+        ))
+        .await;
     let product = stack.db("product").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

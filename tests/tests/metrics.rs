@@ -5,19 +5,14 @@
 //! scenario made, cross-checked with the databases where they hold it.
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use contracts::orders::Order;
 use prometheus_parse::{Sample, Scrape, Value};
-use serde_json::{Value as Json, json};
-use system_tests::{Service, Stack, StackOptions};
+use serde_json::json;
+use system_tests::{Service, Stack, StackOptions, eventually, order_request};
 
 /// Orders placed while product is healthy.
 const N: usize = 5;
-
-fn order_body(customer: &str) -> Json {
-    system_tests::order_body(customer, &[("SKU-MOUSE", 1)])
-}
 
 /// Scrapes and parses a service's `/metrics` (checking the content type).
 async fn scrape(http: &reqwest::Client, service: &Service) -> Scrape {
@@ -116,19 +111,6 @@ fn assert_route_templates(scrape: &Scrape, ids: &[uuid::Uuid]) {
     }
 }
 
-/// Polls `check` until it holds (scrapes are cheap), or fails after `limit`.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what} not reached in {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn metrics_of_all_three_services_after_a_scripted_scenario() {
     let stack = Stack::start_with(StackOptions {
@@ -151,27 +133,17 @@ async fn metrics_of_all_three_services_after_a_scripted_scenario() {
     })
     .await;
     let http = reqwest::Client::new();
-    let sales_url = stack.sales.base_url();
+    let sales_api = stack.sales_api();
 
     let mut ids = Vec::new();
     for i in 0..N {
-        let response = http
-            .post(format!("{sales_url}/orders"))
-            .json(&order_body(&format!("m{i}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-        let order: Order = response.json().await.unwrap();
+        let order = sales_api
+            .place(&order_request(&format!("m{i}"), &[("SKU-MOUSE", 1)]))
+            .await;
         assert!(!order.requires_manual_review);
         ids.push(order.id);
     }
-    let read = http
-        .get(format!("{sales_url}/orders/{}", ids[0]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(read.status(), 200);
+    sales_api.get_order(ids[0]).await;
 
     // Product consumes the N ORDER_CREATED events relayed through SNS/SQS.
     eventually(
@@ -179,11 +151,12 @@ async fn metrics_of_all_three_services_after_a_scripted_scenario() {
         Duration::from_secs(30),
         || async {
             let product = scrape(&http, &stack.product).await;
-            value(
+            (value(
                 &product,
                 "consumer_messages_total",
                 &[("result", "processed")],
-            ) == Some(N as f64)
+            ) == Some(N as f64))
+            .then_some(())
         },
     )
     .await;
@@ -216,14 +189,9 @@ async fn metrics_of_all_three_services_after_a_scripted_scenario() {
 
     // Product hangs: the next order falls back and the product breaker opens.
     stack.product.pause();
-    let response = http
-        .post(format!("{sales_url}/orders"))
-        .json(&order_body("fallback"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let flagged: Order = response.json().await.unwrap();
+    let flagged = sales_api
+        .place(&order_request("fallback", &[("SKU-MOUSE", 1)]))
+        .await;
     assert!(flagged.requires_manual_review && flagged.fallback_used);
     ids.push(flagged.id);
 
@@ -239,7 +207,7 @@ async fn metrics_of_all_three_services_after_a_scripted_scenario() {
                     .await
                     .unwrap();
             let sales = scrape(&http, &stack.sales).await;
-            pending == 0
+            (pending == 0
                 && value(
                     &sales,
                     "reliability_alert_active",
@@ -250,7 +218,8 @@ async fn metrics_of_all_three_services_after_a_scripted_scenario() {
                     "reconciliation_runs_total",
                     &[("result", "succeeded")],
                 )
-                .is_some()
+                .is_some())
+            .then_some(())
         },
     )
     .await;
@@ -385,14 +354,7 @@ async fn metrics_of_all_three_services_after_a_scripted_scenario() {
             "{quiet}"
         );
     }
-    let view: Json = http
-        .get(format!("{sales_url}/health/reliability"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = sales_api.reliability().await;
     assert_eq!(
         view["activeAlerts"][0]["alert"], "CIRCUIT_BREAKER_OPEN",
         "{view}"

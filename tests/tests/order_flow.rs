@@ -3,61 +3,28 @@
 #![allow(clippy::unwrap_used)]
 
 use contracts::{
-    catalog::{Reservation, ReservationStatus},
-    delivery::Delivery,
-    orders::Order,
+    catalog::{ReservationRequest, ReservationStatus},
+    delivery::DeliveryRequest,
 };
-use serde_json::json;
-use system_tests::Stack;
+use system_tests::{Stack, order_request};
 
 #[tokio::test]
 async fn an_order_crosses_all_three_services() {
     let stack = Stack::start().await;
-    let http = reqwest::Client::new();
-    let response = http
-        .post(format!("{}/orders", stack.sales.base_url()))
-        .header("Idempotency-Key", "system-test-1")
-        .json(&json!({
-            "customer_id": "customer-1",
-            "items": [{"product_id": "SKU-KEYBOARD", "quantity": 2}, {"product_id": "SKU-MOUSE", "quantity": 1}],
-            "shipping_address": {"recipient": "Ada", "line1": "1 Main St", "city": "Berlin",
-                                 "postal_code": "10115", "country": "DE"}
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    let order: Order = response.json().await.unwrap();
+    let order = stack
+        .sales_api()
+        .place_keyed(
+            &order_request("customer-1", &[("SKU-KEYBOARD", 2), ("SKU-MOUSE", 1)]),
+            "system-test-1",
+        )
+        .await;
 
-    let reservation: Reservation = http
-        .get(format!(
-            "{}/reservations/{}",
-            stack.product.base_url(),
-            order.id
-        ))
-        .bearer_auth(system_tests::SERVICE_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reservation = stack.product_api().reservation(order.id).await;
     // Held until product consumes ORDER_CREATED (no broker in this test: it waits).
     assert_eq!(reservation.status, ReservationStatus::Active);
     assert_eq!(reservation.items.len(), 2);
 
-    let deliveries: Vec<Delivery> = http
-        .get(format!(
-            "{}/deliveries?order_id={}",
-            stack.delivery.base_url(),
-            order.id
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let deliveries = stack.delivery_api().deliveries_of(order.id).await;
     assert_eq!(deliveries.len(), 1);
     assert_eq!(Some(deliveries[0].id), order.delivery_id);
 
@@ -87,29 +54,12 @@ async fn an_order_crosses_all_three_services() {
 async fn an_order_survives_delivery_being_down() {
     let mut stack = Stack::start().await;
     stack.delivery.kill().await;
-    let http = reqwest::Client::new();
-    let response = http
-        .post(format!("{}/orders", stack.sales.base_url()))
-        .json(&json!({
-            "customer_id": "customer-2",
-            "items": [{"product_id": "SKU-DOCK", "quantity": 1}],
-            "shipping_address": {"recipient": "Bo", "line1": "2 Side St", "city": "Paris",
-                                 "postal_code": "75001", "country": "FR"}
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let order: Order = response.json().await.unwrap();
+    let sales = stack.sales_api();
+    let order = sales
+        .place(&order_request("customer-2", &[("SKU-DOCK", 1)]))
+        .await;
     assert_eq!(order.delivery_id, None);
-    let read: Order = http
-        .get(format!("{}/orders/{}", stack.sales.base_url(), order.id))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read = sales.get_order(order.id).await;
     assert_eq!(read.id, order.id);
     stack.delivery.start().await;
     assert!(stack.shutdown().await);
@@ -130,10 +80,16 @@ async fn internal_endpoints_admit_only_a_service_credential() {
     let http = reqwest::Client::new();
     let order = uuid::Uuid::new_v4();
     let (product, delivery) = (stack.product.base_url(), stack.delivery.base_url());
-    let reservation =
-        json!({"order_id": order, "items": [{"product_id": "SKU-MOUSE", "quantity": 1}]});
-    let delivery_body = json!({"order_id": order, "items": [{"product_id": "SKU-MOUSE", "quantity": 1}],
-        "address": {"recipient": "Ada", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}});
+    let items = order_request("", &[("SKU-MOUSE", 1)]);
+    let reservation = ReservationRequest {
+        order_id: order,
+        items: items.items.clone(),
+    };
+    let delivery_body = DeliveryRequest {
+        order_id: order,
+        address: items.shipping_address,
+        items: items.items,
+    };
     let writes = [
         http.post(format!("{product}/reservations"))
             .json(&reservation),
@@ -170,17 +126,10 @@ async fn internal_endpoints_admit_only_a_service_credential() {
     assert_eq!(count(&delivery_db, "deliveries").await, 0);
 
     // Sales' product token is wrong here: product refuses it, sales falls back.
-    let response = http
-        .post(format!("{}/orders", stack.sales.base_url()))
-        .json(&system_tests::order_body(
-            "customer-auth",
-            &[("SKU-MOUSE", 1)],
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let placed: Order = response.json().await.unwrap();
+    let placed = stack
+        .sales_api()
+        .place(&order_request("customer-auth", &[("SKU-MOUSE", 1)]))
+        .await;
     assert!(
         placed.fallback_used && placed.requires_manual_review,
         "{placed:?}"

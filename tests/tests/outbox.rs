@@ -13,22 +13,14 @@ use contracts::orders::Order;
 use messaging::{Envelope, Handler, HandlerError};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use system_tests::{Stack, StackOptions};
+use system_tests::{SalesClient, Stack, StackOptions, order_request};
 use uuid::Uuid;
 
-fn order_body(customer: &str) -> Value {
-    system_tests::order_body(customer, &[("SKU-HEADSET", 1)])
-}
-
-async fn place(http: &reqwest::Client, base: &str, customer: &str) -> Order {
-    let response = http
-        .post(format!("{base}/orders"))
-        .json(&order_body(customer))
-        .send()
+/// Places one headset for `customer` through `sales`.
+async fn place(sales: &SalesClient, customer: &str) -> Order {
+    sales
+        .place(&order_request(customer, &[("SKU-HEADSET", 1)]))
         .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    response.json().await.unwrap()
 }
 
 async fn scalar(pool: &PgPool, sql: &str) -> i64 {
@@ -54,23 +46,9 @@ async fn wait_for(pool: &PgPool, sql: &str, want: i64, limit: Duration) -> Durat
 const ORDER_CREATED_IN_INBOX: &str =
     "SELECT count(*) FROM inbox WHERE event_type = 'ORDER_CREATED'";
 
-/// `opened_total` of the broker breaker, from `/health/reliability`.
-async fn broker_openings(http: &reqwest::Client, base: &str) -> u64 {
-    let reliability: Value = http
-        .get(format!("{base}/health/reliability"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    reliability["breakers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "broker")
-        .and_then(|b| b["opened_total"].as_u64())
-        .unwrap()
+/// `opened_total` of sales' broker breaker, from `/health/reliability`.
+async fn broker_openings(sales: &SalesClient) -> u64 {
+    sales.breaker_openings("broker").await.unwrap()
 }
 
 /// The shipped outbox and dead-letter settings (5 refusals, 5 minutes), with the broker
@@ -85,16 +63,11 @@ async fn a_broker_outage_of_twenty_trials_leaves_no_dead_letter_and_every_event_
         ..StackOptions::default()
     })
     .await;
-    let http = reqwest::Client::new();
     let (sales, product) = (stack.db("sales").await, stack.db("product").await);
     stack.broker_proxy.as_ref().unwrap().set_down(true);
     let mut ids = Vec::new();
     for i in 0..12 {
-        ids.push(
-            place(&http, &stack.sales.base_url(), &format!("b{i}"))
-                .await
-                .id,
-        );
+        ids.push(place(&stack.sales_api(), &format!("b{i}")).await.id);
         // Orders trickle in, so the relay makes one failing call per order.
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -109,14 +82,7 @@ async fn a_broker_outage_of_twenty_trials_leaves_no_dead_letter_and_every_event_
     );
     let deadline = Instant::now() + Duration::from_secs(15);
     let reliability = loop {
-        let reliability: Value = http
-            .get(format!("{}/health/reliability", stack.sales.base_url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let reliability = stack.sales_api().reliability().await;
         if reliability["circuitBreakerStates"]["broker"] == "OPEN" {
             break reliability;
         }
@@ -130,7 +96,7 @@ async fn a_broker_outage_of_twenty_trials_leaves_no_dead_letter_and_every_event_
     assert_eq!(scalar(&product, ORDER_CREATED_IN_INBOX).await, 0);
     // The outage goes on, trial after failed trial.
     let started = Instant::now();
-    while broker_openings(&http, &stack.sales.base_url()).await < 21 {
+    while broker_openings(&stack.sales_api()).await < 21 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the half-open trials did not come"
@@ -164,7 +130,7 @@ async fn a_broker_outage_of_twenty_trials_leaves_no_dead_letter_and_every_event_
     .await;
     println!(
         "broker back after {} half-open trials → backlog drained in {drained:?} (breaker reset 250 ms)",
-        broker_openings(&http, &stack.sales.base_url()).await
+        broker_openings(&stack.sales_api()).await
     );
     let max_retries = scalar(
         &sales,
@@ -220,9 +186,8 @@ async fn a_crash_between_publish_and_mark_republishes_and_applies_once() {
         ..StackOptions::default()
     })
     .await;
-    let http = reqwest::Client::new();
     let (sales, product) = (stack.db("sales").await, stack.db("product").await);
-    let order = place(&http, &stack.sales.base_url(), "crash").await;
+    let order = place(&stack.sales_api(), "crash").await;
     // Published (product applied it) but not yet marked SENT.
     wait_for(&product, ORDER_CREATED_IN_INBOX, 1, Duration::from_secs(20)).await;
     let unsent = scalar(
@@ -312,10 +277,9 @@ async fn two_relays_on_one_database_publish_each_event_once() {
     let mut second = stack.sales.another("second", "SALES_", &stack.log_dir);
     second.start().await;
 
-    let http = reqwest::Client::new();
     let sales = stack.db("sales").await;
     let bases = [stack.sales.base_url(), second.base_url()];
-    let orders = futures_like_join(&http, &bases, 40).await;
+    let orders = futures_like_join(&bases, 40).await;
     wait_for(
         &sales,
         "SELECT count(*) FROM outbox_events WHERE status <> 'SENT'",
@@ -362,11 +326,12 @@ async fn two_relays_on_one_database_publish_each_event_once() {
 }
 
 /// Places `n` orders, alternating between the given sales instances.
-async fn futures_like_join(http: &reqwest::Client, bases: &[String], n: usize) -> usize {
+async fn futures_like_join(bases: &[String], n: usize) -> usize {
+    let clients: Vec<SalesClient> = bases.iter().map(SalesClient::new).collect();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
-        let (http, base) = (http.clone(), bases[i % bases.len()].clone());
-        tasks.spawn(async move { place(&http, &base, &format!("r{i}")).await });
+        let sales = clients[i % clients.len()].clone();
+        tasks.spawn(async move { place(&sales, &format!("r{i}")).await });
     }
     let mut placed = 0;
     while let Some(done) = tasks.join_next().await {
@@ -407,9 +372,8 @@ async fn a_poison_message_ends_in_the_dlq_without_blocking_others() {
         .send()
         .await
         .unwrap();
-    let http = reqwest::Client::new();
     let product = stack.db("product").await;
-    let order = place(&http, &stack.sales.base_url(), "after-poison").await;
+    let order = place(&stack.sales_api(), "after-poison").await;
     wait_for(&product, ORDER_CREATED_IN_INBOX, 1, Duration::from_secs(30)).await;
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE aggregate_id = $1")
         .bind(order.id)
@@ -466,7 +430,7 @@ async fn dead_letters_are_replayed_by_an_operator_and_delivered() {
     let proxy = stack.broker_proxy.as_ref().unwrap();
     proxy.set_down(true);
     for i in 0..3 {
-        place(&http, &base, &format!("dl{i}")).await;
+        place(&stack.sales_api(), &format!("dl{i}")).await;
     }
     // Only the broker's refusals of an entry make a dead letter, which the emulator
     // cannot be made to undo (the relay's own test proves that path on a chosen clock:
@@ -595,17 +559,12 @@ async fn a_broker_outage_longer_than_the_reservation_ttl_expires_no_recorded_ord
         ..StackOptions::default()
     })
     .await;
-    let http = reqwest::Client::new();
     let (sales, product) = (stack.db("sales").await, stack.db("product").await);
     let proxy = stack.broker_proxy.as_ref().unwrap();
     proxy.set_down(true);
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(
-            place(&http, &stack.sales.base_url(), &format!("ttl{i}"))
-                .await
-                .id,
-        );
+        ids.push(place(&stack.sales_api(), &format!("ttl{i}")).await.id);
     }
     // Three TTLs long.
     tokio::time::sleep(Duration::from_secs(9)).await;

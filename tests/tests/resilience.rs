@@ -6,28 +6,13 @@ use std::time::{Duration, Instant};
 
 use contracts::orders::Order;
 use serde_json::Value;
-use system_tests::{Stack, StackOptions};
+use system_tests::{SalesClient, Stack, StackOptions, order_request};
 
-fn order_body(customer: &str) -> Value {
-    system_tests::order_body(customer, &[("SKU-MOUSE", 1)])
-}
-
-async fn place(http: &reqwest::Client, stack: &Stack, customer: &str) -> reqwest::Response {
-    http.post(format!("{}/orders", stack.sales.base_url()))
-        .json(&order_body(customer))
-        .send()
+/// `POST /orders` of one mouse for `customer`, unchecked: these tests read the status.
+async fn place(sales: &SalesClient, customer: &str) -> reqwest::Response {
+    sales
+        .place_raw(&order_request(customer, &[("SKU-MOUSE", 1)]), None)
         .await
-        .unwrap()
-}
-
-async fn reliability(http: &reqwest::Client, stack: &Stack) -> Value {
-    http.get(format!("{}/health/reliability", stack.sales.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]
@@ -41,25 +26,25 @@ async fn product_hanging_orders_are_flagged_and_fail_fast_once_the_breaker_opens
         ..StackOptions::default()
     })
     .await;
-    let http = reqwest::Client::new();
+    let sales = stack.sales_api();
     stack.product.pause(); // accepts connections, never answers
 
     let mut slow = Vec::new();
     let mut ids = Vec::new();
     for i in 0..3 {
         let started = Instant::now();
-        let response = place(&http, &stack, &format!("c{i}")).await;
+        let response = place(&sales, &format!("c{i}")).await;
         slow.push(started.elapsed());
         assert_eq!(response.status(), 201);
         let order: Order = response.json().await.unwrap();
         assert!(order.requires_manual_review && order.fallback_used);
         ids.push(order.id);
     }
-    let states = reliability(&http, &stack).await;
+    let states = sales.reliability().await;
     assert_eq!(states["circuitBreakerStates"]["product-service"], "OPEN");
 
     let started = Instant::now();
-    let response = place(&http, &stack, "fast").await;
+    let response = place(&sales, "fast").await;
     let fast = started.elapsed();
     assert_eq!(response.status(), 201);
     let order: Order = response.json().await.unwrap();
@@ -121,12 +106,12 @@ async fn delivery_down_every_order_gets_exactly_one_delivery_once_it_returns() {
         ..StackOptions::default()
     })
     .await;
-    let http = reqwest::Client::new();
+    let sales = stack.sales_api();
     stack.delivery.stop().await;
 
     let mut ids = Vec::new();
     for i in 0..8 {
-        let response = place(&http, &stack, &format!("d{i}")).await;
+        let response = place(&sales, &format!("d{i}")).await;
         assert_eq!(response.status(), 201);
         let order: Order = response.json().await.unwrap();
         assert_eq!(order.delivery_id, None);
@@ -224,8 +209,8 @@ async fn database_cut_off_answers_503_then_recovers_without_restart() {
         ..StackOptions::default()
     })
     .await;
-    let http = reqwest::Client::new();
-    assert_eq!(place(&http, &stack, "before").await.status(), 201);
+    let sales = stack.sales_api();
+    assert_eq!(place(&sales, "before").await.status(), 201);
     let product = stack.db("product").await;
     let reservations = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM reservations")
@@ -238,26 +223,18 @@ async fn database_cut_off_answers_503_then_recovers_without_restart() {
     proxy.set_down(true);
     let mut statuses = Vec::new();
     for _ in 0..12 {
-        let response = http
-            .get(format!("{}/orders?limit=1", stack.sales.base_url()))
-            .send()
-            .await
-            .unwrap();
+        let response = sales.get_raw("/orders?limit=1").await;
         assert!(response.headers().contains_key("retry-after"));
         statuses.push(response.status().as_u16());
     }
     assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
-    let states = reliability(&http, &stack).await;
+    let states = sales.reliability().await;
     assert_eq!(states["circuitBreakerStates"]["database"], "OPEN");
-    let ready = http
-        .get(format!("{}/health/ready", stack.sales.base_url()))
-        .send()
-        .await
-        .unwrap();
+    let ready = sales.get_raw("/health/ready").await;
     assert_eq!(ready.status(), 503);
 
     let before = reservations().await;
-    let response = place(&http, &stack, "during").await;
+    let response = place(&sales, "during").await;
     assert_eq!(response.status(), 503);
     let retry_after: u64 = response.headers()["retry-after"]
         .to_str()
@@ -280,7 +257,7 @@ async fn database_cut_off_answers_503_then_recovers_without_restart() {
     let back = Instant::now();
     let deadline = back + Duration::from_secs(20);
     loop {
-        let response = place(&http, &stack, "after").await;
+        let response = place(&sales, "after").await;
         if response.status() == 201 {
             break;
         }
@@ -295,11 +272,7 @@ async fn database_cut_off_answers_503_then_recovers_without_restart() {
         "database back → orders accepted again in {:?}",
         back.elapsed()
     );
-    let ready = http
-        .get(format!("{}/health/ready", stack.sales.base_url()))
-        .send()
-        .await
-        .unwrap();
+    let ready = sales.get_raw("/health/ready").await;
     assert_eq!(ready.status(), 200);
     product.close().await;
     assert!(stack.shutdown().await);
@@ -330,20 +303,15 @@ async fn a_hung_product_holds_no_more_requests_than_its_bulkhead() {
         ..StackOptions::default()
     })
     .await;
-    let http = reqwest::Client::new();
+    let sales = stack.sales_api();
     let burst = 40;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..burst {
-        let (http, url) = (http.clone(), format!("{}/orders", stack.sales.base_url()));
+        let sales = sales.clone();
         tasks.spawn(async move {
             let began = Instant::now();
-            let response = http
-                .post(url)
-                .json(&order_body(&format!("burst{i}")))
-                .send()
-                .await
-                .unwrap();
+            let response = place(&sales, &format!("burst{i}")).await;
             let status = response.status();
             let order: Order = response.json().await.unwrap();
             (status, order, began.elapsed())
@@ -369,14 +337,7 @@ async fn a_hung_product_holds_no_more_requests_than_its_bulkhead() {
         "the bulkhead caps the calls in flight to product: {}",
         hung.peak_connections()
     );
-    let scrape = http
-        .get(format!("{}/metrics", stack.sales.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = sales.get_raw("/metrics").await.text().await.unwrap();
     let refused = sample(&scrape, "bulkhead_rejected_total{bulkhead=\"product\"}");
     assert!(
         refused >= (burst - 4 - 10) as f64,

@@ -5,9 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use sqlx::PgPool;
-use system_tests::{Stack, StackOptions};
+use system_tests::{Stack, StackOptions, order_request};
 
 fn options() -> StackOptions {
     StackOptions {
@@ -26,17 +25,11 @@ fn options() -> StackOptions {
 }
 
 fn place_in_background(stack: &Stack) {
-    let url = format!("{}/orders", stack.sales.base_url());
+    let sales = stack.sales_api();
     tokio::spawn(async move {
-        let _ = reqwest::Client::new()
-            .post(url)
-            .json(&json!({
-                "customer_id": "crash",
-                "items": [{"product_id": "SKU-DOCK", "quantity": 2}],
-                "shipping_address": {"recipient": "Ada", "line1": "1 Main St", "city": "Berlin",
-                                     "postal_code": "10115", "country": "DE"}
-            }))
-            .send()
+        // The process is killed under it: whatever it answers (if anything) is not read.
+        let _ = sales
+            .place_raw(&order_request("crash", &[("SKU-DOCK", 2)]), None)
             .await;
     });
 }

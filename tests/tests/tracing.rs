@@ -13,7 +13,7 @@ use std::{
 
 use axum::{Json, Router, body::Bytes, extract::State, routing::post};
 use serde_json::{Value, json};
-use system_tests::{Stack, StackOptions, order_body};
+use system_tests::{Stack, StackOptions, order_request};
 
 /// One exported span, as the test needs it.
 #[derive(Debug, Clone)]
@@ -60,6 +60,30 @@ fn string_value(v: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The settings that send a service's spans to the receiver at `endpoint`.
+fn otel(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".to_owned()),
+    ]
+}
+
+/// Stops the three services (a graceful stop flushes each one's buffered spans); the spans
+/// received by then.
+async fn flushed_spans(stack: &mut Stack, received: &Received) -> Vec<SpanRow> {
+    assert!(stack.sales.stop().await, "sales stopped cleanly");
+    assert!(stack.delivery.stop().await, "delivery stopped cleanly");
+    assert!(stack.product.stop().await, "product stopped cleanly");
+    spans(received)
+}
+
+/// Sales' span of `POST /orders`, the root of an order's trace.
+fn order_root(all: &[SpanRow]) -> &SpanRow {
+    all.iter()
+        .find(|s| s.service == "sales" && s.name == "POST /orders")
+        .unwrap_or_else(|| panic!("no sales span `POST /orders` among {all:#?}"))
+}
+
 /// The spans of every export request received.
 fn spans(received: &Received) -> Vec<SpanRow> {
     let mut rows = Vec::new();
@@ -101,12 +125,7 @@ fn log_lines(log: &str, field: &str, value: &str) -> Vec<Value> {
 #[tokio::test]
 async fn one_order_is_one_trace_across_services_and_the_broker() {
     let (endpoint, received) = start_receiver().await;
-    let otel = || {
-        vec![
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".to_owned()),
-        ]
-    };
+    let otel = || otel(&endpoint);
     let mut stack = Stack::start_with(StackOptions {
         broker: true,
         sales_env: otel(),
@@ -116,18 +135,14 @@ async fn one_order_is_one_trace_across_services_and_the_broker() {
     })
     .await;
 
-    let response = reqwest::Client::new()
-        .post(format!("{}/orders", stack.sales.base_url()))
-        .json(&order_body("traced-customer", &[("SKU-HEADSET", 1)]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    let order: Value = response.json().await.unwrap();
-    let order_id = order["id"].as_str().unwrap().to_owned();
+    let order = stack
+        .sales_api()
+        .place(&order_request("traced-customer", &[("SKU-HEADSET", 1)]))
+        .await;
+    let order_id = order.id.to_string();
     assert!(
-        order["delivery_id"].is_string(),
-        "delivery was initiated inline: {order}"
+        order.delivery_id.is_some(),
+        "delivery was initiated inline: {order:?}"
     );
 
     // Product's consumer applied ORDER_CREATED (it came through SNS/SQS).
@@ -152,16 +167,8 @@ async fn one_order_is_one_trace_across_services_and_the_broker() {
     }
     product_db.close().await;
 
-    // A graceful stop flushes each service's buffered spans.
-    assert!(stack.sales.stop().await, "sales stopped cleanly");
-    assert!(stack.delivery.stop().await, "delivery stopped cleanly");
-    assert!(stack.product.stop().await, "product stopped cleanly");
-
-    let all = spans(&received);
-    let root = all
-        .iter()
-        .find(|s| s.service == "sales" && s.name == "POST /orders")
-        .unwrap_or_else(|| panic!("no sales span `POST /orders` among {all:#?}"));
+    let all = flushed_spans(&mut stack, &received).await;
+    let root = order_root(&all);
     assert!(
         root.parent_span_id.is_empty(),
         "the order's request starts the trace: {root:?}"
@@ -255,12 +262,7 @@ async fn one_order_is_one_trace_across_services_and_the_broker() {
 #[tokio::test]
 async fn a_delivery_the_retry_worker_initiates_later_joins_the_orders_trace() {
     let (endpoint, received) = start_receiver().await;
-    let otel = || {
-        vec![
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".to_owned()),
-        ]
-    };
+    let otel = || otel(&endpoint);
     let mut sales_env = otel();
     sales_env.extend([
         ("SALES_DELIVERY_RETRY_FIRST_DELAY_MS", "200".to_owned()),
@@ -275,52 +277,19 @@ async fn a_delivery_the_retry_worker_initiates_later_joins_the_orders_trace() {
     .await;
     assert!(stack.delivery.stop().await, "delivery stopped cleanly");
 
-    let http = reqwest::Client::new();
-    let response = http
-        .post(format!("{}/orders", stack.sales.base_url()))
-        .json(&order_body("traced-customer", &[("SKU-MOUSE", 1)]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    let order: Value = response.json().await.unwrap();
-    assert!(order["delivery_id"].is_null(), "delivery was down: {order}");
-    let order_url = format!(
-        "{}/orders/{}",
-        stack.sales.base_url(),
-        order["id"].as_str().unwrap()
-    );
+    let sales = stack.sales_api();
+    let order = sales
+        .place(&order_request("traced-customer", &[("SKU-MOUSE", 1)]))
+        .await;
+    assert!(order.delivery_id.is_none(), "delivery was down: {order:?}");
 
     // Delivery back: the retry worker initiates the delivery, outside any request.
     stack.delivery.start().await;
-    let started = Instant::now();
-    loop {
-        let now: Value = http
-            .get(&order_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if now["delivery_id"].is_string() {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "delivery never initiated"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(stack.sales.stop().await, "sales stopped cleanly");
-    assert!(stack.delivery.stop().await, "delivery stopped cleanly");
-    assert!(stack.product.stop().await, "product stopped cleanly");
-
-    let all = spans(&received);
-    let root = all
-        .iter()
-        .find(|s| s.service == "sales" && s.name == "POST /orders")
-        .unwrap_or_else(|| panic!("no sales span `POST /orders` among {all:#?}"));
+    sales
+        .wait_for_delivery(order.id, Duration::from_secs(30))
+        .await;
+    let all = flushed_spans(&mut stack, &received).await;
+    let root = order_root(&all);
     let trace: Vec<&SpanRow> = all.iter().filter(|s| s.trace_id == root.trace_id).collect();
     let describe = || {
         trace

@@ -130,16 +130,11 @@ pub struct Recovered {
 
 /// How often sales' broker breaker opened so far (0 when sales cannot be asked).
 async fn broker_openings(stack: &Stack) -> u64 {
-    let url = format!("{}/health/reliability", stack.sales.base_url());
-    let answer = async {
-        let body: serde_json::Value = reqwest::get(url).await.ok()?.json().await.ok()?;
-        body["breakers"]
-            .as_array()?
-            .iter()
-            .find(|b| b["name"] == "broker")?["opened_total"]
-            .as_u64()
-    };
-    answer.await.unwrap_or(0)
+    stack
+        .sales_api()
+        .breaker_openings("broker")
+        .await
+        .unwrap_or(0)
 }
 
 /// Injects one fault (returning once it is over) and starts its recovery probe.

@@ -29,9 +29,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use contracts::delivery::DeliveryStatus;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
-use crate::{Stack, StackOptions, postgres_base};
+use crate::{DeliveryClient, Stack, StackOptions, postgres_base};
 
 /// How big a run is. Every field can be overridden from the environment.
 #[derive(Debug, Clone)]
@@ -234,7 +235,7 @@ pub async fn run(size: Size, seed: u64) -> ledger::Ledger {
         stop.clone(),
     );
     let courier = tokio::spawn(courier(
-        stack.delivery.base_url(),
+        stack.delivery_api(),
         dbs.delivery.clone(),
         seed,
         stop.clone(),
@@ -304,8 +305,7 @@ pub async fn run(size: Size, seed: u64) -> ledger::Ledger {
 /// CREATED → PICKED_UP → IN_TRANSIT → DELIVERED through delivery's staff API. A refused or
 /// failed update (delivery down, the delivery cancelled meanwhile) is simply not counted.
 /// Returns how many updates delivery accepted.
-async fn courier(base_url: String, delivery: PgPool, seed: u64, stop: Arc<AtomicBool>) -> u64 {
-    let http = reqwest::Client::new();
+async fn courier(api: DeliveryClient, delivery: PgPool, seed: u64, stop: Arc<AtomicBool>) -> u64 {
     let mut rng = fastrand::Rng::with_seed(seed ^ 0xc0de);
     let mut moved = 0;
     while !stop.load(Ordering::SeqCst) {
@@ -325,17 +325,11 @@ async fn courier(base_url: String, delivery: PgPool, seed: u64, stop: Arc<Atomic
                 continue;
             }
             let next = match status.as_str() {
-                "CREATED" => "PICKED_UP",
-                "PICKED_UP" => "IN_TRANSIT",
-                _ => "DELIVERED",
+                "CREATED" => DeliveryStatus::PickedUp,
+                "PICKED_UP" => DeliveryStatus::InTransit,
+                _ => DeliveryStatus::Delivered,
             };
-            let sent = http
-                .post(format!("{base_url}/deliveries/{id}/status"))
-                .bearer_auth(crate::STAFF_TOKEN)
-                .json(&serde_json::json!({ "status": next }))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
+            let sent = api.set_status_raw(id, next, Duration::from_secs(2)).await;
             if sent.is_ok_and(|r| r.status() == 200) {
                 moved += 1;
             }
@@ -346,15 +340,8 @@ async fn courier(base_url: String, delivery: PgPool, seed: u64, stop: Arc<Atomic
 
 /// Sets the stock of [`STOCK`] through product's staff API.
 async fn set_stock(stack: &Stack) {
-    let http = reqwest::Client::new();
+    let product = stack.product_api();
     for (id, units) in STOCK {
-        let response = http
-            .put(format!("{}/products/{id}/stock", stack.product.base_url()))
-            .bearer_auth(crate::STAFF_TOKEN)
-            .json(&serde_json::json!({ "stock_on_hand": units }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "setting the stock of {id}");
+        product.set_stock(id, *units).await;
     }
 }
