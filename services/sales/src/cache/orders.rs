@@ -54,7 +54,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{CallError, Redis};
-use crate::orders::store;
+use crate::store::orders as store;
 
 /// Delays before the retries of a failed update (100, 200, 400 ms).
 pub const RETRY_DELAYS: [Duration; 3] = [

@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::app::AppState;
+use crate::db::Db;
 
 /// Shortest secret `staff add` accepts when one is given to it.
 pub const MIN_SECRET: usize = 12;
@@ -255,16 +255,19 @@ pub fn record(request: &mut Request, who: &str) {
     });
 }
 
+/// What [`authenticate`] needs: the database and the verifier.
+#[derive(Clone)]
+pub struct Gate {
+    pub db: Db,
+    pub staff: Verifier,
+}
+
 /// The layer of the staff routes: removes any `X-Staff-Member` the client sent,
 /// and when the request presents `Bearer <name>:<secret>` of an active account,
 /// records that person ([`record`]). The routes' [`platform::auth::Staff`]
 /// extractor then refuses anyone else (401 without a credential, 403 with a
 /// wrong one).
-pub async fn authenticate(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub async fn authenticate(State(state): State<Gate>, mut request: Request, next: Next) -> Response {
     request.headers_mut().remove(STAFF_MEMBER_HEADER);
     let presented = bearer_token(request.headers())
         .and_then(|t| t.split_once(':'))

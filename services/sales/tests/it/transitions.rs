@@ -40,7 +40,11 @@ async fn every_pair_of_statuses_follows_the_table(_pool: PgPoolOptions, options:
                 .execute(&mut *tx)
                 .await
                 .unwrap();
-            let result = status::transition(&mut tx, order.id, to, "table test").await;
+            let mut lock = sales::store::lock(&mut tx, order.id)
+                .await
+                .unwrap()
+                .unwrap();
+            let result = status::transition(&mut lock, to, "table test").await;
             let (history_now, events_now): (i64, i64) = sqlx::query_as(
                 "SELECT (SELECT count(*) FROM order_status_history WHERE order_id = $1),
                         (SELECT count(*) FROM outbox_events WHERE aggregate_id = $1)",
@@ -88,14 +92,10 @@ async fn every_pair_of_statuses_follows_the_table(_pool: PgPoolOptions, options:
             (Shipped, DeliveryFailed),
         ]
     );
-    let missing = status::transition(
-        &mut stack.sales_db.acquire().await.unwrap(),
-        uuid::Uuid::new_v4(),
-        Shipped,
-        "x",
-    )
-    .await;
-    assert!(matches!(missing, Err(TransitionError::NotFound(_))));
+    // No such order: nothing to lock, so nothing to move.
+    let mut conn = stack.sales_db.acquire().await.unwrap();
+    let missing = sales::store::lock(&mut conn, uuid::Uuid::new_v4()).await;
+    assert!(matches!(missing, Ok(None)));
 }
 
 #[sqlx::test(migrations = false)]
@@ -110,7 +110,11 @@ async fn a_transition_writes_history_and_an_event_with_the_full_order(
     )
     .await;
     let mut tx = stack.sales_db.begin().await.unwrap();
-    let shipped = status::transition(&mut tx, order.id, OrderStatus::Shipped, "picked up")
+    let mut lock = sales::store::lock(&mut tx, order.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let shipped = status::transition(&mut lock, OrderStatus::Shipped, "picked up")
         .await
         .unwrap();
     assert!(shipped.applied());
@@ -148,7 +152,11 @@ async fn a_transition_writes_history_and_an_event_with_the_full_order(
 
     // Shipped cannot be cancelled: refused, returned, nothing applied.
     let mut tx = stack.sales_db.begin().await.unwrap();
-    let refused = status::transition(&mut tx, order.id, OrderStatus::Cancelled, "too late").await;
+    let mut lock = sales::store::lock(&mut tx, order.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let refused = status::transition(&mut lock, OrderStatus::Cancelled, "too late").await;
     assert!(
         matches!(refused, Err(TransitionError::Invalid(i)) if i.from == OrderStatus::Shipped),
         "{refused:?}"
