@@ -1,5 +1,5 @@
 //! The order's compensations, one implementation for the order saga
-//! (`crate::placement`), a customer's cancellation and a staff rejection
+//! (`placement`), a customer's cancellation and a staff rejection
 //! ([`crate::orders::cancellation`]):
 //! - [`stop_delivery`]: cancel the order's delivery at delivery (too late once picked up);
 //! - [`cancel_recorded`]: in the caller's transaction, the order locked: its open reviews

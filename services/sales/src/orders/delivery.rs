@@ -1,5 +1,5 @@
 //! Delivery initiation that survives delivery being down: the one mechanism for a
-//! delivery that could not be initiated (its worker is [`crate::workers::delivery_retry`]). Every new order gets a row in
+//! delivery that could not be initiated (its worker is `workers::delivery_retry`). Every new order gets a row in
 //! `delivery_retries` in its own transaction (PENDING, or HELD while its delivery
 //! waits for a stock check); the order saga's inline attempt, or later this worker,
 //! initiates the delivery and marks the row DONE (both through [`record_initiated`]

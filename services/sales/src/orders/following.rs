@@ -15,7 +15,7 @@
 //! It also records the delivery's version on the order (`orders.delivery_version`, never
 //! lowered), so an event older than what was applied is ignored.
 //!
-//! `crate::workers::delivery_events` is the SQS handler of delivery's events: each one is applied in one
+//! `workers::delivery_events` is the SQS handler of delivery's events: each one is applied in one
 //! transaction with its inbox row (`delivery_events_inbox`, keyed by event id), so a
 //! redelivered event changes nothing, and an event whose delivery version is not newer than
 //! the order's is acknowledged and ignored. Delivery's `CREATED` events never reach it: the

@@ -12,7 +12,7 @@ pub mod idempotency;
 pub mod reviews;
 pub mod status;
 
-/// The order saga's step names (its definition is `crate::placement`; the compensations
+/// The order saga's step names (its definition is `placement`; the compensations
 /// name the steps they undo).
 pub mod saga_steps {
     pub const RESERVE_INVENTORY: &str = "reserve_inventory";

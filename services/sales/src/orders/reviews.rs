@@ -1,6 +1,6 @@
 //! Manual reviews: orders waiting for a person, with a reason code. This module
 //! opens, flags and resolves them in the caller's transaction; the staff queue
-//! over HTTP is `crate::http::reviews`. Reason and status are enums end to end (text
+//! over HTTP is `http::reviews`. Reason and status are enums end to end (text
 //! columns, [`crate::store::text`]).
 
 use serde::Serialize;
@@ -9,11 +9,11 @@ use uuid::Uuid;
 
 use crate::{
     outbox::events,
-    store::{Hold, OrderLock, text::text_column},
+    store::{self, Hold, OrderLock, text::text_column},
 };
 
 /// Why an order waits for a person.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ReviewReason {
     /// Accepted while product could not be asked.
@@ -72,18 +72,7 @@ pub async fn open(
     reason: ReviewReason,
     details: &serde_json::Value,
 ) -> Result<bool, sqlx::Error> {
-    let opened = sqlx::query(
-        "INSERT INTO manual_reviews (id, order_id, reason, details) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (order_id, reason) WHERE status = 'OPEN' DO NOTHING",
-    )
-    .bind(Uuid::now_v7())
-    .bind(order_id)
-    .bind(reason)
-    .bind(details)
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(opened == 1)
+    store::reviews::open(conn, order_id, reason, details).await
 }
 
 /// [`open`] for the locked order, and flags it (`requires_manual_review`) if it was not:
@@ -110,7 +99,8 @@ pub async fn open_flagged(
 }
 
 /// Lifecycle of a review.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ReviewStatus {
     Open,
     /// Staff approved: the order proceeds.
@@ -185,38 +175,26 @@ pub async fn resolve_open(
     only: Option<Uuid>,
     how: &Resolution<'_>,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE manual_reviews SET status = $3, resolved_at = now(), resolved_by = $4,
-                resolution = $5, note = $6
-         WHERE order_id = $1 AND status = $7 AND ($2::uuid IS NULL OR id = $2)
-         RETURNING id",
+    store::reviews::close_open(
+        conn,
+        order_id,
+        only,
+        how.status,
+        how.by,
+        how.resolution,
+        how.note,
     )
-    .bind(order_id)
-    .bind(only)
-    .bind(how.status)
-    .bind(how.by)
-    .bind(how.resolution)
-    .bind(how.note)
-    .bind(ReviewStatus::Open)
-    .fetch_all(conn)
     .await
 }
 
 /// Open reviews of one order.
 pub async fn open_count_of(conn: &mut PgConnection, order_id: Uuid) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM manual_reviews WHERE order_id = $1 AND status = 'OPEN'",
-    )
-    .bind(order_id)
-    .fetch_one(conn)
-    .await
+    store::reviews::open_count_of(conn, order_id).await
 }
 
 /// Number of open reviews.
 pub async fn open_count(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM manual_reviews WHERE status = 'OPEN'")
-        .fetch_one(conn)
-        .await
+    store::reviews::open_count(conn).await
 }
 
 #[cfg(test)]

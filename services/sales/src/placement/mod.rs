@@ -25,7 +25,7 @@
 //!    cancelled meanwhile rejects with [`Rejection::Cancelled`], and the compensations undo
 //!    the delivery just made.
 //!
-//! The run belongs to its own task, not to the request (`crate::http::orders::place` spawns it):
+//! The run belongs to its own task, not to the request (`http::orders::place` spawns it):
 //! a client that disconnects or a request that times out never cuts a step mid-way.
 
 use std::{sync::Arc, time::Duration};

@@ -1,6 +1,6 @@
 //! `delivery_retries`, one row per order whose delivery sales initiates: every SQL
 //! statement on the table. The rules of when to try again live in
-//! [`crate::orders::delivery`]; its worker is [`crate::workers::delivery_retry`].
+//! `orders::delivery`; its worker is `workers::delivery_retry`.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +11,10 @@ use uuid::Uuid;
 use super::{OrderLock, text::text_column};
 
 /// The status of a retry row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RetryStatus {
     /// Due at `next_attempt_at`.
     Pending,
@@ -21,6 +24,12 @@ pub enum RetryStatus {
     Done,
     /// Attempts or age ran out: a review is open.
     Exhausted,
+}
+
+impl RetryStatus {
+    pub fn as_str(self) -> &'static str {
+        super::text::TextEnum::as_str(self)
+    }
 }
 
 impl super::text::TextEnum for RetryStatus {

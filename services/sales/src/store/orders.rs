@@ -112,7 +112,7 @@ impl OrderLock<'_> {
     }
 
     /// Sets the status (bumping the version) and appends its history row. The state
-    /// machine ([`crate::orders::status::transition`]) is the one caller.
+    /// machine (`orders::status::transition`) is the one caller.
     pub async fn set_status(&mut self, to: OrderStatus, reason: &str) -> Result<(), sqlx::Error> {
         let from = self.row.status;
         sqlx::query!(
@@ -469,4 +469,114 @@ pub async fn mark_stock_released(pool: &PgPool, order_id: Uuid) -> Result<(), sq
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// One row of an order's status history.
+#[derive(Debug, Clone)]
+pub struct HistoryRow {
+    pub from_status: Option<OrderStatus>,
+    pub to_status: OrderStatus,
+    pub reason: Option<String>,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// The order's status history, oldest first.
+pub async fn history(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Vec<HistoryRow>, sqlx::Error> {
+    Ok(sqlx::query!(
+        r#"SELECT from_status AS "from_status: Text<OrderStatus>",
+                  to_status AS "to_status: Text<OrderStatus>", reason, changed_at
+           FROM order_status_history WHERE order_id = $1 ORDER BY id"#,
+        order_id
+    )
+    .fetch_all(conn)
+    .await?
+    .into_iter()
+    .map(|r| HistoryRow {
+        from_status: r.from_status.map(|s| s.0),
+        to_status: r.to_status.0,
+        reason: r.reason,
+        changed_at: r.changed_at,
+    })
+    .collect())
+}
+
+/// Orders reconciliation compares with their delivery: those with a delivery, pending
+/// shipment or shipped and unchanged since `unchanged_before`, or flagged for review;
+/// least recently reconciled first. (The statuses are literals: they are the predicate of
+/// the partial index `orders_reconciliation_candidates`, which a bound value would not use.)
+pub async fn reconciliation_candidates(
+    pool: &PgPool,
+    unchanged_before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+    Ok(sqlx::query!(
+        r#"SELECT id, delivery_id AS "delivery_id!" FROM orders
+           WHERE delivery_id IS NOT NULL
+             AND (status IN ('PENDING_SHIPMENT', 'SHIPPED') OR requires_manual_review)
+             AND ((status IN ('PENDING_SHIPMENT', 'SHIPPED') AND updated_at <= $1) OR requires_manual_review)
+           ORDER BY last_reconciled_at NULLS FIRST, updated_at, id
+           LIMIT $2"#,
+        unchanged_before,
+        limit,
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| (r.id, r.delivery_id))
+    .collect())
+}
+
+/// Cancelled orders whose stock product has not confirmed back, oldest change first.
+/// (The status is a literal: it is the predicate of a partial index.)
+pub async fn unconfirmed_releases(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT id FROM orders WHERE status = 'CANCELLED' AND stock_released_at IS NULL
+         ORDER BY updated_at, id LIMIT $1",
+        limit
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Fallback orders (not cancelled) whose `AVAILABILITY_UNVERIFIED` review is open, with
+/// the review, oldest review first.
+pub async fn awaiting_recheck(pool: &PgPool, limit: i64) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+    use crate::orders::reviews::{ReviewReason, ReviewStatus};
+    Ok(sqlx::query!(
+        r#"SELECT o.id AS order_id, r.id AS review_id FROM orders o JOIN manual_reviews r ON r.order_id = o.id
+           WHERE r.status = $2 AND r.reason = $3
+             AND o.fallback_used AND o.status <> $4
+           ORDER BY r.created_at, r.id LIMIT $1"#,
+        limit,
+        ReviewStatus::Open as _,
+        ReviewReason::AvailabilityUnverified as _,
+        Text(OrderStatus::Cancelled) as _,
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| (r.order_id, r.review_id))
+    .collect())
+}
+
+/// Orders (not on the fallback, not cancelled) whose `ORDER_CREATED` has waited for the
+/// broker since before `created_before`, oldest first, at most 1000.
+pub async fn waiting_for_broker(
+    pool: &PgPool,
+    created_before: DateTime<Utc>,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT e.aggregate_id FROM outbox_events e JOIN orders o ON o.id = e.aggregate_id
+         WHERE e.event_type = $2 AND e.status IN ('PENDING', 'FAILED')
+           AND e.created_at <= $1 AND NOT o.fallback_used AND o.status <> $3
+         ORDER BY e.created_at LIMIT 1000",
+        created_before,
+        events::ORDER_CREATED,
+        Text(OrderStatus::Cancelled) as _,
+    )
+    .fetch_all(pool)
+    .await
 }

@@ -4,8 +4,9 @@
 use chrono::{DateTime, Utc};
 use resilience::deadline::after;
 use serde::Serialize;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use super::text::text_column;
 
@@ -98,4 +99,79 @@ pub async fn jobs_status(
     .await?
     .map(|r| (r.status, r.started_at));
     Ok(classify(last, now, interval, since))
+}
+
+/// Holding the run lock, no other run is alive: one still RUNNING died.
+pub async fn fail_interrupted(pool: &PgPool, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE reconciliation_runs SET status = $2, finished_at = $1,
+                error = 'interrupted: the instance running it stopped'
+         WHERE status = $3",
+        now,
+        RunStatus::Failed as _,
+        RunStatus::Running as _,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records the start of run `id`.
+pub async fn start(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO reconciliation_runs (id, started_at, status) VALUES ($1, $2, $3)",
+        id,
+        now,
+        RunStatus::Running as _,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// What a finished run counted.
+#[derive(Debug, Clone, Copy)]
+pub struct Counts {
+    pub checked: i32,
+    pub fixed: i32,
+    pub flagged: i32,
+    pub errors: i32,
+}
+
+/// Records the end of run `id`.
+pub async fn finish(
+    pool: &PgPool,
+    id: Uuid,
+    finished_at: DateTime<Utc>,
+    counts: Counts,
+    status: RunStatus,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE reconciliation_runs SET finished_at = $2, checked = $3, fixed = $4, flagged = $5,
+                errors = $6, status = $7, error = $8
+         WHERE id = $1",
+        id,
+        finished_at,
+        counts.checked,
+        counts.fixed,
+        counts.flagged,
+        counts.errors,
+        status as _,
+        error,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the records of runs started before `before`.
+pub async fn prune(pool: &PgPool, before: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "DELETE FROM reconciliation_runs WHERE started_at < $1",
+        before
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }

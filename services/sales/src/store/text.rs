@@ -1,6 +1,6 @@
 //! Text columns read and written as Rust enums: one string per variant, and a value the
 //! enum does not know is a decode error (never a default). Sales' own enums implement
-//! [`TextEnum`] and get `sqlx::Type` from [`text_column!`]; the shared ones of `contracts`
+//! [`TextEnum`] and get `sqlx::Type` from `text_column!`; the shared ones of `contracts`
 //! travel wrapped in [`Text`].
 
 use contracts::{

@@ -22,7 +22,7 @@
 //!
 //! No transaction is open while product is asked: the answer is applied afterwards
 //! in a short transaction that locks the order, and an order cancelled meanwhile
-//! gets the units it was just given back at once ([`crate::compensations::release_stock`]).
+//! gets the units it was just given back at once ([`crate::orders::compensations::release_stock`]).
 //! Several instances: a round holds a session advisory lock (not a transaction), so
 //! one instance re-checks at a time; a round that dies releases it with its connection.
 
@@ -126,10 +126,7 @@ impl Worker {
         // wait a moment for it rather than skip a round that may have work.
         let mut locked = false;
         for _ in 0..50 {
-            locked = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(LOCK_KEY)
-                .fetch_one(&mut *lock)
-                .await?;
+            locked = store::locks::try_for_session(&mut lock, LOCK_KEY).await?;
             if locked {
                 break;
             }
@@ -140,10 +137,7 @@ impl Worker {
             return Ok(report);
         }
         let result = self.round(now, &mut report).await;
-        let unlocked = sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)")
-            .bind(LOCK_KEY)
-            .fetch_one(&mut *lock)
-            .await;
+        let unlocked = store::locks::unlock(&mut lock, LOCK_KEY).await;
         if !matches!(unlocked, Ok(true)) {
             // Never hand a connection holding the lock back to the pool.
             lock.detach();
@@ -156,15 +150,7 @@ impl Worker {
         now: DateTime<Utc>,
         report: &mut RecheckReport,
     ) -> Result<(), sqlx::Error> {
-        let claimed: Vec<(Uuid, Uuid)> = sqlx::query_as(
-            "SELECT o.id, r.id FROM orders o JOIN manual_reviews r ON r.order_id = o.id
-             WHERE r.status = 'OPEN' AND r.reason = 'AVAILABILITY_UNVERIFIED'
-               AND o.fallback_used AND o.status <> 'CANCELLED'
-             ORDER BY r.created_at, r.id LIMIT $1",
-        )
-        .bind(self.config.batch)
-        .fetch_all(&self.db.pool)
-        .await?;
+        let claimed = store::orders::awaiting_recheck(&self.db.pool, self.config.batch).await?;
         let stop = AtomicBool::new(false);
         let mut claimed = claimed.into_iter();
         // The first order alone: it may be the half-open breaker's one trial, which the
@@ -258,15 +244,9 @@ impl Worker {
         let Some(mut lock) = store::lock(&mut tx, order_id).await? else {
             return Ok(Applied::MovedOn);
         };
-        let still_open: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM manual_reviews WHERE id = $1 AND status = $2
-                            AND reason = $3)",
-        )
-        .bind(review_id)
-        .bind(ReviewStatus::Open)
-        .bind(ReviewReason::AvailabilityUnverified)
-        .fetch_one(lock.conn())
-        .await?;
+        let still_open =
+            store::reviews::is_open(lock.conn(), review_id, ReviewReason::AvailabilityUnverified)
+                .await?;
         if lock.row.status != OrderStatus::PendingShipment || !still_open {
             return Ok(Applied::MovedOn);
         }
@@ -432,16 +412,7 @@ async fn short(
     if let Some(map) = details.as_object_mut() {
         map.insert("rechecked_at".into(), json!(now));
     }
-    sqlx::query(
-        "UPDATE manual_reviews SET reason = $2, details = details || $3
-         WHERE id = $1 AND status = $4",
-    )
-    .bind(review_id)
-    .bind(reason)
-    .bind(details)
-    .bind(ReviewStatus::Open)
-    .execute(lock.conn())
-    .await?;
+    store::reviews::reclassify(lock.conn(), review_id, reason, &details).await?;
     lock.record_change(
         Some(true),
         Hold::Set(DeliveryHold::ManualReview),

@@ -1,7 +1,7 @@
 //! The background workers. Each takes a narrow dependency struct (the database, the
 //! one client and the cache it needs, its own config), never the HTTP state, and each is
 //! safe with several sales instances (`SKIP LOCKED`, advisory locks or leases). The app
-//! (`crate::app`) builds and spawns them; tests drive them step by step.
+//! (`app`) builds and spawns them; tests drive them step by step.
 
 pub mod alerts;
 pub mod availability_recheck;

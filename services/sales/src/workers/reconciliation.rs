@@ -132,32 +132,16 @@ impl Worker {
         }
         // Held until the run's end: dropping it (any early return) unlocks.
         let mut lock = self.db.pool.begin().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(LOCK_KEY)
-            .fetch_one(&mut *lock)
-            .await?;
+        let locked = store::locks::try_for_transaction(&mut lock, LOCK_KEY).await?;
         if !locked {
             tracing::debug!("another instance is reconciling; skipped");
             count_run("skipped");
             return Ok(RunReport::skipped());
         }
         // Holding the lock, no other run is alive: one still RUNNING died.
-        sqlx::query(
-            "UPDATE reconciliation_runs SET status = 'FAILED', finished_at = $1,
-                    error = 'interrupted: the instance running it stopped'
-             WHERE status = 'RUNNING'",
-        )
-        .bind(now)
-        .execute(&self.db.pool)
-        .await?;
+        store::reconciliation_runs::fail_interrupted(&self.db.pool, now).await?;
         let run_id = Uuid::now_v7();
-        sqlx::query(
-            "INSERT INTO reconciliation_runs (id, started_at, status) VALUES ($1, $2, 'RUNNING')",
-        )
-        .bind(run_id)
-        .bind(now)
-        .execute(&self.db.pool)
-        .await?;
+        store::reconciliation_runs::start(&self.db.pool, run_id, now).await?;
 
         let clock = Instant::now();
         let mut report = RunReport {
@@ -181,24 +165,22 @@ impl Worker {
         };
         report.status = Some(status);
         let finished_at = after(now, clock.elapsed());
-        sqlx::query(
-            "UPDATE reconciliation_runs SET finished_at = $2, checked = $3, fixed = $4, flagged = $5,
-                    errors = $6, status = $7, error = $8
-             WHERE id = $1",
+        let counts = store::reconciliation_runs::Counts {
+            checked: report.checked as i32,
+            fixed: report.fixed as i32,
+            flagged: report.flagged as i32,
+            errors: report.errors as i32,
+        };
+        store::reconciliation_runs::finish(
+            &self.db.pool,
+            run_id,
+            finished_at,
+            counts,
+            status,
+            error.as_deref(),
         )
-        .bind(run_id)
-        .bind(finished_at)
-        .bind(report.checked as i32)
-        .bind(report.fixed as i32)
-        .bind(report.flagged as i32)
-        .bind(report.errors as i32)
-        .bind(status.as_str())
-        .bind(error)
-        .execute(&self.db.pool)
         .await?;
-        sqlx::query("DELETE FROM reconciliation_runs WHERE started_at < $1")
-            .bind(before(now, self.config.run_retention))
-            .execute(&self.db.pool)
+        store::reconciliation_runs::prune(&self.db.pool, before(now, self.config.run_retention))
             .await?;
         lock.commit().await?;
         count_run(match status {
@@ -217,17 +199,11 @@ impl Worker {
         report: &mut RunReport,
         first_error: &mut Option<String>,
     ) -> Result<(), sqlx::Error> {
-        let candidates: Vec<(Uuid, Uuid)> = sqlx::query_as(
-            "SELECT id, delivery_id FROM orders
-             WHERE delivery_id IS NOT NULL
-               AND (status IN ('PENDING_SHIPMENT', 'SHIPPED') OR requires_manual_review)
-               AND ((status IN ('PENDING_SHIPMENT', 'SHIPPED') AND updated_at <= $1) OR requires_manual_review)
-             ORDER BY last_reconciled_at NULLS FIRST, updated_at, id
-             LIMIT $2",
+        let candidates = store::orders::reconciliation_candidates(
+            &self.db.pool,
+            before(now, self.config.stale_after),
+            self.config.batch,
         )
-        .bind(before(now, self.config.stale_after))
-        .bind(self.config.batch)
-        .fetch_all(&self.db.pool)
         .await?;
         for (order_id, delivery_id) in candidates {
             report.checked += 1;
@@ -266,13 +242,8 @@ impl Worker {
         if self.product.breaker().remaining_open().is_some() {
             return Ok(());
         }
-        let unconfirmed: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM orders WHERE status = 'CANCELLED' AND stock_released_at IS NULL
-             ORDER BY updated_at, id LIMIT $1",
-        )
-        .bind(self.config.batch)
-        .fetch_all(&self.db.pool)
-        .await?;
+        let unconfirmed =
+            store::orders::unconfirmed_releases(&self.db.pool, self.config.batch).await?;
         for order_id in unconfirmed {
             report.checked += 1;
             if crate::orders::compensations::release_stock(&self.db.pool, &self.product, order_id)

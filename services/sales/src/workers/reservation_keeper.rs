@@ -53,14 +53,10 @@ impl Worker {
             report.product_unavailable = true;
             return Ok(report);
         }
-        let waiting: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT e.aggregate_id FROM outbox_events e JOIN orders o ON o.id = e.aggregate_id
-             WHERE e.event_type = 'ORDER_CREATED' AND e.status IN ('PENDING', 'FAILED')
-               AND e.created_at <= $1 AND NOT o.fallback_used AND o.status <> 'CANCELLED'
-             ORDER BY e.created_at LIMIT 1000",
+        let waiting = store::orders::waiting_for_broker(
+            &self.db.pool,
+            resilience::deadline::before(now, self.config.renew_after),
         )
-        .bind(resilience::deadline::before(now, self.config.renew_after))
-        .fetch_all(&self.db.pool)
         .await?;
         for chunk in waiting.chunks(MAX_RENEWALS) {
             let renewals = match self.product.renew(chunk).await {

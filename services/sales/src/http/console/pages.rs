@@ -105,12 +105,12 @@ pub async fn queue(
                         tr.entry data-order=(e.order.id) {
                             td { (when(e.review.created_at)) }
                             td { (age(now, e.review.created_at)) }
-                            td { (badge(&e.review.reason)) }
+                            td { (badge(e.review.reason.as_str())) }
                             td { a href={"/console/orders/" (e.order.id)} { (e.order.id) } }
                             td { (e.order.customer_id) }
                             td { (badge(e.order.status.as_str())) }
                             td { (count(e.order.item_units, "unit")) " in " (count(e.order.item_lines, "line")) }
-                            td { (badge(&e.review.status)) }
+                            td { (badge(e.review.status.as_str())) }
                         }
                     }
                 }
@@ -127,7 +127,6 @@ pub async fn queue(
 }
 
 /// The order's outbox events, oldest first (read-only here; the outbox module writes them).
-#[derive(sqlx::FromRow)]
 struct EventRow {
     id: Uuid,
     event_type: String,
@@ -140,11 +139,12 @@ struct EventRow {
 }
 
 async fn events_of(state: &AppState, order_id: Uuid) -> ApiResult<Vec<EventRow>> {
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as!(
+        EventRow,
         "SELECT id, event_type, aggregate_version, status, retry_count, last_error, created_at, sent_at
          FROM outbox_events WHERE aggregate_id = $1 ORDER BY aggregate_version, created_at",
+        order_id
     )
-    .bind(order_id)
     .fetch_all(&state.db.pool)
     .await?)
 }
@@ -238,7 +238,10 @@ fn order_body(
     flash: Option<(&str, String)>,
 ) -> Markup {
     let order = &detail.order;
-    let open = detail.reviews.iter().any(|r| r.status == "OPEN");
+    let open = detail
+        .reviews
+        .iter()
+        .any(|r| r.status == ReviewStatus::Open);
     html! {
         @if let Some((class, text)) = &flash {
             p class={"flash " (class)} #outcome { (text) }
@@ -270,8 +273,8 @@ fn order_body(
             @for r in &detail.reviews {
                 tr {
                     td { (when(r.created_at)) }
-                    td { (badge(&r.reason)) }
-                    td { (badge(&r.status)) }
+                    td { (badge(r.reason.as_str())) }
+                    td { (badge(r.status.as_str())) }
                     td.decided-by { (r.resolved_by.as_deref().unwrap_or("")) }
                     td { (r.resolved_at.map(when).unwrap_or_default()) }
                     td { (r.resolution.as_deref().unwrap_or("")) }
@@ -297,7 +300,7 @@ fn order_body(
             tr { th { "Delivery" } td { (order.delivery_id.map(|d| d.to_string()).unwrap_or_else(|| "not initiated".into())) } }
             tr { th { "Held" } td { (order.delivery_hold.map(|h| format!("{h:?}")).unwrap_or_else(|| "no".into())) } }
             @if let Some(r) = &detail.delivery_retry {
-                tr { th { "Retry" } td { (badge(&r.status)) " " (r.attempts) " attempts; next " (when(r.next_attempt_at))
+                tr { th { "Retry" } td { (badge(r.status.as_str())) " " (r.attempts) " attempts; next " (when(r.next_attempt_at))
                     @if let Some(e) = &r.last_error { div.err-text { (e) } } } }
             } @else {
                 tr { th { "Retry" } td.muted { "no retry row" } }
@@ -307,7 +310,7 @@ fn order_body(
         table #history {
             tr { th { "When" } th { "From" } th { "To" } th { "Why" } }
             @for h in &detail.history {
-                tr { td { (when(h.changed_at)) } td { (h.from_status.as_deref().unwrap_or("")) } td { (badge(&h.to_status)) } td { (h.reason.as_deref().unwrap_or("")) } }
+                tr { td { (when(h.changed_at)) } td { (h.from_status.map_or("", |s| s.as_str())) } td { (badge(h.to_status.as_str())) } td { (h.reason.as_deref().unwrap_or("")) } }
             }
         }
         h2 { "Events" }

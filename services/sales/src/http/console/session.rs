@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::views::Failure;
-use crate::{http::AppState, staff::random_token};
+use crate::{http::AppState, staff::random_token, store};
 
 /// The session cookie.
 pub const COOKIE: &str = "sales_console";
@@ -78,14 +78,7 @@ pub fn set_cookie(
 /// Starts a session for `staff_id`; the cookie's token.
 pub async fn create(pool: &PgPool, staff_id: Uuid) -> Result<String, sqlx::Error> {
     let token = random_token(32);
-    sqlx::query(
-        "INSERT INTO staff_sessions (token_digest, staff_id, csrf_token) VALUES ($1, $2, $3)",
-    )
-    .bind(digest(&token))
-    .bind(staff_id)
-    .bind(random_token(32))
-    .execute(pool)
-    .await?;
+    store::staff::insert_session(pool, &digest(&token), staff_id, &random_token(32)).await?;
     Ok(token)
 }
 
@@ -100,40 +93,25 @@ pub enum Lookup {
 
 /// The session of `token`, touched (its idle time starts again) if still active.
 pub async fn lookup(pool: &PgPool, token: &str, idle: Duration) -> Result<Lookup, sqlx::Error> {
-    let row: Option<(Uuid, String, String)> = sqlx::query_as(
-        "UPDATE staff_sessions s SET last_seen_at = now() FROM staff_accounts a
-         WHERE s.token_digest = $1 AND a.id = s.staff_id AND a.revoked_at IS NULL
-           AND s.last_seen_at > now() - make_interval(secs => $2)
-         RETURNING s.staff_id, a.name, s.csrf_token",
-    )
-    .bind(digest(token))
-    .bind(idle.as_secs_f64())
-    .fetch_optional(pool)
-    .await?;
-    if let Some((staff_id, name, csrf)) = row {
+    if let Some(row) = store::staff::touch_session(pool, &digest(token), idle).await? {
         return Ok(Lookup::Active(Session {
-            staff_id,
-            name,
-            csrf,
+            staff_id: row.staff_id,
+            name: row.name,
+            csrf: row.csrf_token,
         }));
     }
-    let gone = sqlx::query("DELETE FROM staff_sessions WHERE token_digest = $1")
-        .bind(digest(token))
-        .execute(pool)
-        .await?;
-    Ok(if gone.rows_affected() > 0 {
-        Lookup::Expired
-    } else {
-        Lookup::Unknown
-    })
+    Ok(
+        if store::staff::delete_session(pool, &digest(token)).await? {
+            Lookup::Expired
+        } else {
+            Lookup::Unknown
+        },
+    )
 }
 
 /// Ends the session of `token`.
 pub async fn delete(pool: &PgPool, token: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM staff_sessions WHERE token_digest = $1")
-        .bind(digest(token))
-        .execute(pool)
-        .await?;
+    store::staff::delete_session(pool, &digest(token)).await?;
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! person with their reasons, an order's full picture, and the two decisions.
 //! Approving resolves the order's open reviews and clears its flag (a delivery
 //! whose retries were exhausted is retried again); rejecting cancels the order
-//! through its compensations ([`crate::cancellation`]). Who (the authenticated
+//! through its compensations ([`crate::orders::cancellation`]). Who (the authenticated
 //! staff member, [`crate::staff`]), when, the resolution and the note are stored
 //! on each review; a second decision on the same reviews is a 409.
 //!
@@ -27,7 +27,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::http::AppState;
+use crate::{
+    http::AppState,
+    orders::reviews::{ReviewReason, ReviewStatus},
+    store::{self, delivery_retries::RetryStatus},
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -38,14 +42,14 @@ pub fn router() -> Router<AppState> {
 }
 
 /// One manual review of an order.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Review {
     pub id: Uuid,
     pub order_id: Uuid,
     /// Why, e.g. `AVAILABILITY_UNVERIFIED`, `INVALID_STATUS_TRANSITION`.
-    pub reason: String,
+    pub reason: ReviewReason,
     /// `OPEN`, `APPROVED`, `REJECTED` or `RESOLVED`.
-    pub status: String,
+    pub status: ReviewStatus,
     /// What the system knew when it opened the review (short items, statuses…).
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
@@ -92,19 +96,19 @@ pub struct ReviewPage {
 }
 
 /// One row of an order's status history.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StatusChange {
-    pub from_status: Option<String>,
-    pub to_status: String,
+    pub from_status: Option<OrderStatus>,
+    pub to_status: OrderStatus,
     pub reason: Option<String>,
     pub changed_at: DateTime<Utc>,
 }
 
 /// The order's delivery initiation retries.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryRetry {
-    /// `PENDING`, `DONE` or `EXHAUSTED`.
-    pub status: String,
+    /// `PENDING`, `HELD`, `DONE` or `EXHAUSTED`.
+    pub status: RetryStatus,
     pub attempts: i32,
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: Option<String>,
@@ -138,4 +142,45 @@ pub struct Decision {
         pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*$"
     )]
     pub note: String,
+}
+
+impl From<store::reviews::ReviewRow> for Review {
+    fn from(r: store::reviews::ReviewRow) -> Self {
+        Self {
+            id: r.id,
+            order_id: r.order_id,
+            reason: r.reason,
+            status: r.status,
+            details: r.details,
+            created_at: r.created_at,
+            resolved_at: r.resolved_at,
+            resolved_by: r.resolved_by,
+            resolution: r.resolution,
+            note: r.note,
+        }
+    }
+}
+
+impl From<store::orders::HistoryRow> for StatusChange {
+    fn from(h: store::orders::HistoryRow) -> Self {
+        Self {
+            from_status: h.from_status,
+            to_status: h.to_status,
+            reason: h.reason,
+            changed_at: h.changed_at,
+        }
+    }
+}
+
+impl From<store::delivery_retries::Row> for DeliveryRetry {
+    fn from(r: store::delivery_retries::Row) -> Self {
+        Self {
+            status: r.status,
+            attempts: r.attempts,
+            next_attempt_at: r.next_attempt_at,
+            last_error: r.last_error,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
 }

@@ -3,8 +3,7 @@
 //! complete picture.
 
 use axum::extract::State;
-use chrono::{DateTime, Utc};
-use contracts::{Problem, orders::OrderStatus};
+use contracts::Problem;
 use platform::{
     ApiResult,
     auth::Staff,
@@ -24,7 +23,7 @@ use crate::{
         orders::read::{DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor},
     },
     orders::reviews::{ReviewReason, ReviewStatus},
-    store::orders as store,
+    store,
 };
 
 /// Filters and paging of the queue.
@@ -45,29 +44,12 @@ pub struct QueueQuery {
     pub cursor: Option<String>,
 }
 
-#[derive(sqlx::FromRow)]
-struct EntryRow {
-    #[sqlx(flatten)]
-    review: Review,
-    customer_id: String,
-    order_status: String,
-    requires_manual_review: bool,
-    fallback_used: bool,
-    delivery_id: Option<Uuid>,
-    version: i32,
-    order_created_at: DateTime<Utc>,
-    order_updated_at: DateTime<Utc>,
-    item_lines: i64,
-    item_units: i64,
-}
-
-impl From<EntryRow> for QueueEntry {
-    fn from(row: EntryRow) -> Self {
+impl From<store::reviews::EntryRow> for QueueEntry {
+    fn from(row: store::reviews::EntryRow) -> Self {
         let order = OrderSummary {
             id: row.review.order_id,
             customer_id: row.customer_id,
-            // The column's CHECK constraint admits only known statuses.
-            status: OrderStatus::parse(&row.order_status).unwrap_or(OrderStatus::PendingShipment),
+            status: row.order_status,
             requires_manual_review: row.requires_manual_review,
             fallback_used: row.fallback_used,
             delivery_id: row.delivery_id,
@@ -78,14 +60,11 @@ impl From<EntryRow> for QueueEntry {
             item_units: row.item_units,
         };
         Self {
-            review: row.review,
+            review: row.review.into(),
             order,
         }
     }
 }
-
-const REVIEW_COLUMNS: &str = "r.id, r.order_id, r.reason, r.status, r.details, r.created_at, \
-                              r.resolved_at, r.resolved_by, r.resolution, r.note";
 
 /// The review queue, oldest first (staff).
 #[utoipa::path(get, path = "/review/orders", tag = "review", params(QueueQuery),
@@ -130,28 +109,10 @@ pub async fn page(state: &AppState, query: &QueueQuery) -> ApiResult<ReviewPage>
                 .ok_or_else(|| Problem::bad_query("cursor", "is not a cursor this API made"))?,
         ),
     };
-    let mut rows: Vec<EntryRow> = state
+    let mut rows = state
         .db
         .guard(async {
-            Ok(sqlx::query_as(&format!(
-                "SELECT {REVIEW_COLUMNS}, o.customer_id, o.status AS order_status,
-                        o.requires_manual_review, o.fallback_used, o.delivery_id, o.version,
-                        o.created_at AS order_created_at, o.updated_at AS order_updated_at,
-                        i.item_lines, i.item_units
-                 FROM manual_reviews r JOIN orders o ON o.id = r.order_id
-                 CROSS JOIN LATERAL (SELECT count(*) AS item_lines, coalesce(sum(quantity), 0)::bigint AS item_units
-                                     FROM order_items WHERE order_id = o.id) i
-                 WHERE r.status = $1 AND ($2::text IS NULL OR r.reason = $2)
-                   AND ($3::timestamptz IS NULL OR (r.created_at, r.id) > ($3, $4::uuid))
-                 ORDER BY r.created_at, r.id LIMIT $5"
-            ))
-            .bind(status.as_str())
-            .bind(reason.map(ReviewReason::as_str))
-            .bind(after.map(|a| a.0))
-            .bind(after.map(|a| a.1))
-            .bind(limit + 1)
-            .fetch_all(&state.db.pool)
-            .await?)
+            Ok(store::reviews::queue(&state.db.pool, status, reason, after, limit + 1).await?)
         })
         .await?;
     let next_cursor = if rows.len() as i64 > limit {
@@ -175,13 +136,11 @@ pub async fn counts_by_reason(
     state
         .db
         .guard(async {
-            Ok(sqlx::query_as(
-                "SELECT reason, count(*) FROM manual_reviews WHERE status = $1
-                 GROUP BY reason ORDER BY count(*) DESC, reason",
-            )
-            .bind(status.as_str())
-            .fetch_all(&state.db.pool)
-            .await?)
+            Ok(store::reviews::counts_by_reason(&state.db.pool, status)
+                .await?
+                .into_iter()
+                .map(|(reason, n)| (reason.as_str().to_owned(), n))
+                .collect())
         })
         .await
 }
@@ -191,29 +150,22 @@ pub async fn load(
     conn: &mut PgConnection,
     order_id: Uuid,
 ) -> Result<Option<ReviewedOrder>, sqlx::Error> {
-    let Some(order) = store::load(&mut *conn, order_id).await? else {
+    let Some(order) = store::orders::load(&mut *conn, order_id).await? else {
         return Ok(None);
     };
-    let reviews: Vec<Review> = sqlx::query_as(&format!(
-        "SELECT {REVIEW_COLUMNS} FROM manual_reviews r WHERE r.order_id = $1 ORDER BY r.created_at, r.id"
-    ))
-    .bind(order_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let history: Vec<StatusChange> = sqlx::query_as(
-        "SELECT from_status, to_status, reason, changed_at FROM order_status_history
-         WHERE order_id = $1 ORDER BY id",
-    )
-    .bind(order_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let delivery_retry: Option<DeliveryRetry> = sqlx::query_as(
-        "SELECT status, attempts, next_attempt_at, last_error, created_at, updated_at
-         FROM delivery_retries WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let reviews = store::reviews::of_order(&mut *conn, order_id)
+        .await?
+        .into_iter()
+        .map(Review::from)
+        .collect();
+    let history = store::orders::history(&mut *conn, order_id)
+        .await?
+        .into_iter()
+        .map(StatusChange::from)
+        .collect();
+    let delivery_retry = store::delivery_retries::of_order(&mut *conn, order_id)
+        .await?
+        .map(DeliveryRetry::from);
     Ok(Some(ReviewedOrder {
         order,
         reviews,
@@ -248,7 +200,7 @@ pub async fn detail(state: &AppState, id: Uuid) -> ApiResult<ReviewedOrder> {
         .await?
         .ok_or_else(|| Problem::not_found(&format!("order {id}")))?;
     drop(conn);
-    if let Ok(Some(saga_id)) = crate::store::sagas::saga_of(&state.db.pool, id).await {
+    if let Ok(Some(saga_id)) = store::sagas::saga_of(&state.db.pool, id).await {
         match saga::store::load(&state.db.pool, saga_id).await {
             Ok(view) => detail.saga = view.and_then(|v| serde_json::to_value(v).ok()),
             Err(saga::Error::Database(e)) => return Err(e.into()),
