@@ -1,5 +1,6 @@
 //! The order status state machine against the database: every (from, to) pair,
-//! what a valid transition writes, and that an invalid one writes nothing.
+//! what a valid transition writes, that an invalid one writes nothing, and that a status
+//! read from the database that the enums do not know is an error.
 
 use contracts::orders::{Order, OrderStatus};
 use sales::orders::status::{self, TransitionError, Transitioned};
@@ -165,4 +166,47 @@ async fn a_transition_writes_history_and_an_event_with_the_full_order(
     let read: Order =
         expect_json(stack.api().get(&format!("/orders/{}", order.id)).await, 200).await;
     assert_eq!(read.status, OrderStatus::Shipped);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_status_the_enums_do_not_know_is_a_decode_error_never_a_default(pool: sqlx::PgPool) {
+    use sales::{
+        orders::reviews::{ReviewReason, ReviewStatus},
+        store::{delivery_retries::RetryStatus, text::Text},
+    };
+    let read = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Text<OrderStatus>>(sql)
+                .fetch_one(&pool)
+                .await
+        }
+    };
+    assert_eq!(
+        read("SELECT 'SHIPPED'::text").await.unwrap(),
+        Text(OrderStatus::Shipped)
+    );
+    for unknown in ["SELECT 'LOST'::text", "SELECT 'shipped'::text"] {
+        let err = read(unknown).await.unwrap_err();
+        assert!(
+            matches!(err, sqlx::Error::ColumnDecode { .. }),
+            "{unknown}: {err:?}"
+        );
+    }
+    let reason = sqlx::query_scalar::<_, ReviewReason>("SELECT 'NOT_A_REASON'::text")
+        .fetch_one(&pool)
+        .await;
+    assert!(matches!(reason, Err(sqlx::Error::ColumnDecode { .. })));
+    let status = sqlx::query_scalar::<_, ReviewStatus>("SELECT 'open'::text")
+        .fetch_one(&pool)
+        .await;
+    assert!(
+        matches!(status, Err(sqlx::Error::ColumnDecode { .. })),
+        "exact case only"
+    );
+    let retry: RetryStatus = sqlx::query_scalar("SELECT 'HELD'::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(retry, RetryStatus::Held);
 }
