@@ -20,7 +20,6 @@ use utoipa::ToSchema;
 use crate::{
     config::ReconciliationConfig,
     db::Db,
-    orders::reviews,
     outbox::relay,
     store::{
         self,
@@ -154,7 +153,7 @@ pub async fn snapshot(state: &Sources, now: DateTime<Utc>) -> ReliabilityMetrics
     let counts = async {
         let mut conn = state.db.pool.acquire().await?;
         let pending = store::delivery_retries::pending_count(&mut conn).await?;
-        let reviews = reviews::open_count(&mut conn).await?;
+        let reviews = store::reviews::open_count(&mut conn).await?;
         let jobs = if state.reconciliation.enabled {
             reconciliation_runs::jobs_status(
                 &mut conn,

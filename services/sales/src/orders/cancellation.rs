@@ -75,7 +75,7 @@ pub async fn cancel_with(
         lock.row.delivery_hold,
     );
     if matches!(open_reviews, OpenReviews::Reject { .. })
-        && reviews::open_count_of(lock.conn(), order_id).await? == 0
+        && store::reviews::open_count_of(lock.conn(), order_id).await? == 0
     {
         return Err(CancelError::NoOpenReview(order_id));
     }

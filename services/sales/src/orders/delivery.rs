@@ -52,16 +52,6 @@ pub async fn schedule(
     store::delivery_retries::insert(conn, order_id, first_attempt_at, &trace, status).await
 }
 
-/// Lets a held delivery start: its row becomes PENDING, due at `now`, in the caller's
-/// transaction (which clears the order's hold with it). Nothing if it was not held.
-pub async fn release_hold(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    now: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
-    store::delivery_retries::release_hold(conn, order_id, now).await
-}
-
 /// What one attempt came to.
 #[derive(Debug)]
 pub enum Attempted {

@@ -50,7 +50,7 @@ use crate::{
         compensations::{self, OpenReviews},
         delivery::{self as delivery_retry, Due},
         idempotency::{self, IdempotencyKey},
-        reviews::{self, ReviewReason},
+        reviews::ReviewReason,
     },
     outbox::{self, events},
     peers::{
@@ -398,7 +398,7 @@ async fn record(
             .map(|i| i.product_id.as_str())
             .collect();
         let details = json!({"product_ids": product_ids, "cause": reason});
-        reviews::open(
+        store::reviews::open(
             &mut *conn,
             order.id,
             ReviewReason::AvailabilityUnverified,

@@ -238,9 +238,10 @@ pub async fn pending_count(conn: &mut PgConnection) -> Result<i64, sqlx::Error> 
     .await
 }
 
-/// The row of an order as the review detail shows it.
-#[derive(Debug, Clone)]
-pub struct Row {
+/// The order's delivery initiation retries.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct DeliveryRetry {
+    /// `PENDING`, `HELD`, `DONE` or `EXHAUSTED`.
     pub status: RetryStatus,
     pub attempts: i32,
     pub next_attempt_at: DateTime<Utc>,
@@ -250,9 +251,12 @@ pub struct Row {
 }
 
 /// The row of order `order_id`, if it has one.
-pub async fn of_order(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<Row>, sqlx::Error> {
+pub async fn of_order(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<DeliveryRetry>, sqlx::Error> {
     sqlx::query_as!(
-        Row,
+        DeliveryRetry,
         r#"SELECT status AS "status: RetryStatus", attempts, next_attempt_at, last_error, created_at, updated_at
            FROM delivery_retries WHERE order_id = $1"#,
         order_id,

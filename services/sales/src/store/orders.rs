@@ -472,8 +472,8 @@ pub async fn mark_stock_released(pool: &PgPool, order_id: Uuid) -> Result<(), sq
 }
 
 /// One row of an order's status history.
-#[derive(Debug, Clone)]
-pub struct HistoryRow {
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct StatusChange {
     pub from_status: Option<OrderStatus>,
     pub to_status: OrderStatus,
     pub reason: Option<String>,
@@ -484,7 +484,7 @@ pub struct HistoryRow {
 pub async fn history(
     conn: &mut PgConnection,
     order_id: Uuid,
-) -> Result<Vec<HistoryRow>, sqlx::Error> {
+) -> Result<Vec<StatusChange>, sqlx::Error> {
     Ok(sqlx::query!(
         r#"SELECT from_status AS "from_status: Text<OrderStatus>",
                   to_status AS "to_status: Text<OrderStatus>", reason, changed_at
@@ -494,7 +494,7 @@ pub async fn history(
     .fetch_all(conn)
     .await?
     .into_iter()
-    .map(|r| HistoryRow {
+    .map(|r| StatusChange {
         from_status: r.from_status.map(|s| s.0),
         to_status: r.to_status.0,
         reason: r.reason,
@@ -544,7 +544,7 @@ pub async fn unconfirmed_releases(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>
 /// Fallback orders (not cancelled) whose `AVAILABILITY_UNVERIFIED` review is open, with
 /// the review, oldest review first.
 pub async fn awaiting_recheck(pool: &PgPool, limit: i64) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
-    use crate::orders::reviews::{ReviewReason, ReviewStatus};
+    use super::reviews::{ReviewReason, ReviewStatus};
     Ok(sqlx::query!(
         r#"SELECT o.id AS order_id, r.id AS review_id FROM orders o JOIN manual_reviews r ON r.order_id = o.id
            WHERE r.status = $2 AND r.reason = $3

@@ -6,19 +6,136 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::orders::reviews::{ReviewReason, ReviewStatus};
+use serde::Serialize;
 
-/// One review as stored.
-#[derive(Debug, Clone)]
-pub struct ReviewRow {
+use super::text::text_column;
+
+/// Why an order waits for a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReviewReason {
+    /// Accepted while product could not be asked.
+    AvailabilityUnverified,
+    /// Accepted on the fallback, and product later had not enough stock.
+    OutOfStockAfterFallback,
+    /// Accepted on the fallback for a product that does not exist (found by the re-check).
+    UnknownProduct,
+    /// Its reservation lapsed while `ORDER_CREATED` waited for the broker, and the stock is gone.
+    ReservationLapsed,
+    /// Delivery reported a status the order cannot move to.
+    InvalidStatusTransition,
+    /// Delivery could not be initiated within the retry limits.
+    DeliveryRetriesExhausted,
+    /// The courier reported the delivery failed.
+    DeliveryFailed,
+    /// An order pending shipment for too long.
+    StalePendingShipment,
+}
+
+impl ReviewReason {
+    pub const ALL: [Self; 8] = [
+        Self::AvailabilityUnverified,
+        Self::OutOfStockAfterFallback,
+        Self::UnknownProduct,
+        Self::ReservationLapsed,
+        Self::InvalidStatusTransition,
+        Self::DeliveryRetriesExhausted,
+        Self::DeliveryFailed,
+        Self::StalePendingShipment,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AvailabilityUnverified => "AVAILABILITY_UNVERIFIED",
+            Self::OutOfStockAfterFallback => "OUT_OF_STOCK_AFTER_FALLBACK",
+            Self::UnknownProduct => "UNKNOWN_PRODUCT",
+            Self::ReservationLapsed => "RESERVATION_LAPSED",
+            Self::InvalidStatusTransition => "INVALID_STATUS_TRANSITION",
+            Self::DeliveryRetriesExhausted => "DELIVERY_RETRIES_EXHAUSTED",
+            Self::DeliveryFailed => "DELIVERY_FAILED",
+            Self::StalePendingShipment => "STALE_PENDING_SHIPMENT",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// Lifecycle of a review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReviewStatus {
+    Open,
+    /// Staff approved: the order proceeds.
+    Approved,
+    /// Staff rejected: the order was cancelled.
+    Rejected,
+    /// Settled otherwise (by the system, or by the order's cancellation).
+    Resolved,
+}
+
+text_column!(ReviewReason);
+text_column!(ReviewStatus);
+
+impl super::text::TextEnum for ReviewReason {
+    const WHAT: &'static str = "review reason";
+    fn as_str(self) -> &'static str {
+        ReviewReason::as_str(self)
+    }
+    fn parse(s: &str) -> Option<Self> {
+        ReviewReason::parse(s)
+    }
+}
+
+impl super::text::TextEnum for ReviewStatus {
+    const WHAT: &'static str = "review status";
+    fn as_str(self) -> &'static str {
+        ReviewStatus::as_str(self)
+    }
+    // Exact: the column holds upper case only.
+    fn parse(s: &str) -> Option<Self> {
+        ReviewStatus::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl ReviewStatus {
+    pub const ALL: [Self; 4] = [Self::Open, Self::Approved, Self::Rejected, Self::Resolved];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "OPEN",
+            Self::Approved => "APPROVED",
+            Self::Rejected => "REJECTED",
+            Self::Resolved => "RESOLVED",
+        }
+    }
+
+    /// Parses `OPEN` or `open`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+/// One manual review of an order.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Review {
     pub id: Uuid,
     pub order_id: Uuid,
+    /// Why, e.g. `AVAILABILITY_UNVERIFIED`, `INVALID_STATUS_TRANSITION`.
     pub reason: ReviewReason,
+    /// `OPEN`, `APPROVED`, `REJECTED` or `RESOLVED`.
     pub status: ReviewStatus,
+    /// What the system knew when it opened the review (short items, statuses…).
+    #[schema(value_type = Object)]
     pub details: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
+    /// A staff member, `system`, or `customer`.
     pub resolved_by: Option<String>,
+    /// What was decided: `APPROVED`, `ORDER_CANCELLED`, `AVAILABILITY_CONFIRMED`.
     pub resolution: Option<String>,
     pub note: Option<String>,
 }
@@ -133,12 +250,9 @@ pub async fn reclassify(
 }
 
 /// The reviews of an order, oldest first.
-pub async fn of_order(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-) -> Result<Vec<ReviewRow>, sqlx::Error> {
+pub async fn of_order(conn: &mut PgConnection, order_id: Uuid) -> Result<Vec<Review>, sqlx::Error> {
     sqlx::query_as!(
-        ReviewRow,
+        Review,
         r#"SELECT id, order_id, reason AS "reason: ReviewReason", status AS "status: ReviewStatus",
                   details, created_at, resolved_at, resolved_by, resolution, note
            FROM manual_reviews WHERE order_id = $1 ORDER BY created_at, id"#,
@@ -151,7 +265,7 @@ pub async fn of_order(
 /// A queue entry: the review and a summary of its order.
 #[derive(Debug, Clone)]
 pub struct EntryRow {
-    pub review: ReviewRow,
+    pub review: Review,
     pub customer_id: String,
     pub order_status: contracts::orders::OrderStatus,
     pub requires_manual_review: bool,
@@ -199,7 +313,7 @@ pub async fn queue(
     Ok(rows
         .into_iter()
         .map(|r| EntryRow {
-            review: ReviewRow {
+            review: Review {
                 id: r.id,
                 order_id: r.order_id,
                 reason: r.reason,

@@ -42,10 +42,7 @@ use crate::{
     cache::OrderCache,
     config::AvailabilityRecheckConfig,
     db::Db,
-    orders::{
-        delivery as delivery_retry,
-        reviews::{self, Resolution, ReviewReason, ReviewStatus},
-    },
+    orders::reviews::{self, Resolution, ReviewReason, ReviewStatus},
     outbox::events,
     peers::{
         PeerError,
@@ -382,7 +379,7 @@ async fn confirmed(
         },
     )
     .await?;
-    let still_open = reviews::open_count_of(lock.conn(), order_id).await?;
+    let still_open = store::reviews::open_count_of(lock.conn(), order_id).await?;
     let (flag, hold) = if still_open == 0 {
         (Some(false), Hold::Clear)
     } else {
@@ -396,7 +393,7 @@ async fn confirmed(
     )
     .await?;
     if hold == Hold::Clear {
-        delivery_retry::release_hold(lock.conn(), order_id, now).await?;
+        store::delivery_retries::release_hold(lock.conn(), order_id, now).await?;
     }
     Ok(())
 }

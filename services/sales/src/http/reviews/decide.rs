@@ -17,7 +17,6 @@ use crate::{
     http::AppState,
     orders::{
         cancellation::{self, CancelError, OpenReviews},
-        delivery as delivery_retry,
         reviews::{self, Resolution, ReviewStatus},
     },
     outbox::events,
@@ -86,7 +85,7 @@ pub async fn approve_order(
             }
             if lock.row.status == OrderStatus::PendingShipment && lock.row.delivery_id.is_none() {
                 // A held delivery (a fallback order) may start now.
-                delivery_retry::release_hold(lock.conn(), id, Utc::now()).await?;
+                store::delivery_retries::release_hold(lock.conn(), id, Utc::now()).await?;
                 // Retries gave up: approving asks for them again, with fresh limits.
                 store::delivery_retries::restart_exhausted(&mut lock).await?;
             }

@@ -27,11 +27,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::{
-    http::AppState,
-    orders::reviews::{ReviewReason, ReviewStatus},
-    store::{self, delivery_retries::RetryStatus},
-};
+use crate::http::AppState;
+pub use crate::store::{delivery_retries::DeliveryRetry, orders::StatusChange, reviews::Review};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -39,27 +36,6 @@ pub fn router() -> Router<AppState> {
         .route("/review/orders/{id}", get(queue::review_detail))
         .route("/review/orders/{id}/approve", post(decide::approve))
         .route("/review/orders/{id}/reject", post(decide::reject))
-}
-
-/// One manual review of an order.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Review {
-    pub id: Uuid,
-    pub order_id: Uuid,
-    /// Why, e.g. `AVAILABILITY_UNVERIFIED`, `INVALID_STATUS_TRANSITION`.
-    pub reason: ReviewReason,
-    /// `OPEN`, `APPROVED`, `REJECTED` or `RESOLVED`.
-    pub status: ReviewStatus,
-    /// What the system knew when it opened the review (short items, statuses…).
-    #[schema(value_type = Object)]
-    pub details: serde_json::Value,
-    pub created_at: DateTime<Utc>,
-    pub resolved_at: Option<DateTime<Utc>>,
-    /// A staff member, `system`, or `customer`.
-    pub resolved_by: Option<String>,
-    /// What was decided: `APPROVED`, `ORDER_CANCELLED`, `AVAILABILITY_CONFIRMED`.
-    pub resolution: Option<String>,
-    pub note: Option<String>,
 }
 
 /// The order of a queue entry, without its items.
@@ -95,27 +71,6 @@ pub struct ReviewPage {
     pub next_cursor: Option<String>,
 }
 
-/// One row of an order's status history.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct StatusChange {
-    pub from_status: Option<OrderStatus>,
-    pub to_status: OrderStatus,
-    pub reason: Option<String>,
-    pub changed_at: DateTime<Utc>,
-}
-
-/// The order's delivery initiation retries.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct DeliveryRetry {
-    /// `PENDING`, `HELD`, `DONE` or `EXHAUSTED`.
-    pub status: RetryStatus,
-    pub attempts: i32,
-    pub next_attempt_at: DateTime<Utc>,
-    pub last_error: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
 /// Everything staff need to decide about an order.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ReviewedOrder {
@@ -142,45 +97,4 @@ pub struct Decision {
         pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*$"
     )]
     pub note: String,
-}
-
-impl From<store::reviews::ReviewRow> for Review {
-    fn from(r: store::reviews::ReviewRow) -> Self {
-        Self {
-            id: r.id,
-            order_id: r.order_id,
-            reason: r.reason,
-            status: r.status,
-            details: r.details,
-            created_at: r.created_at,
-            resolved_at: r.resolved_at,
-            resolved_by: r.resolved_by,
-            resolution: r.resolution,
-            note: r.note,
-        }
-    }
-}
-
-impl From<store::orders::HistoryRow> for StatusChange {
-    fn from(h: store::orders::HistoryRow) -> Self {
-        Self {
-            from_status: h.from_status,
-            to_status: h.to_status,
-            reason: h.reason,
-            changed_at: h.changed_at,
-        }
-    }
-}
-
-impl From<store::delivery_retries::Row> for DeliveryRetry {
-    fn from(r: store::delivery_retries::Row) -> Self {
-        Self {
-            status: r.status,
-            attempts: r.attempts,
-            next_attempt_at: r.next_attempt_at,
-            last_error: r.last_error,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        }
-    }
 }

@@ -14,9 +14,7 @@ use sqlx::PgConnection;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use super::{
-    DeliveryRetry, OrderSummary, QueueEntry, Review, ReviewPage, ReviewedOrder, StatusChange,
-};
+use super::{OrderSummary, QueueEntry, ReviewPage, ReviewedOrder};
 use crate::{
     http::{
         AppState,
@@ -60,7 +58,7 @@ impl From<store::reviews::EntryRow> for QueueEntry {
             item_units: row.item_units,
         };
         Self {
-            review: row.review.into(),
+            review: row.review,
             order,
         }
     }
@@ -153,19 +151,9 @@ pub async fn load(
     let Some(order) = store::orders::load(&mut *conn, order_id).await? else {
         return Ok(None);
     };
-    let reviews = store::reviews::of_order(&mut *conn, order_id)
-        .await?
-        .into_iter()
-        .map(Review::from)
-        .collect();
-    let history = store::orders::history(&mut *conn, order_id)
-        .await?
-        .into_iter()
-        .map(StatusChange::from)
-        .collect();
-    let delivery_retry = store::delivery_retries::of_order(&mut *conn, order_id)
-        .await?
-        .map(DeliveryRetry::from);
+    let reviews = store::reviews::of_order(&mut *conn, order_id).await?;
+    let history = store::orders::history(&mut *conn, order_id).await?;
+    let delivery_retry = store::delivery_retries::of_order(&mut *conn, order_id).await?;
     Ok(Some(ReviewedOrder {
         order,
         reviews,
