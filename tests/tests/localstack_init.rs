@@ -69,11 +69,11 @@ fn delivery_topology(topic: &str, queue: &str) -> Topology {
         topic_name: topic.to_owned(),
         queues: vec![QueueSpec {
             name: queue.to_owned(),
-            event_types: sales::delivery_status::CONSUMED
+            event_types: sales::workers::delivery_events::CONSUMED
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
-            excluded_statuses: sales::delivery_status::NOT_DELIVERED
+            excluded_statuses: sales::workers::delivery_events::NOT_DELIVERED
                 .iter()
                 .map(|s| s.as_str().to_owned())
                 .collect(),

@@ -1,163 +1,31 @@
-//! Building and running the sales service: breakers, peers, router, OpenAPI
-//! document and the background workers.
+//! Building and running the sales service, the composition root: breakers, peers,
+//! the cache, the HTTP state and router ([`crate::http`]) and the background workers
+//! ([`crate::workers`]), each given the narrow dependencies it needs.
 
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::{Router, extract::FromRef, routing::get};
-use platform::auth::StaffToken;
+use axum::Router;
 use resilience::Registry;
-use sqlx::{PgPool, migrate::Migrator};
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use utoipa::OpenApi;
 
 use crate::{
-    alerts, availability_recheck, cancellation,
+    cache::OrderCache,
     config::Config,
-    db::Db,
-    delivery_retry, delivery_status,
-    order_saga::{self, OrderSagas},
-    orders,
+    db::{Db, MIGRATOR},
+    http::{AppState, router},
     outbox::{self, relay::Relay},
     peers::{HttpPeer, delivery::DeliveryClient, product::ProductClient},
-    reconciliation, reliability, review,
+    placement::{self, OrderSagas},
+    rate_limit::RateLimiter,
+    reliability::Alerts,
+    workers::{
+        alerts, availability_recheck, delivery_events, delivery_retry, reconciliation,
+        reservation_keeper, saga_recovery,
+    },
 };
-
-/// The sales database's migrations, embedded in the binary.
-pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sales");
-
-/// What handlers and workers share.
-#[derive(Clone)]
-pub struct AppState {
-    pub db: Db,
-    /// Verifies staff members' credentials ([`crate::staff`]).
-    pub staff: crate::staff::Verifier,
-    /// Limits the console's sign-in attempts.
-    pub login_limiter: crate::console::LoginLimiter,
-    pub product: ProductClient,
-    pub delivery: DeliveryClient,
-    pub breakers: Registry,
-    pub config: Arc<Config>,
-    /// When this instance started (the reconciliation status counts its grace from it).
-    pub started_at: chrono::DateTime<chrono::Utc>,
-    /// The saga engine and the order saga.
-    pub sagas: order_saga::OrderSagas,
-    /// Per-client limits of the customer endpoints.
-    pub rate_limiter: crate::cache::RateLimiter,
-    /// Open reliability alert episodes (the alert checker's, shown by `/health/reliability`).
-    pub alerts: alerts::Alerts,
-    /// Wakes the availability re-check when an order is accepted on the fallback.
-    pub recheck_wake: Arc<tokio::sync::Notify>,
-}
-
-/// Sales has no shared staff token: only people verified by [`crate::staff::authenticate`]
-/// pass [`platform::auth::Staff`].
-impl FromRef<AppState> for StaffToken {
-    fn from_ref(_: &AppState) -> Self {
-        StaffToken::default()
-    }
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "sales", description = "Customers place and follow orders."),
-    paths(
-        orders::place::place_order,
-        orders::read::get_order,
-        orders::read::list_orders,
-        cancellation::cancel,
-        review::queue::list_reviews,
-        review::queue::review_detail,
-        review::decide::approve,
-        review::decide::reject,
-        reliability::reliability,
-        order_saga::get_saga,
-        outbox::admin::list_failed,
-        outbox::admin::replay_all,
-        outbox::admin::replay_one,
-        outbox::admin::discard_one,
-    ),
-    modifiers(&PersonalStaffSecurity)
-)]
-pub struct ApiDoc;
-
-/// The `staff` security scheme of sales: each person's own credential.
-struct PersonalStaffSecurity;
-
-impl utoipa::Modify for PersonalStaffSecurity {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "staff",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("<name>:<secret>")
-                    .description(Some(
-                        "A staff member's own credential, `<name>:<secret>` of an account made by \
-                         `sales staff add NAME` (revoked by `sales staff revoke NAME`). Audits of \
-                         decisions, replays and discards name that person.",
-                    ))
-                    .build(),
-            ),
-        );
-    }
-}
-
-/// The OpenAPI document of the service, health routes included.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    doc.merge(platform::health::HealthApi::openapi());
-    doc.merge(platform::metrics::MetricsApi::openapi());
-    platform::openapi::finish(&mut doc);
-    doc
-}
-
-/// The complete router, middleware included.
-pub fn router(state: AppState) -> Router {
-    let readiness = reliability::readiness(
-        state.breakers.clone(),
-        state.config.breakers.database.name.clone(),
-    );
-    // Each scrape first refreshes the gauges taken from the database.
-    let metrics_refresh = {
-        let state = state.clone();
-        platform::metrics::refresh_hook(move || {
-            let state = state.clone();
-            async move { reliability::refresh_metrics(&state).await }
-        })
-    };
-    // Only the customer endpoints are rate limited (route_layer: matched routes only).
-    let customer = orders::router().merge(cancellation::router()).route_layer(
-        axum::middleware::from_fn_with_state(
-            state.rate_limiter.clone(),
-            crate::cache::rate_limit::enforce,
-        ),
-    );
-    // The staff routes verify the person first (and drop any client-supplied name).
-    let staff = review::router()
-        .merge(outbox::admin::router())
-        .route("/sagas/{id}", get(order_saga::get_saga))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::staff::authenticate,
-        ));
-    let router = customer
-        .merge(staff)
-        .merge(crate::console::router())
-        .route("/health/reliability", get(reliability::reliability))
-        .with_state(state.clone())
-        .merge(platform::health::router_with(
-            state.db.pool,
-            &MIGRATOR,
-            Some(readiness),
-        ))
-        .merge(platform::server::openapi_router(openapi()))
-        .merge(platform::metrics::router_with(Some(metrics_refresh)));
-    platform::server::with_common_layers(router, &state.config.server)
-}
 
 /// A bound, ready-to-run sales service.
 pub struct Application {
@@ -198,11 +66,11 @@ async fn delivery_events_consumer(config: &Config) -> anyhow::Result<Option<mess
             topic_name: events.topic_name.clone(),
             queues: vec![messaging::QueueSpec {
                 name: events.queue_name.clone(),
-                event_types: delivery_status::CONSUMED
+                event_types: delivery_events::CONSUMED
                     .iter()
                     .map(|s| (*s).to_owned())
                     .collect(),
-                excluded_statuses: delivery_status::NOT_DELIVERED
+                excluded_statuses: delivery_events::NOT_DELIVERED
                     .iter()
                     .map(|s| s.as_str().to_owned())
                     .collect(),
@@ -289,14 +157,14 @@ impl Application {
         let db = Db {
             pool,
             breaker: breakers.register(config.breakers.database.clone()),
-            cache: crate::cache::OrderCache::new(redis.clone(), config.cache.order_ttl),
         };
-        let rate_limiter = crate::cache::RateLimiter::new(&config.rate_limit, redis);
+        let cache = OrderCache::new(redis.clone(), config.cache.order_ttl);
+        let rate_limiter = RateLimiter::new(&config.rate_limit, redis);
         let (product, delivery) = (ProductClient::new(product), DeliveryClient::new(delivery));
         let config = Arc::new(config);
         let recheck_wake = Arc::new(tokio::sync::Notify::new());
         let sagas = OrderSagas::new(
-            order_saga::Deps {
+            placement::Deps {
                 db: db.clone(),
                 product: product.clone(),
                 delivery: delivery.clone(),
@@ -309,8 +177,9 @@ impl Application {
         );
         let state = AppState {
             db,
+            cache,
             staff: crate::staff::Verifier::default(),
-            login_limiter: crate::console::LoginLimiter::new(
+            login_limiter: crate::http::console::LoginLimiter::new(
                 config.console.login_attempts_per_minute,
             ),
             product,
@@ -319,7 +188,7 @@ impl Application {
             config,
             started_at: chrono::Utc::now(),
             sagas,
-            alerts: alerts::Alerts::default(),
+            alerts: Alerts::default(),
             rate_limiter,
             recheck_wake,
         };
@@ -345,6 +214,7 @@ impl Application {
     pub fn delivery_retry_worker(&self) -> delivery_retry::Worker {
         delivery_retry::Worker {
             db: self.state.db.clone(),
+            cache: self.state.cache.clone(),
             delivery: self.state.delivery.clone(),
             config: self.state.config.delivery_retry.clone(),
         }
@@ -354,6 +224,7 @@ impl Application {
     pub fn reconciliation_worker(&self) -> reconciliation::Worker {
         reconciliation::Worker {
             db: self.state.db.clone(),
+            cache: self.state.cache.clone(),
             delivery: self.state.delivery.clone(),
             product: self.state.product.clone(),
             config: self.state.config.reconciliation.clone(),
@@ -364,6 +235,7 @@ impl Application {
     pub fn availability_recheck_worker(&self) -> availability_recheck::Worker {
         availability_recheck::Worker {
             db: self.state.db.clone(),
+            cache: self.state.cache.clone(),
             product: self.state.product.clone(),
             config: self.state.config.availability_recheck.clone(),
             wake: self.state.recheck_wake.clone(),
@@ -371,9 +243,10 @@ impl Application {
     }
 
     /// The reservation keeper of this instance (tests drive it step by step).
-    pub fn reservation_keeper(&self) -> crate::reservation_keeper::Worker {
-        crate::reservation_keeper::Worker {
+    pub fn reservation_keeper(&self) -> reservation_keeper::Worker {
+        reservation_keeper::Worker {
             db: self.state.db.clone(),
+            cache: self.state.cache.clone(),
             product: self.state.product.clone(),
             config: self.state.config.reservation_keeper.clone(),
         }
@@ -381,7 +254,10 @@ impl Application {
 
     /// The reliability alert checker of this instance (tests drive it step by step).
     pub fn alert_checker(&self) -> alerts::Checker {
-        alerts::Checker::new(self.state.clone())
+        alerts::Checker::new(
+            self.state.reliability_sources(),
+            self.state.config.alerts.clone(),
+        )
     }
 
     /// The outbox relay of this instance, if the broker is enabled.
@@ -392,7 +268,7 @@ impl Application {
     /// Serves and runs the workers until `token` is cancelled, then drains.
     pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
-        tracker.spawn(order_saga::run_recovery(
+        tracker.spawn(saga_recovery::run(
             self.state.sagas.clone(),
             self.state.config.saga_recovery_interval,
             token.clone(),
@@ -406,8 +282,9 @@ impl Application {
             );
         }
         if let Some(consumer) = self.delivery_events.clone() {
-            let handler = delivery_status::Consumer {
+            let handler = delivery_events::Consumer {
                 db: self.state.db.clone(),
+                cache: self.state.cache.clone(),
             };
             tracker.spawn({
                 let token = token.clone();

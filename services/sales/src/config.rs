@@ -55,14 +55,25 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     /// The reliability alert checker, see [`AlertsConfig`].
     pub alerts: AlertsConfig,
-    /// The reservation keeper, see [`crate::reservation_keeper::KeeperConfig`].
-    pub reservation_keeper: crate::reservation_keeper::KeeperConfig,
+    /// The reservation keeper, see [`KeeperConfig`].
+    pub reservation_keeper: KeeperConfig,
     /// `SALES_FAULT_PAUSE_BEFORE_RECORD_MS` (default 0): fault injection for tests, a pause
     /// between the reservation and the order's transaction (to kill the process there).
     pub fault_pause_before_record: Duration,
 }
 
-/// The staff console ([`crate::console`]).
+/// The reservation keeper's settings (`workers::reservation_keeper`).
+#[derive(Debug, Clone)]
+pub struct KeeperConfig {
+    /// `SALES_RESERVATION_KEEPER_INTERVAL_MS` (default 60000): time between rounds.
+    pub interval: Duration,
+    /// `SALES_RESERVATION_RENEW_AFTER_MS` (default 300000 = 5 min, a third of product's
+    /// default TTL): an order's reservation is renewed once its `ORDER_CREATED` has waited
+    /// this long, and again every round after.
+    pub renew_after: Duration,
+}
+
+/// The staff console (`http::console`).
 #[derive(Debug, Clone)]
 pub struct ConsoleConfig {
     /// `SALES_CONSOLE_IDLE_TIMEOUT_MS` (default 1800000, 30 minutes): a session unused this
@@ -76,7 +87,7 @@ pub struct ConsoleConfig {
     pub login_attempts_per_minute: u32,
 }
 
-/// The reliability alert checker ([`crate::alerts`]).
+/// The reliability alert checker (`workers::alerts`).
 #[derive(Debug, Clone)]
 pub struct AlertsConfig {
     /// `SALES_ALERTS_INTERVAL_MS` (default 30000): time between evaluations.
@@ -97,7 +108,7 @@ pub struct AlertsConfig {
     pub webhook_timeout: Duration,
 }
 
-/// Redis ([`crate::cache`]): the order cache, and the rate limits' shared store.
+/// Redis (`cache`): the order cache, and the rate limits' shared store.
 #[derive(Clone)]
 pub struct CacheConfig {
     /// `SALES_REDIS_URL` (default unset: no cache, rate limits per instance), e.g.
@@ -122,7 +133,7 @@ impl std::fmt::Debug for CacheConfig {
     }
 }
 
-/// Per-client rate limits ([`crate::cache::rate_limit`]).
+/// Per-client rate limits (`rate_limit`).
 #[derive(Debug, Clone)]
 pub struct RateLimitConfig {
     /// `SALES_RATE_LIMIT_PER_SECOND` (default 50; decimals allowed, e.g. 0.5): sustained
@@ -220,7 +231,7 @@ pub struct ReconciliationConfig {
 }
 
 /// The SQS consumer of delivery's `DELIVERY_STATUS_CHANGED` events
-/// ([`crate::delivery_status`]). Endpoint, region and credentials come from the standard
+/// (`workers::delivery_events`). Endpoint, region and credentials come from the standard
 /// AWS environment (`AWS_ENDPOINT_URL` for LocalStack).
 #[derive(Debug, Clone)]
 pub struct DeliveryEventsConfig {
@@ -430,7 +441,7 @@ impl Config {
             fault_pause_before_record: Duration::from_millis(
                 env.parse("FAULT_PAUSE_BEFORE_RECORD_MS", 0)?,
             ),
-            reservation_keeper: crate::reservation_keeper::KeeperConfig {
+            reservation_keeper: KeeperConfig {
                 interval: env.millis("RESERVATION_KEEPER_INTERVAL_MS", 60_000)?,
                 renew_after: env.millis("RESERVATION_RENEW_AFTER_MS", 300_000)?,
             },

@@ -8,16 +8,16 @@ use std::future::Future;
 use contracts::Problem;
 use platform::{ApiError, ApiResult};
 use resilience::{CircuitBreaker, Outcome, Rejected};
-use sqlx::PgPool;
+use sqlx::{PgPool, migrate::Migrator};
 
-/// The pool and its breaker, and the order cache every writer updates after
-/// committing a change of an order.
+/// The sales database's migrations, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sales");
+
+/// The pool and its breaker.
 #[derive(Clone)]
 pub struct Db {
     pub pool: PgPool,
     pub breaker: CircuitBreaker,
-    /// The order cache ([`crate::cache::orders`]); disabled without Redis.
-    pub cache: crate::cache::OrderCache,
 }
 
 /// 503 for a request refused by the open database breaker.

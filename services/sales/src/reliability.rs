@@ -1,28 +1,120 @@
-//! The reliability view: `GET /health/reliability` (breaker states and the
-//! figures of the eventual-consistency machinery), and the readiness details
-//! (an open database breaker makes the service not ready).
+//! The reliability figures: breaker states and the figures of the eventual-consistency
+//! machinery (shown by `GET /health/reliability`), the readiness details (an open
+//! database breaker makes the service not ready), and the open alert episodes ([`Alerts`]).
 //!
 //! [`snapshot`] takes the figures once; the endpoint, the `/metrics` refresh
-//! ([`refresh_metrics`]) and the alert checker ([`crate::alerts`]) all use it, so a
+//! ([`refresh_metrics`]) and the alert checker (`workers::alerts`) all use it, so a
 //! new figure is added in one place.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError},
+};
 
-use axum::{Json, extract::State};
 use chrono::{DateTime, Utc};
 use resilience::{BreakerSnapshot, Registry};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use crate::{
-    alerts::ActiveAlert,
-    app::AppState,
-    delivery_retry,
+    config::ReconciliationConfig,
+    db::Db,
     outbox::relay,
-    reconciliation::{self, JobsStatus},
-    reviews,
+    store::{
+        self,
+        reconciliation_runs::{self, JobsStatus},
+    },
 };
+
+/// What the figures are taken from.
+#[derive(Clone)]
+pub struct Sources {
+    pub db: Db,
+    pub breakers: Registry,
+    pub reconciliation: ReconciliationConfig,
+    /// When this instance started (the reconciliation status counts its grace from it).
+    pub started_at: DateTime<Utc>,
+    /// The open alert episodes (the alert checker's).
+    pub alerts: Alerts,
+}
+
+/// The alerts the checker knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Alert {
+    CircuitBreakerOpen,
+    OutboxBacklog,
+    ManualReviewBacklog,
+    OutboxStalled,
+    OutboxDeadLetters,
+}
+
+impl Alert {
+    /// Every alert, in evaluation order.
+    pub const ALL: [Alert; 5] = [
+        Alert::CircuitBreakerOpen,
+        Alert::OutboxBacklog,
+        Alert::ManualReviewBacklog,
+        Alert::OutboxStalled,
+        Alert::OutboxDeadLetters,
+    ];
+
+    /// The stable name (`alert` field of logs and webhook bodies, metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alert::CircuitBreakerOpen => "CIRCUIT_BREAKER_OPEN",
+            Alert::OutboxBacklog => "OUTBOX_BACKLOG",
+            Alert::ManualReviewBacklog => "MANUAL_REVIEW_BACKLOG",
+            Alert::OutboxStalled => "OUTBOX_STALLED",
+            Alert::OutboxDeadLetters => "OUTBOX_DEAD_LETTERS",
+        }
+    }
+}
+
+/// An open alert episode.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveAlert {
+    pub alert: Alert,
+    /// The figure at the last evaluation (open breakers; pending rows; open reviews;
+    /// age in seconds).
+    pub value: f64,
+    pub threshold: f64,
+    /// What the figure is made of (e.g. the open breakers' names).
+    #[schema(value_type = Object)]
+    pub details: Value,
+    /// When the episode started.
+    pub since: DateTime<Utc>,
+}
+
+/// The open episodes, by alert.
+pub type ActiveSet = BTreeMap<Alert, ActiveAlert>;
+
+/// The open episodes of this instance, shared by the checker and `/health/reliability`.
+#[derive(Clone, Default)]
+pub struct Alerts {
+    active: Arc<Mutex<ActiveSet>>,
+    /// Serializes evaluations (the checker's loop and tests driving it).
+    pub(crate) evaluating: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Alerts {
+    /// The open episodes, in alert order.
+    pub fn active(&self) -> Vec<ActiveAlert> {
+        self.lock().values().cloned().collect()
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ActiveSet> {
+        self.active.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for Alerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.lock().keys()).finish()
+    }
+}
 
 /// The reliability view (`GET /health/reliability`).
 #[derive(Debug, Serialize, ToSchema)]
@@ -54,31 +146,24 @@ pub struct ReliabilityMetrics {
     pub active_alerts: Vec<ActiveAlert>,
 }
 
-/// Breakers, retries and reviews at a glance.
-#[utoipa::path(get, path = "/health/reliability", tag = "health",
-    responses((status = 200, body = ReliabilityMetrics)))]
-pub async fn reliability(State(state): State<AppState>) -> Json<ReliabilityMetrics> {
-    Json(snapshot(&state, Utc::now()).await)
-}
-
 /// The figures at `now`: breakers always; the database's figures unless its breaker is open
 /// or a query fails (then null).
-pub async fn snapshot(state: &AppState, now: DateTime<Utc>) -> ReliabilityMetrics {
+pub async fn snapshot(state: &Sources, now: DateTime<Utc>) -> ReliabilityMetrics {
     let breakers = state.breakers.snapshots();
     let counts = async {
         let mut conn = state.db.pool.acquire().await?;
-        let pending = delivery_retry::pending_count(&mut conn).await?;
-        let reviews = reviews::open_count(&mut conn).await?;
-        let jobs = if state.config.reconciliation.enabled {
-            reconciliation::jobs_status(
+        let pending = store::delivery_retries::pending_count(&mut conn).await?;
+        let reviews = store::reviews::open_count(&mut conn).await?;
+        let jobs = if state.reconciliation.enabled {
+            reconciliation_runs::jobs_status(
                 &mut conn,
                 now,
-                state.config.reconciliation.interval,
+                state.reconciliation.interval,
                 state.started_at,
             )
             .await?
         } else {
-            reconciliation::JobsStatus::Disabled
+            JobsStatus::Disabled
         };
         let outbox = relay::backlog(&state.db.pool, now).await?;
         Ok::<_, sqlx::Error>((pending, reviews, jobs, outbox))
@@ -150,7 +235,7 @@ pub fn record_gauges(figures: &ReliabilityMetrics) {
 }
 
 /// Takes a snapshot and sets the gauges from it (the `/metrics` refresh hook).
-pub async fn refresh_metrics(state: &AppState) {
+pub async fn refresh_metrics(state: &Sources) {
     record_gauges(&snapshot(state, Utc::now()).await);
 }
 

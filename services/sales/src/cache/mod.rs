@@ -12,10 +12,10 @@
 //! # Layout
 //! - [`Redis`] (here): the shared connection, its key prefix and its health.
 //! - [`orders`]: cache-aside of orders, versioned entries, write-after-commit.
-//! - [`rate_limit`]: per-client limits (GCRA), in Redis or in process.
+//!
+//! The rate limiter (`rate_limit`) shares the connection.
 
 pub mod orders;
-pub mod rate_limit;
 
 use std::{
     fmt::Display,
@@ -28,7 +28,6 @@ use std::{
 };
 
 pub use orders::OrderCache;
-pub use rate_limit::RateLimiter;
 use redis::{
     ErrorKind, RedisError, RedisResult,
     aio::{ConnectionManager, ConnectionManagerConfig},

@@ -54,14 +54,15 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{CallError, Redis};
-use crate::orders::store;
+use crate::store::orders as store;
 
-/// Delays before the retries of a failed update (100, 200, 400 ms).
-pub const RETRY_DELAYS: [Duration; 3] = [
-    Duration::from_millis(100),
-    Duration::from_millis(200),
-    Duration::from_millis(400),
-];
+/// Retries of a failed update, backing off from [`FIRST_RETRY_DELAY`]
+/// (`resilience::backoff::exponential`: 100, 200, 400 ms).
+pub const RETRIES: u32 = 3;
+/// The delay before the first retry.
+pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// The longest delay between retries.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_millis(400);
 
 /// Most dirty ids kept one by one; past it the whole order cache is dropped on recovery.
 pub const DIRTY_CAPACITY: usize = 10_000;
@@ -207,7 +208,7 @@ impl OrderCache {
             count_write("ok");
             return;
         }
-        tokio::spawn(inner.clone().retry(order.clone(), &RETRY_DELAYS));
+        tokio::spawn(inner.clone().retry(order.clone(), false));
     }
 
     /// After a commit that changed `order` in a way no status read depends on
@@ -217,11 +218,7 @@ impl OrderCache {
             return;
         };
         inner.mark_dirty(order.id, order.version);
-        let first = [Duration::ZERO];
-        let delays: Vec<Duration> = first.into_iter().chain(RETRY_DELAYS).collect();
-        let inner = inner.clone();
-        let order = order.clone();
-        tokio::spawn(async move { inner.retry(order, &delays).await });
+        tokio::spawn(inner.clone().retry(order.clone(), true));
     }
 
     /// After a commit that changed order `id` whose new state the caller does
@@ -329,9 +326,16 @@ impl Inner {
     }
 
     /// Attempts after each delay until one succeeds.
-    async fn retry(self: Arc<Self>, order: Order, delays: &[Duration]) {
-        for delay in delays {
-            tokio::time::sleep(*delay).await;
+    /// Writes `order` (at once first when `now`), then retries with backoff.
+    async fn retry(self: Arc<Self>, order: Order, now: bool) {
+        let delays = (1..=RETRIES)
+            .map(|attempt| {
+                resilience::backoff::exponential(attempt, FIRST_RETRY_DELAY, MAX_RETRY_DELAY)
+            })
+            .collect::<Vec<_>>();
+        let first = now.then_some(Duration::ZERO);
+        for delay in first.into_iter().chain(delays) {
+            tokio::time::sleep(delay).await;
             if self.put(&order, "", true).await {
                 self.clean(order.id, order.version);
                 count_write("ok");

@@ -73,27 +73,15 @@ pub fn request_hash(request: &PlaceOrder) -> String {
         .collect()
 }
 
-/// What the first request with a key left behind.
-#[derive(Debug, sqlx::FromRow)]
-pub struct StoredKey {
-    pub request_hash: String,
-    pub order_id: Uuid,
-    pub response_status: i16,
-}
+pub use crate::store::idempotency::StoredKey;
 
+/// The first answer of `key` for `customer_id`, if it was recorded.
 pub async fn find(
     conn: &mut PgConnection,
     customer_id: &str,
     key: &IdempotencyKey,
 ) -> Result<Option<StoredKey>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT request_hash, order_id, response_status FROM idempotency_keys
-         WHERE customer_id = $1 AND key = $2",
-    )
-    .bind(customer_id.trim())
-    .bind(key.as_str())
-    .fetch_optional(conn)
-    .await
+    crate::store::idempotency::find(conn, customer_id.trim(), key.as_str()).await
 }
 
 /// Records the key in the caller's transaction (the one that writes the order).
@@ -105,18 +93,15 @@ pub async fn insert(
     order_id: Uuid,
     response_status: u16,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO idempotency_keys (customer_id, key, request_hash, order_id, response_status)
-         VALUES ($1, $2, $3, $4, $5)",
+    crate::store::idempotency::insert(
+        conn,
+        customer_id.trim(),
+        key.as_str(),
+        request_hash,
+        order_id,
+        response_status as i16,
     )
-    .bind(customer_id.trim())
-    .bind(key.as_str())
-    .bind(request_hash)
-    .bind(order_id)
-    .bind(response_status as i16)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .await
 }
 
 #[cfg(test)]

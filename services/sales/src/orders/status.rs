@@ -7,7 +7,7 @@
 //! ```
 //!
 //! how delivery's statuses map onto it, and [`transition`], the one function
-//! every writer of an order's status goes through: it locks the order, refuses
+//! every writer of an order's status goes through: given the order's lock, it refuses
 //! an invalid transition (returning it, never applying it), and for a valid one
 //! updates the status, bumps the version and writes the history row and the
 //! outbox event in the caller's transaction.
@@ -16,11 +16,12 @@ use contracts::{
     delivery::DeliveryStatus,
     orders::{Order, OrderStatus},
 };
-use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::store;
-use crate::outbox::{self, events};
+use crate::{
+    outbox::{self, events},
+    store::OrderLock,
+};
 
 /// Whether an order in `from` may move to `to` in one step.
 pub fn can_become(from: OrderStatus, to: OrderStatus) -> bool {
@@ -124,29 +125,22 @@ pub fn event_for(to: OrderStatus) -> &'static str {
     }
 }
 
-/// Moves order `order_id` to `to` in the caller's transaction: locks the row;
-/// asking for the current status changes nothing; an invalid move is returned
-/// as [`TransitionError::Invalid`] and nothing is written; a valid one updates
-/// the status, bumps `version`, appends the history row (`reason`) and enqueues
-/// `ORDER_CANCELLED` (for CANCELLED, which product consumes to release the
-/// reservation) or `ORDER_STATUS_CHANGED`, both carrying the full order.
+/// Moves the locked order to `to` in the lock's transaction: asking for the current
+/// status changes nothing; an invalid move is returned as [`TransitionError::Invalid`]
+/// and nothing is written; a valid one updates the status, bumps `version`, appends the
+/// history row (`reason`) and enqueues `ORDER_CANCELLED` (for CANCELLED, which product
+/// consumes to release the reservation) or `ORDER_STATUS_CHANGED`, both carrying the
+/// full order.
 pub async fn transition(
-    conn: &mut PgConnection,
-    order_id: Uuid,
+    lock: &mut OrderLock<'_>,
     to: OrderStatus,
     reason: &str,
 ) -> Result<Transitioned, TransitionError> {
-    let current: Option<String> =
-        sqlx::query_scalar("SELECT status FROM orders WHERE id = $1 FOR UPDATE")
-            .bind(order_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let from = current
-        .as_deref()
-        .and_then(OrderStatus::parse)
-        .ok_or(TransitionError::NotFound(order_id))?;
+    let order_id = lock.id();
+    let from = lock.row.status;
     if from == to {
-        let order = store::load(conn, order_id)
+        let order = lock
+            .load()
             .await?
             .ok_or(TransitionError::NotFound(order_id))?;
         return Ok(Transitioned::Unchanged(Box::new(order)));
@@ -154,18 +148,12 @@ pub async fn transition(
     if !can_become(from, to) {
         return Err(InvalidTransition { order_id, from, to }.into());
     }
-    sqlx::query(
-        "UPDATE orders SET status = $2, version = version + 1, updated_at = now() WHERE id = $1",
-    )
-    .bind(order_id)
-    .bind(to.as_str())
-    .execute(&mut *conn)
-    .await?;
-    store::record_status(&mut *conn, order_id, Some(from), to, reason).await?;
-    let order = store::load(&mut *conn, order_id)
+    lock.set_status(to, reason).await?;
+    let order = lock
+        .load()
         .await?
         .ok_or(TransitionError::NotFound(order_id))?;
-    outbox::enqueue(&mut *conn, order.id, order.version, event_for(to), &order).await?;
+    outbox::enqueue(lock.conn(), order.id, order.version, event_for(to), &order).await?;
     tracing::info!(%order_id, from = from.as_str(), to = to.as_str(), reason, "order status changed");
     Ok(Transitioned::Applied {
         order: Box::new(order),

@@ -28,26 +28,18 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::Engine;
-use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use platform::auth::{STAFF_MEMBER_HEADER, StaffMember, bearer_token};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::app::AppState;
+use crate::{db::Db, store};
 
 /// Shortest secret `staff add` accepts when one is given to it.
 pub const MIN_SECRET: usize = 12;
 
-/// A staff account as the operator command lists it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Account {
-    pub id: Uuid,
-    pub name: String,
-    pub created_at: DateTime<Utc>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
+pub use crate::store::staff::Account;
 
 /// Why an account could not be added.
 #[derive(Debug, thiserror::Error)]
@@ -108,15 +100,7 @@ pub async fn add(pool: &PgPool, name: &str, secret: &str) -> Result<Account, Add
     let hash = tokio::task::spawn_blocking(move || hash_secret(&secret))
         .await
         .map_err(|e| AddError::Hash(e.to_string()))??;
-    let row: Result<Account, sqlx::Error> = sqlx::query_as(
-        "INSERT INTO staff_accounts (id, name, secret_hash) VALUES ($1, $2, $3)
-         RETURNING id, name, created_at, revoked_at",
-    )
-    .bind(Uuid::now_v7())
-    .bind(name)
-    .bind(hash)
-    .fetch_one(pool)
-    .await;
+    let row = store::staff::insert(pool, name, &hash).await;
     match row {
         Err(sqlx::Error::Database(e)) if e.constraint() == Some("staff_accounts_active_name") => {
             Err(AddError::Exists(name.to_owned()))
@@ -127,31 +111,13 @@ pub async fn add(pool: &PgPool, name: &str, secret: &str) -> Result<Account, Add
 
 /// Every account, active and revoked, by name.
 pub async fn list(pool: &PgPool) -> Result<Vec<Account>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, name, created_at, revoked_at FROM staff_accounts ORDER BY name, created_at",
-    )
-    .fetch_all(pool)
-    .await
+    store::staff::list(pool).await
 }
 
 /// Revokes the active account `name` and ends its console sessions; false if
 /// there is none.
 pub async fn revoke(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let id: Option<Uuid> = sqlx::query_scalar(
-        "UPDATE staff_accounts SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL RETURNING id",
-    )
-    .bind(name)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(id) = id {
-        sqlx::query("DELETE FROM staff_sessions WHERE staff_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(id.is_some())
+    store::staff::revoke(pool, name).await
 }
 
 /// The verified person of a credential.
@@ -197,12 +163,7 @@ impl Verifier {
         name: &str,
         secret: &str,
     ) -> Result<Option<Verified>, sqlx::Error> {
-        let row: Option<(Uuid, String)> = sqlx::query_as(
-            "SELECT id, secret_hash FROM staff_accounts WHERE name = $1 AND revoked_at IS NULL",
-        )
-        .bind(name)
-        .fetch_optional(pool)
-        .await?;
+        let row = store::staff::active(pool, name).await?;
         let key: [u8; 32] = Sha256::new()
             .chain_update(name.as_bytes())
             .chain_update([0])
@@ -255,16 +216,19 @@ pub fn record(request: &mut Request, who: &str) {
     });
 }
 
+/// What [`authenticate`] needs: the database and the verifier.
+#[derive(Clone)]
+pub struct Gate {
+    pub db: Db,
+    pub staff: Verifier,
+}
+
 /// The layer of the staff routes: removes any `X-Staff-Member` the client sent,
 /// and when the request presents `Bearer <name>:<secret>` of an active account,
 /// records that person ([`record`]). The routes' [`platform::auth::Staff`]
 /// extractor then refuses anyone else (401 without a credential, 403 with a
 /// wrong one).
-pub async fn authenticate(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub async fn authenticate(State(state): State<Gate>, mut request: Request, next: Next) -> Response {
     request.headers_mut().remove(STAFF_MEMBER_HEADER);
     let presented = bearer_token(request.headers())
         .and_then(|t| t.split_once(':'))

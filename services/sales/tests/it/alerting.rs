@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::{Json, Router, http::StatusCode, routing::post};
 use chrono::Utc;
 use contracts::orders::Order;
-use sales::alerts::{Alert, Change};
+use sales::{reliability::Alert, workers::alerts::Change};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use testkit::expect_json;

@@ -6,7 +6,7 @@
 
 use contracts::orders::{Order, OrderStatus};
 use messaging::Envelope;
-use sales::delivery_status::{Outcome, consume};
+use sales::workers::delivery_events::{Outcome, consume};
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use testkit::expect_json;
@@ -70,6 +70,7 @@ async fn each_event_is_applied_once_and_older_ones_change_nothing(
 ) {
     let stack = Stack::start(options).await;
     let db = stack.reconciliation.db.clone();
+    let cache = stack.reconciliation.cache.clone();
     let order = place(&stack, "a").await;
     let delivery_id = order.delivery_id.unwrap();
     stack
@@ -79,16 +80,34 @@ async fn each_event_is_applied_once_and_older_ones_change_nothing(
     assert_eq!(events.len(), 4, "created, picked up, in transit, delivered");
 
     // CREATED (which the queue's filter drops in production) changes nothing.
-    assert_eq!(consume(&db, &events[0]).await.unwrap(), Outcome::Consistent);
-    assert_eq!(consume(&db, &events[1]).await.unwrap(), Outcome::Applied);
+    assert_eq!(
+        consume(&db, &cache, &events[0]).await.unwrap(),
+        Outcome::Consistent
+    );
+    assert_eq!(
+        consume(&db, &cache, &events[1]).await.unwrap(),
+        Outcome::Applied
+    );
     let shipped = read(&stack, order.id).await;
     assert_eq!(shipped.status, OrderStatus::Shipped);
     assert_eq!(shipped.version, order.version + 1);
-    assert_eq!(consume(&db, &events[1]).await.unwrap(), Outcome::Duplicate);
+    assert_eq!(
+        consume(&db, &cache, &events[1]).await.unwrap(),
+        Outcome::Duplicate
+    );
     // DELIVERED before IN_TRANSIT: the order moves on, IN_TRANSIT comes too late.
-    assert_eq!(consume(&db, &events[3]).await.unwrap(), Outcome::Applied);
-    assert_eq!(consume(&db, &events[2]).await.unwrap(), Outcome::Stale);
-    assert_eq!(consume(&db, &events[3]).await.unwrap(), Outcome::Duplicate);
+    assert_eq!(
+        consume(&db, &cache, &events[3]).await.unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(
+        consume(&db, &cache, &events[2]).await.unwrap(),
+        Outcome::Stale
+    );
+    assert_eq!(
+        consume(&db, &cache, &events[3]).await.unwrap(),
+        Outcome::Duplicate
+    );
     let delivered = read(&stack, order.id).await;
     assert_eq!(delivered.status, OrderStatus::Delivered);
     assert_eq!(delivered.version, order.version + 2);
@@ -117,6 +136,7 @@ async fn an_unreachable_status_opens_a_review_and_a_failed_delivery_another(
 ) {
     let stack = Stack::start(options).await;
     let db = stack.reconciliation.db.clone();
+    let cache = stack.reconciliation.cache.clone();
 
     // Cancelled at sales, yet delivery says DELIVERED: never applied, a person looks.
     let cancelled = place(&stack, "b").await;
@@ -127,7 +147,10 @@ async fn an_unreachable_status_opens_a_review_and_a_failed_delivery_another(
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
     let created = events(&stack, cancelled.delivery_id.unwrap()).await;
     let delivered = later(&created[0], "DELIVERED", 9);
-    assert_eq!(consume(&db, &delivered).await.unwrap(), Outcome::Flagged);
+    assert_eq!(
+        consume(&db, &cache, &delivered).await.unwrap(),
+        Outcome::Flagged
+    );
     let order = read(&stack, cancelled.id).await;
     assert_eq!(order.status, OrderStatus::Cancelled);
     assert!(order.requires_manual_review);
@@ -141,7 +164,10 @@ async fn an_unreachable_status_opens_a_review_and_a_failed_delivery_another(
     assert_eq!(details["from"], "CANCELLED");
     assert_eq!(details["to"], "DELIVERED");
     // A redelivery opens no second review.
-    assert_eq!(consume(&db, &delivered).await.unwrap(), Outcome::Duplicate);
+    assert_eq!(
+        consume(&db, &cache, &delivered).await.unwrap(),
+        Outcome::Duplicate
+    );
 
     // Picked up, then failed: DELIVERY_FAILED and its review.
     let failing = place(&stack, "c").await;
@@ -149,7 +175,7 @@ async fn an_unreachable_status_opens_a_review_and_a_failed_delivery_another(
         .courier(failing.delivery_id.unwrap(), &["PICKED_UP", "FAILED"])
         .await;
     for event in events(&stack, failing.delivery_id.unwrap()).await {
-        consume(&db, &event).await.unwrap();
+        consume(&db, &cache, &event).await.unwrap();
     }
     assert_eq!(
         read(&stack, failing.id).await.status,
@@ -168,6 +194,7 @@ async fn an_event_about_a_delivery_sales_has_not_recorded_records_it(
 ) {
     let stack = Stack::start(options).await;
     let db = stack.reconciliation.db.clone();
+    let cache = stack.reconciliation.cache.clone();
     let order = place(&stack, "d").await;
     let delivery_id = order.delivery_id.unwrap();
     // As if the answer to the initiation had been lost: sales does not know the delivery.
@@ -178,7 +205,10 @@ async fn an_event_about_a_delivery_sales_has_not_recorded_records_it(
         .unwrap();
     stack.courier(delivery_id, &["PICKED_UP"]).await;
     let picked_up = events(&stack, delivery_id).await.pop().unwrap();
-    assert_eq!(consume(&db, &picked_up).await.unwrap(), Outcome::Applied);
+    assert_eq!(
+        consume(&db, &cache, &picked_up).await.unwrap(),
+        Outcome::Applied
+    );
     let shipped = read(&stack, order.id).await;
     assert_eq!(shipped.status, OrderStatus::Shipped);
     assert_eq!(shipped.delivery_id, Some(delivery_id));

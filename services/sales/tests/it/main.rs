@@ -47,13 +47,13 @@ pub struct Stack {
     /// The port sales calls product on (nothing listens there while product is down).
     pub product_port: u16,
     /// Sales' delivery retry worker, to drive step by step with a chosen clock.
-    pub retry_worker: sales::delivery_retry::Worker,
+    pub retry_worker: sales::workers::delivery_retry::Worker,
     /// Sales' reconciliation job, to drive run by run.
-    pub reconciliation: sales::reconciliation::Worker,
+    pub reconciliation: sales::workers::reconciliation::Worker,
     /// Sales' availability re-check, to drive round by round.
-    pub recheck: sales::availability_recheck::Worker,
+    pub recheck: sales::workers::availability_recheck::Worker,
     /// Sales' reliability alert checker, to drive evaluation by evaluation.
-    pub alerts: sales::alerts::Checker,
+    pub alerts: sales::workers::alerts::Checker,
     /// The test's database, for pools made after a stopped service closed its own.
     options: PgConnectOptions,
 }

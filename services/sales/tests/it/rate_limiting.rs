@@ -10,11 +10,9 @@ use std::time::{Duration, Instant};
 use governor::clock::FakeRelativeClock;
 use reqwest::{Method, Response};
 use sales::{
-    cache::{
-        Redis,
-        rate_limit::{self, Decision, Local, SharedLimiter},
-    },
+    cache::Redis,
     config::{CacheConfig, RateLimitConfig},
+    rate_limit::{self, Decision, Local, SharedLimiter},
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use testkit::{Api, Running, expect_problem};

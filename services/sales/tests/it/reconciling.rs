@@ -4,7 +4,7 @@
 
 use chrono::Utc;
 use contracts::orders::{Order, OrderStatus};
-use sales::reconciliation::RunStatus;
+use sales::workers::reconciliation::RunStatus;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use testkit::expect_json;
@@ -232,14 +232,14 @@ async fn runs_are_recorded_errors_do_not_stop_them_and_one_runs_at_a_time(
     // Another instance holding the lock: this run is skipped, nothing recorded.
     let mut other = stack.sales_db.acquire().await.unwrap();
     sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(sales::reconciliation::LOCK_KEY)
+        .bind(sales::workers::reconciliation::LOCK_KEY)
         .execute(&mut *other)
         .await
         .unwrap();
     let skipped = stack.reconciliation.run_once(Utc::now()).await.unwrap();
     assert!(skipped.skipped && skipped.run_id.is_none());
     sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(sales::reconciliation::LOCK_KEY)
+        .bind(sales::workers::reconciliation::LOCK_KEY)
         .execute(&mut *other)
         .await
         .unwrap();

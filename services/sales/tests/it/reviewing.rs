@@ -8,7 +8,7 @@ use contracts::{
     orders::{Order, OrderStatus},
 };
 use reqwest::Method;
-use sales::reviews::ReviewReason;
+use sales::orders::reviews::ReviewReason;
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use testkit::{expect_json, expect_problem, fields};
@@ -322,9 +322,14 @@ async fn rejecting_cancels_the_order_through_its_compensations(
     .await;
     for id in [order.id, picked.id] {
         let mut tx = stack.sales_db.begin().await.unwrap();
-        sales::reviews::open_flagged(&mut tx, id, ReviewReason::StalePendingShipment, &json!({}))
-            .await
-            .unwrap();
+        let mut lock = sales::store::lock(&mut tx, id).await.unwrap().unwrap();
+        sales::orders::reviews::open_flagged(
+            &mut lock,
+            ReviewReason::StalePendingShipment,
+            &json!({}),
+        )
+        .await
+        .unwrap();
         tx.commit().await.unwrap();
         assert_eq!(stack.relay_to_product(id, "ORDER_CREATED").await, 1);
     }

@@ -1,5 +1,6 @@
 //! The order status state machine against the database: every (from, to) pair,
-//! what a valid transition writes, and that an invalid one writes nothing.
+//! what a valid transition writes, that an invalid one writes nothing, and that a status
+//! read from the database that the enums do not know is an error.
 
 use contracts::orders::{Order, OrderStatus};
 use sales::orders::status::{self, TransitionError, Transitioned};
@@ -40,7 +41,11 @@ async fn every_pair_of_statuses_follows_the_table(_pool: PgPoolOptions, options:
                 .execute(&mut *tx)
                 .await
                 .unwrap();
-            let result = status::transition(&mut tx, order.id, to, "table test").await;
+            let mut lock = sales::store::lock(&mut tx, order.id)
+                .await
+                .unwrap()
+                .unwrap();
+            let result = status::transition(&mut lock, to, "table test").await;
             let (history_now, events_now): (i64, i64) = sqlx::query_as(
                 "SELECT (SELECT count(*) FROM order_status_history WHERE order_id = $1),
                         (SELECT count(*) FROM outbox_events WHERE aggregate_id = $1)",
@@ -88,14 +93,10 @@ async fn every_pair_of_statuses_follows_the_table(_pool: PgPoolOptions, options:
             (Shipped, DeliveryFailed),
         ]
     );
-    let missing = status::transition(
-        &mut stack.sales_db.acquire().await.unwrap(),
-        uuid::Uuid::new_v4(),
-        Shipped,
-        "x",
-    )
-    .await;
-    assert!(matches!(missing, Err(TransitionError::NotFound(_))));
+    // No such order: nothing to lock, so nothing to move.
+    let mut conn = stack.sales_db.acquire().await.unwrap();
+    let missing = sales::store::lock(&mut conn, uuid::Uuid::new_v4()).await;
+    assert!(matches!(missing, Ok(None)));
 }
 
 #[sqlx::test(migrations = false)]
@@ -110,7 +111,11 @@ async fn a_transition_writes_history_and_an_event_with_the_full_order(
     )
     .await;
     let mut tx = stack.sales_db.begin().await.unwrap();
-    let shipped = status::transition(&mut tx, order.id, OrderStatus::Shipped, "picked up")
+    let mut lock = sales::store::lock(&mut tx, order.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let shipped = status::transition(&mut lock, OrderStatus::Shipped, "picked up")
         .await
         .unwrap();
     assert!(shipped.applied());
@@ -148,7 +153,11 @@ async fn a_transition_writes_history_and_an_event_with_the_full_order(
 
     // Shipped cannot be cancelled: refused, returned, nothing applied.
     let mut tx = stack.sales_db.begin().await.unwrap();
-    let refused = status::transition(&mut tx, order.id, OrderStatus::Cancelled, "too late").await;
+    let mut lock = sales::store::lock(&mut tx, order.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let refused = status::transition(&mut lock, OrderStatus::Cancelled, "too late").await;
     assert!(
         matches!(refused, Err(TransitionError::Invalid(i)) if i.from == OrderStatus::Shipped),
         "{refused:?}"
@@ -157,4 +166,47 @@ async fn a_transition_writes_history_and_an_event_with_the_full_order(
     let read: Order =
         expect_json(stack.api().get(&format!("/orders/{}", order.id)).await, 200).await;
     assert_eq!(read.status, OrderStatus::Shipped);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_status_the_enums_do_not_know_is_a_decode_error_never_a_default(pool: sqlx::PgPool) {
+    use sales::{
+        orders::reviews::{ReviewReason, ReviewStatus},
+        store::{delivery_retries::RetryStatus, text::Text},
+    };
+    let read = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Text<OrderStatus>>(sql)
+                .fetch_one(&pool)
+                .await
+        }
+    };
+    assert_eq!(
+        read("SELECT 'SHIPPED'::text").await.unwrap(),
+        Text(OrderStatus::Shipped)
+    );
+    for unknown in ["SELECT 'LOST'::text", "SELECT 'shipped'::text"] {
+        let err = read(unknown).await.unwrap_err();
+        assert!(
+            matches!(err, sqlx::Error::ColumnDecode { .. }),
+            "{unknown}: {err:?}"
+        );
+    }
+    let reason = sqlx::query_scalar::<_, ReviewReason>("SELECT 'NOT_A_REASON'::text")
+        .fetch_one(&pool)
+        .await;
+    assert!(matches!(reason, Err(sqlx::Error::ColumnDecode { .. })));
+    let status = sqlx::query_scalar::<_, ReviewStatus>("SELECT 'open'::text")
+        .fetch_one(&pool)
+        .await;
+    assert!(
+        matches!(status, Err(sqlx::Error::ColumnDecode { .. })),
+        "exact case only"
+    );
+    let retry: RetryStatus = sqlx::query_scalar("SELECT 'HELD'::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(retry, RetryStatus::Held);
 }
