@@ -54,18 +54,18 @@ pub async fn enqueue(
     let id = Uuid::now_v7();
     let payload = serde_json::to_value(payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let trace = sqlx::types::Json(platform::trace_context::current_map());
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO outbox_events (id, aggregate_type, aggregate_id, aggregate_version, event_type, payload, trace, owner)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        id,
+        aggregate_type,
+        aggregate_id,
+        aggregate_version,
+        event_type,
+        payload,
+        trace as _,
+        owned::owner(),
     )
-    .bind(id)
-    .bind(aggregate_type)
-    .bind(aggregate_id)
-    .bind(aggregate_version)
-    .bind(event_type)
-    .bind(payload)
-    .bind(trace)
-    .bind(owned::owner())
     .execute(conn)
     .await?;
     Ok(id)
