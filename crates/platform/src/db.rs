@@ -25,7 +25,7 @@ pub async fn connect_and_migrate(
     migrator: &Migrator,
 ) -> anyhow::Result<PgPool> {
     let deadline = Instant::now() + config.startup_timeout;
-    let mut delay = Duration::from_millis(100);
+    let mut failures = 0;
     loop {
         match try_connect(config).await {
             Ok(pool) => {
@@ -35,14 +35,22 @@ pub async fn connect_and_migrate(
                     .context("applying database migrations")?;
                 return Ok(pool);
             }
-            Err(e) if Instant::now() + delay < deadline => {
+            Err(e) => {
+                failures += 1;
+                let delay = connect_backoff(failures);
+                if Instant::now() + delay >= deadline {
+                    return Err(e).context("connecting to the database");
+                }
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database not reachable yet");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
             }
-            Err(e) => return Err(e).context("connecting to the database"),
         }
     }
+}
+
+/// The wait after the `failures`-th failed connection at start-up: 100 ms doubling to 2 s.
+fn connect_backoff(failures: u32) -> Duration {
+    resilience::backoff::exponential(failures, Duration::from_millis(100), Duration::from_secs(2))
 }
 
 async fn try_connect(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
