@@ -1,6 +1,7 @@
 //! The database pool: create the database if asked, connect with bounded waits,
 //! apply the embedded migrations, and tell "the database is unavailable" (503)
-//! apart from other errors (500).
+//! apart from other errors (500); [`guard`] runs a request's database work behind a
+//! circuit breaker.
 
 use std::time::{Duration, Instant};
 
@@ -88,6 +89,38 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         }),
         _ => false,
     }
+}
+
+/// 503 for a request refused by an open database breaker, `Retry-After` its remaining open
+/// time.
+pub fn breaker_rejected(rejected: &resilience::Rejected) -> Problem {
+    let secs = Problem::retry_after_secs(rejected.retry_after);
+    Problem::unavailable(
+        "the database is unavailable; try again after Retry-After seconds",
+        secs,
+    )
+}
+
+/// Whether a request's result says the database itself failed (as opposed to a bad request).
+pub fn outcome<T>(result: &crate::ApiResult<T>) -> resilience::Outcome {
+    match result {
+        Err(crate::ApiError::Database(e)) if is_unavailable(e) => resilience::Outcome::Failure,
+        _ => resilience::Outcome::Success,
+    }
+}
+
+/// Runs a request's database work under one permit of `breaker`: refused at once (503,
+/// [`breaker_rejected`]) while it is open, its outcome recorded otherwise.
+pub async fn guard<T>(
+    breaker: &resilience::CircuitBreaker,
+    work: impl Future<Output = crate::ApiResult<T>>,
+) -> crate::ApiResult<T> {
+    let permit = breaker
+        .try_acquire()
+        .map_err(|r| crate::ApiError::from(breaker_rejected(&r)))?;
+    let result = work.await;
+    permit.record(outcome(&result));
+    result
 }
 
 /// A short description without secrets, for logs and readiness.

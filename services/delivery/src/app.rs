@@ -10,7 +10,8 @@ use sqlx::{PgPool, migrate::Migrator};
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
-use crate::{config::Config, dead_letters, deliveries};
+use crate::{config::Config, deliveries};
+use outbox::dead_letters::http as dead_letters;
 
 /// The delivery database's migrations, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/delivery");
@@ -30,6 +31,16 @@ pub struct AppState {
 impl FromRef<AppState> for StaffToken {
     fn from_ref(state: &AppState) -> Self {
         state.staff_token.clone()
+    }
+}
+
+/// The dead-letter endpoints ([`outbox::dead_letters::http`]) use the pool as is.
+impl FromRef<AppState> for dead_letters::Store {
+    fn from_ref(state: &AppState) -> Self {
+        dead_letters::Store {
+            pool: state.pool.clone(),
+            breaker: None,
+        }
     }
 }
 

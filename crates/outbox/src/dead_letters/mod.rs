@@ -1,7 +1,8 @@
 //! Dead letters (FAILED rows): listing them with their errors, replaying one or all (back to
 //! PENDING, their refusals forgotten) and discarding one with a reason (kept as DISCARDED).
 //! Every replay and discard is written to `outbox_audit` with the person who did it, in the
-//! same transaction. The HTTP endpoints (staff credential) are the service's.
+//! same transaction. [`http`]: the staff endpoints doing these over HTTP, which each service
+//! mounts ([`http::router`]).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -10,6 +11,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::CHANNEL;
+
+pub mod http;
 
 /// Most dead letters [`list`] returns.
 pub const LIST_LIMIT: i64 = 1000;
