@@ -209,7 +209,7 @@ fn human(d: Duration) -> String {
     let secs = d.as_secs();
     if d.subsec_nanos() == 0 && secs > 0 {
         for (unit, size) in [("days", 86_400), ("hours", 3_600), ("minutes", 60)] {
-            if secs % size == 0 {
+            if secs.is_multiple_of(size) {
                 return format!("{} {unit}", secs / size);
             }
         }

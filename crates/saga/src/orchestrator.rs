@@ -704,9 +704,8 @@ impl Orchestrator {
         let mut records = Vec::new();
         let mut tries = 0;
         loop {
-            tries += 1;
-            let attempt = first_attempt + tries - 1;
-            let started = Utc::now();
+            let this = Attempt::start(id, saga_type, step, first_attempt, &mut tries);
+            let (attempt, started) = (this.attempt, this.started);
             info!(saga_id = %id, saga_type, step = name, attempt, "saga step started");
             let input = state.input(name, attempt);
             let result = match tokio::time::timeout(step.timeout, action(input)).await {
@@ -723,25 +722,15 @@ impl Orchestrator {
                     info!(saga_id = %id, saga_type, step = name, attempt, "saga step succeeded");
                     return Ok((ActionEnd::Succeeded(effect), records));
                 }
-                Err(e) => {
-                    let failed = Attempt {
-                        id,
-                        saga_type,
-                        step,
-                        attempt,
-                        tries,
-                        started,
-                    };
-                    match failed.failed(e, &mut records).await {
-                        Some(StepEnd::Parked(reason)) => {
-                            return Ok((ActionEnd::Parked(reason), records));
-                        }
-                        Some(StepEnd::Failed(error, rejection)) => {
-                            return Ok((ActionEnd::Failed(error, rejection), records));
-                        }
-                        None => {}
+                Err(e) => match this.failed(e, &mut records).await {
+                    Some(StepEnd::Parked(reason)) => {
+                        return Ok((ActionEnd::Parked(reason), records));
                     }
-                }
+                    Some(StepEnd::Failed(error, rejection)) => {
+                        return Ok((ActionEnd::Failed(error, rejection), records));
+                    }
+                    None => {}
+                },
             }
         }
     }
@@ -769,9 +758,8 @@ impl Orchestrator {
         let first_attempt = state.progress.next_attempt(name, StepKind::Action);
         let mut tries = 0;
         loop {
-            tries += 1;
-            let attempt = first_attempt + tries - 1;
-            let started = Utc::now();
+            let this = Attempt::start(id, saga_type, step, first_attempt, &mut tries);
+            let (attempt, started) = (this.attempt, this.started);
             // Dropping `tx` without commit (a failed attempt, a lost lease) rolls back the
             // step's writes and its checkpoint alike.
             let mut tx = self.inner.pool.begin().await?;
@@ -850,16 +838,8 @@ impl Orchestrator {
                 }
                 Err(e) => {
                     drop(tx);
-                    let failed = Attempt {
-                        id,
-                        saga_type,
-                        step,
-                        attempt,
-                        tries,
-                        started,
-                    };
                     let step = name.to_owned();
-                    match failed.failed(e, &mut state.pending).await {
+                    match this.failed(e, &mut state.pending).await {
                         Some(StepEnd::Parked(reason)) => {
                             return Ok(LocalEnd::Ended(Forward::Parked { step, reason }));
                         }
@@ -989,7 +969,27 @@ enum StepEnd<R> {
     Failed(String, Option<R>),
 }
 
-impl<C, R: std::fmt::Debug> Attempt<'_, C, R> {
+impl<'s, C, R: std::fmt::Debug> Attempt<'s, C, R> {
+    /// The next attempt of `step` in this run (`tries` counts them, this one included),
+    /// starting now.
+    fn start(
+        id: Uuid,
+        saga_type: &'static str,
+        step: &'s Step<C, R>,
+        first_attempt: u32,
+        tries: &mut u32,
+    ) -> Self {
+        *tries += 1;
+        Self {
+            id,
+            saga_type,
+            step,
+            attempt: first_attempt + *tries - 1,
+            tries: *tries,
+            started: Utc::now(),
+        }
+    }
+
     /// Records the failed attempt in `records` and decides what comes next: the action ends
     /// parked or failed (fatal, rejected, or out of attempts), or `None` after the policy's
     /// backoff has been slept: the caller tries again.
