@@ -140,6 +140,8 @@ pub enum ReservationStatus {
     Expired,
 }
 
+crate::text_enum!(ReservationStatus);
+
 impl ReservationStatus {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -43,6 +43,8 @@ pub enum DeliveryStatus {
     Cancelled,
 }
 
+crate::text_enum!(DeliveryStatus);
+
 impl DeliveryStatus {
     pub const ALL: [Self; 6] = [
         Self::Created,

@@ -10,12 +10,14 @@
 //! - [`delivery`]: deliveries and their statuses (served by delivery).
 //! - [`orders`]: orders and their statuses (served by sales).
 //! - [`common`]: line items and addresses shared by all of them.
+//! - [`text_enum`]: statuses as PostgreSQL text values that refuse unknown strings.
 
 pub mod catalog;
 pub mod common;
 pub mod delivery;
 pub mod orders;
 pub mod problem;
+pub mod text_enum;
 
 pub use common::{Address, LineItem};
 pub use problem::{FieldError, Problem};

@@ -44,6 +44,8 @@ pub enum OrderStatus {
     DeliveryFailed,
 }
 
+crate::text_enum!(OrderStatus);
+
 impl OrderStatus {
     pub const ALL: [Self; 5] = [
         Self::PendingShipment,
@@ -103,6 +105,8 @@ pub enum DeliveryHold {
     /// person decides whether the order ships.
     ManualReview,
 }
+
+crate::text_enum!(DeliveryHold);
 
 impl DeliveryHold {
     pub const ALL: [Self; 2] = [Self::AvailabilityUnverified, Self::ManualReview];

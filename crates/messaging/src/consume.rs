@@ -199,7 +199,7 @@ impl Consumer {
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    let delay = jittered(backoff_delay(failures));
+                    let delay = resilience::backoff::jittered(backoff_delay(failures));
                     tracing::warn!(
                         queue = %self.queue,
                         failures,
@@ -468,15 +468,7 @@ fn carried_context(message: &Message, envelope: &Envelope) -> opentelemetry::Con
 /// Delay before the next receive after `failures` consecutive failed ones: 100 ms doubling up
 /// to 5 s.
 pub fn backoff_delay(failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(16);
-    BACKOFF_BASE
-        .saturating_mul(1u32 << exponent)
-        .min(BACKOFF_MAX)
-}
-
-/// `delay` scaled by a random factor in [0.5, 1), so consumers that failed together spread out.
-fn jittered(delay: Duration) -> Duration {
-    delay.mul_f64(0.5 + fastrand::f64() / 2.0)
+    resilience::backoff::exponential(failures, BACKOFF_BASE, BACKOFF_MAX)
 }
 
 #[cfg(test)]
@@ -491,17 +483,6 @@ mod tests {
         assert_eq!(delays, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         assert_eq!(backoff_delay(0), Duration::from_millis(100));
         assert_eq!(backoff_delay(u32::MAX), BACKOFF_MAX);
-    }
-
-    #[test]
-    fn jitter_stays_within_half_to_full() {
-        for _ in 0..100 {
-            let d = jittered(Duration::from_secs(2));
-            assert!(
-                d >= Duration::from_secs(1) && d < Duration::from_secs(2),
-                "{d:?}"
-            );
-        }
     }
 
     #[test]

@@ -18,15 +18,14 @@ pub async fn run_once(
     config: &Config,
     now: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
-    let cutoff =
-        now - chrono::Duration::from_std(config.retention).unwrap_or(chrono::Duration::MAX);
-    let deleted = sqlx::query(
+    let cutoff = resilience::deadline::before(now, config.retention);
+    let deleted = sqlx::query!(
         "DELETE FROM outbox_events WHERE id IN (
              SELECT id FROM outbox_events WHERE status = 'SENT' AND sent_at < $1
              ORDER BY sent_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        cutoff,
+        BATCH,
     )
-    .bind(cutoff)
-    .bind(BATCH)
     .execute(pool)
     .await?
     .rows_affected();

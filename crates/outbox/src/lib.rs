@@ -54,18 +54,18 @@ pub async fn enqueue(
     let id = Uuid::now_v7();
     let payload = serde_json::to_value(payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let trace = sqlx::types::Json(platform::trace_context::current_map());
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO outbox_events (id, aggregate_type, aggregate_id, aggregate_version, event_type, payload, trace, owner)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        id,
+        aggregate_type,
+        aggregate_id,
+        aggregate_version,
+        event_type,
+        payload,
+        trace as _,
+        owned::owner(),
     )
-    .bind(id)
-    .bind(aggregate_type)
-    .bind(aggregate_id)
-    .bind(aggregate_version)
-    .bind(event_type)
-    .bind(payload)
-    .bind(trace)
-    .bind(owned::owner())
     .execute(conn)
     .await?;
     Ok(id)
@@ -138,22 +138,18 @@ impl Config {
             topic_name: env.string("BROKER_TOPIC_NAME", default_topic),
             topic_arn: env.optional("BROKER_TOPIC_ARN"),
             poll_interval: env.millis("OUTBOX_POLL_INTERVAL_MS", 1_000)?,
-            coalesce: Duration::from_millis(env.parse("OUTBOX_COALESCE_MS", 10)?),
-            takeover: Duration::from_millis(env.parse("OUTBOX_TAKEOVER_MS", 10_000)?),
+            coalesce: env.millis_or_zero("OUTBOX_COALESCE_MS", 10)?,
+            takeover: env.millis_or_zero("OUTBOX_TAKEOVER_MS", 10_000)?,
             mark_interval: env.millis("OUTBOX_MARK_INTERVAL_MS", 1_000)?,
             batch_size: env.positive("OUTBOX_BATCH_SIZE", 100)?,
             max_in_flight: env.positive("OUTBOX_MAX_IN_FLIGHT", 4)?,
             max_attempts: env.positive("OUTBOX_MAX_ATTEMPTS", 5)?,
-            dead_letter_min_age: Duration::from_millis(
-                env.parse("OUTBOX_DEAD_LETTER_MIN_AGE_MS", 300_000)?,
-            ),
+            dead_letter_min_age: env.millis_or_zero("OUTBOX_DEAD_LETTER_MIN_AGE_MS", 300_000)?,
             retry_base: env.millis("OUTBOX_RETRY_BASE_MS", 1_000)?,
             retry_max: env.millis("OUTBOX_RETRY_MAX_MS", 60_000)?,
             retention: env.millis("OUTBOX_RETENTION_MS", 7 * 86_400_000)?,
             cleanup_interval: env.millis("OUTBOX_CLEANUP_INTERVAL_MS", 60_000)?,
-            fault_pause_before_mark: Duration::from_millis(
-                env.parse("OUTBOX_FAULT_PAUSE_BEFORE_MARK_MS", 0)?,
-            ),
+            fault_pause_before_mark: env.millis_or_zero("OUTBOX_FAULT_PAUSE_BEFORE_MARK_MS", 0)?,
         };
         if config.enabled && !config.provision && config.topic_arn.is_none() {
             return Err(ConfigError {

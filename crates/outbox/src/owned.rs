@@ -217,11 +217,11 @@ pub async fn ride(
         ids,
         confirmed: AtomicBool::new(false),
     };
-    sqlx::query(
+    sqlx::query!(
         "UPDATE outbox_events SET status = 'SENT', sent_at = now(), last_error = NULL
          WHERE id = ANY($1) AND status = 'PENDING'",
+        &marks.ids,
     )
-    .bind(&marks.ids)
     .execute(conn)
     .await?;
     Ok(Some(marks))

@@ -42,7 +42,7 @@ use crate::{
 
 /// One outbox row as the relay publishes it (read by a claim, or carried by its
 /// notification to its owner).
-#[derive(sqlx::FromRow, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 pub(crate) struct Row {
     id: Uuid,
     aggregate_type: String,
@@ -162,18 +162,20 @@ impl Relay {
         // An owner's fresh row (never tried: `next_attempt_at = created_at`) is its owner's
         // to publish until the takeover delay has passed.
         let taken_over = resilience::deadline::before(now, self.config.takeover);
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, aggregate_type, aggregate_id, aggregate_version, event_type, schema_version,
-                    payload, retry_count, first_refused_at, created_at, trace
+        let rows = sqlx::query_as!(
+            Row,
+            r#"SELECT id, aggregate_type, aggregate_id, aggregate_version, event_type, schema_version,
+                    payload, retry_count, first_refused_at, created_at,
+                    trace AS "trace: sqlx::types::Json<BTreeMap<String, String>>"
              FROM outbox_events WHERE status = 'PENDING' AND next_attempt_at <= $1
                AND (owner IS NULL OR next_attempt_at > created_at OR created_at <= $3)
                AND NOT (id = ANY($4))
-             ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+             ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED"#,
+            now,
+            limit,
+            taken_over,
+            &self.flight.held(),
         )
-        .bind(now)
-        .bind(limit)
-        .bind(taken_over)
-        .bind(self.flight.held())
         .fetch_all(&mut *tx)
         .await?;
         report.claimed = rows.len();
@@ -214,11 +216,13 @@ impl Relay {
             .map(|(id, _)| *id)
             .collect();
         record_published(&rows, &sent, published_at);
-        sqlx::query("UPDATE outbox_events SET status = 'SENT', sent_at = $2, last_error = NULL WHERE id = ANY($1)")
-            .bind(&sent)
-            .bind(Utc::now())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "UPDATE outbox_events SET status = 'SENT', sent_at = $2, last_error = NULL WHERE id = ANY($1)",
+            &sent,
+            Utc::now(),
+        )
+        .execute(&mut *tx)
+        .await?;
         report.sent = sent.len();
 
         let mut updates = Updates::default();
@@ -416,12 +420,14 @@ impl Relay {
 
     /// Rows too large for their notification, read by id (still PENDING).
     async fn read(&self, ids: &[Uuid]) -> Result<Vec<Row>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT id, aggregate_type, aggregate_id, aggregate_version, event_type, schema_version,
-                    payload, retry_count, first_refused_at, created_at, trace
-             FROM outbox_events WHERE id = ANY($1) AND status = 'PENDING' ORDER BY created_at, id",
+        sqlx::query_as!(
+            Row,
+            r#"SELECT id, aggregate_type, aggregate_id, aggregate_version, event_type, schema_version,
+                    payload, retry_count, first_refused_at, created_at,
+                    trace AS "trace: sqlx::types::Json<BTreeMap<String, String>>"
+             FROM outbox_events WHERE id = ANY($1) AND status = 'PENDING' ORDER BY created_at, id"#,
+            ids,
         )
-        .bind(ids)
         .fetch_all(&self.pool)
         .await
     }
@@ -517,13 +523,13 @@ impl Relay {
             .unwrap_or_default()
             .max(self.config.retry_base);
         let due = resilience::deadline::after(Utc::now(), wait);
-        let handed = sqlx::query(
+        let handed = sqlx::query!(
             "UPDATE outbox_events SET next_attempt_at = $2, last_error = $3
              WHERE id = ANY($1) AND status = 'PENDING'",
+            ids,
+            due,
+            error,
         )
-        .bind(ids)
-        .bind(due)
-        .bind(error)
         .execute(&self.pool)
         .await;
         if let Err(e) = handed {
@@ -543,11 +549,11 @@ impl Relay {
         if ids.is_empty() {
             return;
         }
-        let marked = sqlx::query(
+        let marked = sqlx::query!(
             "UPDATE outbox_events SET status = 'SENT', sent_at = now(), last_error = NULL
              WHERE id = ANY($1) AND status = 'PENDING'",
+            &ids,
         )
-        .bind(&ids)
         .execute(&self.pool)
         .await;
         match marked {
@@ -636,20 +642,20 @@ impl Updates {
         if self.ids.is_empty() {
             return Ok(());
         }
-        sqlx::query(
+        sqlx::query!(
             "UPDATE outbox_events o SET retry_count = f.refusals, status = f.status,
                     first_refused_at = f.first_refused_at, next_attempt_at = f.next_attempt_at,
                     last_error = f.error
              FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])
                   AS f(id, refusals, status, first_refused_at, next_attempt_at, error)
              WHERE o.id = f.id AND o.status = 'PENDING'",
+            &self.ids,
+            &self.refusals,
+            &self.statuses as &[&str],
+            &self.first_refused as &[Option<DateTime<Utc>>],
+            &self.next,
+            &self.errors,
         )
-        .bind(&self.ids)
-        .bind(&self.refusals)
-        .bind(&self.statuses)
-        .bind(&self.first_refused)
-        .bind(&self.next)
-        .bind(&self.errors)
         .execute(conn)
         .await?;
         Ok(())
@@ -673,7 +679,7 @@ fn record_published(rows: &[Row], sent: &[Uuid], published_at: DateTime<Utc>) {
 }
 
 /// The outbox's backlog at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backlog {
     pub pending: i64,
     /// Dead letters.
@@ -686,16 +692,17 @@ pub struct Backlog {
 
 /// PENDING and FAILED counts and the age of the oldest row of each.
 pub async fn backlog(pool: &PgPool, now: DateTime<Utc>) -> Result<Backlog, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE status = 'PENDING') AS pending,
-                count(*) FILTER (WHERE status = 'FAILED') AS failed,
+    sqlx::query_as!(
+        Backlog,
+        r#"SELECT count(*) FILTER (WHERE status = 'PENDING') AS "pending!",
+                count(*) FILTER (WHERE status = 'FAILED') AS "failed!",
                 EXTRACT(EPOCH FROM ($1 - min(created_at) FILTER (WHERE status = 'PENDING')))::float8
                     AS oldest_pending_age_seconds,
                 EXTRACT(EPOCH FROM ($1 - min(created_at) FILTER (WHERE status = 'FAILED')))::float8
                     AS oldest_failed_age_seconds
-         FROM outbox_events WHERE status IN ('PENDING', 'FAILED')",
+         FROM outbox_events WHERE status IN ('PENDING', 'FAILED')"#,
+        now,
     )
-    .bind(now)
     .fetch_one(pool)
     .await
 }

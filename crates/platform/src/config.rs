@@ -1,9 +1,14 @@
 //! Typed settings from environment variables.
 //!
 //! Each service names its variables with its own prefix (`SALES_`, `PRODUCT_`,
-//! `DELIVERY_`); a bad value stops start-up with an error naming the variable.
+//! `DELIVERY_`); a bad value stops start-up with an error naming the variable. Durations
+//! are bounded ([`MAX_DURATION`], or a setting's own maximum): a huge value is refused at
+//! start-up rather than overflowing the arithmetic of deadlines later.
 
 use std::{collections::HashMap, fmt::Display, net::SocketAddr, str::FromStr, time::Duration};
+
+/// The longest duration any setting takes unless it names its own maximum: 30 days.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
 
 /// A variable that is set but cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -94,9 +99,65 @@ impl Env {
         }
     }
 
-    /// A duration given in milliseconds (variables end in `_MS`), greater than zero.
+    /// A duration given in milliseconds (variables end in `_MS`), greater than zero and at
+    /// most [`MAX_DURATION`].
     pub fn millis(&self, key: &str, default_ms: u64) -> Result<Duration, ConfigError> {
-        self.positive(key, default_ms).map(Duration::from_millis)
+        self.millis_at_most(key, default_ms, MAX_DURATION)
+    }
+
+    /// [`Env::millis`] for a setting with a maximum of its own (at most [`MAX_DURATION`]
+    /// makes sense for any).
+    pub fn millis_at_most(
+        &self,
+        key: &str,
+        default_ms: u64,
+        max: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let value = Duration::from_millis(self.positive(key, default_ms)?);
+        self.bounded(key, value, max)
+    }
+
+    /// A duration in milliseconds where 0 means "none" (a pause, a delay), at most
+    /// [`MAX_DURATION`].
+    pub fn millis_or_zero(&self, key: &str, default_ms: u64) -> Result<Duration, ConfigError> {
+        let value = Duration::from_millis(self.parse(key, default_ms)?);
+        self.bounded(key, value, MAX_DURATION)
+    }
+
+    /// A duration given in seconds (variables end in `_SECS`), greater than zero and at most
+    /// [`MAX_DURATION`].
+    pub fn secs(&self, key: &str, default_secs: u64) -> Result<Duration, ConfigError> {
+        let value = Duration::from_secs(self.positive(key, default_secs)?);
+        self.bounded(key, value, MAX_DURATION)
+    }
+
+    /// An integer within `min..=max`, with a default (e.g. an SQS setting with a range of
+    /// its own).
+    pub fn in_range<T>(&self, key: &str, default: T, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + Display,
+        T::Err: Display,
+    {
+        let value = self.parse(key, default)?;
+        if value < min || value > max {
+            return Err(self.error(key, format!("must be from {min} to {max}, got {value}")));
+        }
+        Ok(value)
+    }
+
+    fn bounded(&self, key: &str, value: Duration, max: Duration) -> Result<Duration, ConfigError> {
+        if value > max {
+            return Err(self.error(
+                key,
+                format!(
+                    "must be at most {} ({}), got {}",
+                    in_unit(key, max),
+                    human(max),
+                    in_unit(key, value)
+                ),
+            ));
+        }
+        Ok(value)
     }
 
     /// A socket address such as `127.0.0.1:8080`.
@@ -132,6 +193,28 @@ impl Env {
         }
         Ok(raw)
     }
+}
+
+/// `d` in the unit the variable `key` is given in (`_SECS` or milliseconds).
+fn in_unit(key: &str, d: Duration) -> String {
+    if key.ends_with("_SECS") {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+/// `d` in the largest unit it is a whole number of: days, hours, minutes or seconds.
+fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() == 0 && secs > 0 {
+        for (unit, size) in [("days", 86_400), ("hours", 3_600), ("minutes", 60)] {
+            if secs.is_multiple_of(size) {
+                return format!("{} {unit}", secs / size);
+            }
+        }
+    }
+    format!("{d:?}")
 }
 
 /// Settings of the HTTP server, common to every service.
@@ -231,6 +314,62 @@ mod tests {
         let e = env(&[("SALES_PRODUCT_URL", "ftp://x")]);
         let err = e.http_url("PRODUCT_URL", "http://a").expect_err("scheme");
         assert!(err.to_string().contains("SALES_PRODUCT_URL"), "{err}");
+    }
+
+    #[test]
+    fn durations_beyond_their_bound_are_refused_naming_the_variable() {
+        let e = env(&[
+            ("SALES_A_MS", "2592000000"),
+            ("SALES_B_MS", "2592000001"),
+            ("SALES_C_MS", "18446744073709551615"),
+            ("SALES_D_SECS", "2592001"),
+            ("SALES_E_MS", "0"),
+            ("SALES_F_MS", "6001"),
+        ]);
+        assert_eq!(
+            e.millis("A_MS", 1).expect("30 days is allowed"),
+            MAX_DURATION
+        );
+        let err = e.millis("B_MS", 1).expect_err("over 30 days");
+        assert_eq!(err.variable, "SALES_B_MS");
+        assert_eq!(
+            err.to_string(),
+            "invalid value for SALES_B_MS: must be at most 2592000000 ms (30 days), got 2592000001 ms"
+        );
+        let err = e.millis_or_zero("C_MS", 0).expect_err("u64::MAX ms");
+        assert_eq!(err.variable, "SALES_C_MS");
+        let err = e.secs("D_SECS", 1).expect_err("over 30 days");
+        assert_eq!(
+            err.to_string(),
+            "invalid value for SALES_D_SECS: must be at most 2592000 s (30 days), got 2592001 s"
+        );
+        assert_eq!(e.millis_or_zero("E_MS", 5).expect("zero"), Duration::ZERO);
+        assert!(
+            e.millis("E_MS", 5).is_err(),
+            "zero is refused where a wait is needed"
+        );
+        let err = e
+            .millis_at_most("F_MS", 1, Duration::from_secs(6))
+            .expect_err("a setting's own maximum");
+        assert_eq!(
+            err.to_string(),
+            "invalid value for SALES_F_MS: must be at most 6000 ms (6s), got 6001 ms"
+        );
+        assert_eq!(
+            e.millis("UNSET_MS", 1_000).expect("default"),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn ranges_are_enforced_naming_the_variable() {
+        let e = env(&[("SALES_WAIT_SECS", "21"), ("SALES_OK", "20")]);
+        let err = e.in_range("WAIT_SECS", 10, 0, 20).expect_err("above");
+        assert_eq!(
+            err.to_string(),
+            "invalid value for SALES_WAIT_SECS: must be from 0 to 20, got 21"
+        );
+        assert_eq!(e.in_range("OK", 10, 0, 20).expect("within"), 20);
     }
 
     #[test]

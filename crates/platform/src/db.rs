@@ -1,6 +1,7 @@
 //! The database pool: create the database if asked, connect with bounded waits,
 //! apply the embedded migrations, and tell "the database is unavailable" (503)
-//! apart from other errors (500).
+//! apart from other errors (500); [`guard`] runs a request's database work behind a
+//! circuit breaker.
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,7 @@ pub async fn connect_and_migrate(
     migrator: &Migrator,
 ) -> anyhow::Result<PgPool> {
     let deadline = Instant::now() + config.startup_timeout;
-    let mut delay = Duration::from_millis(100);
+    let mut failures = 0;
     loop {
         match try_connect(config).await {
             Ok(pool) => {
@@ -35,14 +36,22 @@ pub async fn connect_and_migrate(
                     .context("applying database migrations")?;
                 return Ok(pool);
             }
-            Err(e) if Instant::now() + delay < deadline => {
+            Err(e) => {
+                failures += 1;
+                let delay = connect_backoff(failures);
+                if Instant::now() + delay >= deadline {
+                    return Err(e).context("connecting to the database");
+                }
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database not reachable yet");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
             }
-            Err(e) => return Err(e).context("connecting to the database"),
         }
     }
+}
+
+/// The wait after the `failures`-th failed connection at start-up: 100 ms doubling to 2 s.
+fn connect_backoff(failures: u32) -> Duration {
+    resilience::backoff::exponential(failures, Duration::from_millis(100), Duration::from_secs(2))
 }
 
 async fn try_connect(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
@@ -80,6 +89,38 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         }),
         _ => false,
     }
+}
+
+/// 503 for a request refused by an open database breaker, `Retry-After` its remaining open
+/// time.
+pub fn breaker_rejected(rejected: &resilience::Rejected) -> Problem {
+    let secs = Problem::retry_after_secs(rejected.retry_after);
+    Problem::unavailable(
+        "the database is unavailable; try again after Retry-After seconds",
+        secs,
+    )
+}
+
+/// Whether a request's result says the database itself failed (as opposed to a bad request).
+pub fn outcome<T>(result: &crate::ApiResult<T>) -> resilience::Outcome {
+    match result {
+        Err(crate::ApiError::Database(e)) if is_unavailable(e) => resilience::Outcome::Failure,
+        _ => resilience::Outcome::Success,
+    }
+}
+
+/// Runs a request's database work under one permit of `breaker`: refused at once (503,
+/// [`breaker_rejected`]) while it is open, its outcome recorded otherwise.
+pub async fn guard<T>(
+    breaker: &resilience::CircuitBreaker,
+    work: impl Future<Output = crate::ApiResult<T>>,
+) -> crate::ApiResult<T> {
+    let permit = breaker
+        .try_acquire()
+        .map_err(|r| crate::ApiError::from(breaker_rejected(&r)))?;
+    let result = work.await;
+    permit.record(outcome(&result));
+    result
 }
 
 /// A short description without secrets, for logs and readiness.

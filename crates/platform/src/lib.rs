@@ -15,6 +15,8 @@
 //! - [`db`]: pool set-up, create-if-missing, migrations, and mapping database errors to 503.
 //! - [`error`]: `ApiError`, the handlers' error (problem, or database → 503/500).
 //! - [`worker`]: the loop around a background worker's single step.
+//! - [`service`]: the bootstrap of every service: its binary's `main`, and binding, serving
+//!   and stopping with its workers.
 //! - [`auth`]: the staff credential (`Authorization: Bearer …`).
 
 pub mod auth;
@@ -26,6 +28,7 @@ pub mod health;
 pub mod metrics;
 pub mod openapi;
 pub mod server;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace_context;

@@ -1,6 +1,6 @@
 //! Keeping a service useful while its dependencies fail: circuit breakers with opossum's
-//! semantics (built on failsafe's state machine), retries with exponential backoff and jitter,
-//! and the backoff arithmetic both use.
+//! semantics (built on failsafe's state machine), the backoff arithmetic of every retry loop,
+//! overflow-safe deadlines and bulkheads.
 //!
 //! A breaker wraps each call to one dependency (another service, the database, the broker): it
 //! counts failures over a rolling window, opens when their share is too high, rejects calls while
@@ -11,10 +11,9 @@
 //! - [`breaker`]: [`CircuitBreaker`], its [`BreakerConfig`], [`Permit`]s for calls made by hand,
 //!   [`CircuitBreaker::call`] with a per-call timeout, [`BreakerSnapshot`]s and the service's
 //!   [`Registry`] of named breakers.
-//! - [`retry`]: [`retry::retry`] with a [`retry::RetryPolicy`] (backon's exponential backoff with
-//!   jitter), and [`retry::retry_unless_rejected`] so retries never hammer an open breaker.
-//! - [`backoff`]: [`backoff::exponential`] and [`backoff::jittered`] delays for schedulers that
-//!   compute their own next attempt (e.g. a stored `next_attempt_at`).
+//! - [`backoff`]: [`backoff::exponential`] and [`backoff::jittered`], the delays of every retry
+//!   loop: those that sleep (the saga's attempts, the SQS consumer's receives) and those that
+//!   store their next attempt (the outbox relay's `next_attempt_at`).
 //! - [`deadline`]: [`deadline::after`] / [`deadline::before`], the instant a delay away from
 //!   another, saturating instead of panicking on a huge delay.
 //! - [`bulkhead`]: [`Bulkhead`], a cap on the calls in flight to one dependency; a call over
@@ -24,7 +23,6 @@ pub mod backoff;
 pub mod breaker;
 pub mod bulkhead;
 pub mod deadline;
-pub mod retry;
 
 pub use breaker::{
     BreakerConfig, BreakerSnapshot, BreakerState, CallError, CircuitBreaker, Outcome, Permit,

@@ -258,7 +258,7 @@ impl Orchestrator {
         let _running = self.enter(id).ok_or(Error::Busy(id))?;
         match self.claim(definition, id, &ClaimMode::Resume).await? {
             Some(row) => {
-                info!(saga_id = %id, saga_type = definition.saga_type(), status = row.status, "saga resumed");
+                info!(saga_id = %id, saga_type = definition.saga_type(), status = %row.status, "saga resumed");
                 self.drive_claimed(definition, id, row).await
             }
             None => {
@@ -343,7 +343,7 @@ impl Orchestrator {
         let Some(row) = self.claim(definition, id, &ClaimMode::Recover(now)).await? else {
             return Ok(None);
         };
-        info!(saga_id = %id, saga_type = definition.saga_type(), status = row.status, "recovering saga");
+        info!(saga_id = %id, saga_type = definition.saga_type(), status = %row.status, "recovering saga");
         let outcome = self.drive_claimed(definition, id, row).await?;
         Ok(Some(outcome.status()))
     }
@@ -405,7 +405,7 @@ impl Orchestrator {
                 found: row.saga_type,
             });
         }
-        let status: SagaStatus = row.status.parse()?;
+        let status = row.status;
         if !settled.contains(&status) {
             return Err(Error::Busy(id));
         }
@@ -434,7 +434,7 @@ impl Orchestrator {
         row: InstanceRow,
     ) -> Result<SagaOutcome<C, R>> {
         let held = self.held(definition, id, true);
-        let status: SagaStatus = row.status.parse()?;
+        let status = row.status;
         let progress = Progress::load(&self.inner.pool, id).await?;
         if progress.interrupted {
             // Attempts written RUNNING by an older version of this crate, whose owner stopped.
@@ -701,13 +701,11 @@ impl Orchestrator {
         let Action::Remote(action) = &step.action else {
             unreachable!("local steps run through run_local");
         };
-        let max = step.retry.attempts();
         let mut records = Vec::new();
         let mut tries = 0;
         loop {
-            tries += 1;
-            let attempt = first_attempt + tries - 1;
-            let started = Utc::now();
+            let this = Attempt::start(id, saga_type, step, first_attempt, &mut tries);
+            let (attempt, started) = (this.attempt, this.started);
             info!(saga_id = %id, saga_type, step = name, attempt, "saga step started");
             let input = state.input(name, attempt);
             let result = match tokio::time::timeout(step.timeout, action(input)).await {
@@ -724,27 +722,15 @@ impl Orchestrator {
                     info!(saga_id = %id, saga_type, step = name, attempt, "saga step succeeded");
                     return Ok((ActionEnd::Succeeded(effect), records));
                 }
-                Err(StepError::Park(reason)) => {
-                    records.push(Record::parked(name, attempt, started, &reason));
-                    info!(saga_id = %id, saga_type, step = name, attempt, reason, "saga step parked");
-                    return Ok((ActionEnd::Parked(reason), records));
-                }
-                Err(e @ (StepError::Fatal(_) | StepError::Rejected(_))) => {
-                    let error = e.to_string();
-                    records.push(Record::action(name, attempt, started, Err(&error)));
-                    warn!(saga_id = %id, saga_type, step = name, attempt, error, "saga step failed (fatal)");
-                    return Ok((ActionEnd::Failed(error, rejection_of(e)), records));
-                }
-                Err(StepError::Retryable(error)) => {
-                    records.push(Record::action(name, attempt, started, Err(&error)));
-                    if tries >= max {
-                        warn!(saga_id = %id, saga_type, step = name, attempt, error, "saga step failed, out of attempts");
-                        return Ok((ActionEnd::Failed(error, None), records));
+                Err(e) => match this.failed(e, &mut records).await {
+                    Some(StepEnd::Parked(reason)) => {
+                        return Ok((ActionEnd::Parked(reason), records));
                     }
-                    let delay = step.retry.delay_after(tries);
-                    warn!(saga_id = %id, saga_type, step = name, attempt, error, ?delay, "saga step failed, retrying");
-                    tokio::time::sleep(delay).await;
-                }
+                    Some(StepEnd::Failed(error, rejection)) => {
+                        return Ok((ActionEnd::Failed(error, rejection), records));
+                    }
+                    None => {}
+                },
             }
         }
     }
@@ -770,12 +756,10 @@ impl Orchestrator {
             return Ok(LocalEnd::Skipped);
         }
         let first_attempt = state.progress.next_attempt(name, StepKind::Action);
-        let max = step.retry.attempts();
         let mut tries = 0;
         loop {
-            tries += 1;
-            let attempt = first_attempt + tries - 1;
-            let started = Utc::now();
+            let this = Attempt::start(id, saga_type, step, first_attempt, &mut tries);
+            let (attempt, started) = (this.attempt, this.started);
             // Dropping `tx` without commit (a failed attempt, a lost lease) rolls back the
             // step's writes and its checkpoint alike.
             let mut tx = self.inner.pool.begin().await?;
@@ -854,45 +838,19 @@ impl Orchestrator {
                 }
                 Err(e) => {
                     drop(tx);
-                    match e {
-                        StepError::Park(reason) => {
-                            state
-                                .pending
-                                .push(Record::parked(name, attempt, started, &reason));
-                            info!(saga_id = %id, saga_type, step = name, attempt, reason, "saga step parked");
-                            return Ok(LocalEnd::Ended(Forward::Parked {
-                                step: name.to_owned(),
-                                reason,
-                            }));
+                    let step = name.to_owned();
+                    match this.failed(e, &mut state.pending).await {
+                        Some(StepEnd::Parked(reason)) => {
+                            return Ok(LocalEnd::Ended(Forward::Parked { step, reason }));
                         }
-                        e @ (StepError::Fatal(_) | StepError::Rejected(_)) => {
-                            let error = e.to_string();
-                            state
-                                .pending
-                                .push(Record::action(name, attempt, started, Err(&error)));
-                            warn!(saga_id = %id, saga_type, step = name, attempt, error, "saga step failed (fatal)");
+                        Some(StepEnd::Failed(error, rejection)) => {
                             return Ok(LocalEnd::Ended(Forward::Failed {
-                                step: name.to_owned(),
+                                step,
                                 error,
-                                rejection: rejection_of(e),
+                                rejection,
                             }));
                         }
-                        StepError::Retryable(error) => {
-                            state
-                                .pending
-                                .push(Record::action(name, attempt, started, Err(&error)));
-                            if tries >= max {
-                                warn!(saga_id = %id, saga_type, step = name, attempt, error, "saga step failed, out of attempts");
-                                return Ok(LocalEnd::Ended(Forward::Failed {
-                                    step: name.to_owned(),
-                                    error,
-                                    rejection: None,
-                                }));
-                            }
-                            let delay = step.retry.delay_after(tries);
-                            warn!(saga_id = %id, saga_type, step = name, attempt, error, ?delay, "saga step failed, retrying");
-                            tokio::time::sleep(delay).await;
-                        }
+                        None => {}
                     }
                 }
             }
@@ -991,6 +949,77 @@ impl Orchestrator {
             }
         }
         Ok(None)
+    }
+}
+
+/// One attempt of an action, remote or local.
+struct Attempt<'s, C, R> {
+    id: Uuid,
+    saga_type: &'static str,
+    step: &'s Step<C, R>,
+    attempt: u32,
+    /// Attempts in this run so far, this one included.
+    tries: u32,
+    started: DateTime<Utc>,
+}
+
+/// How a failed attempt ends its action.
+enum StepEnd<R> {
+    Parked(String),
+    Failed(String, Option<R>),
+}
+
+impl<'s, C, R: std::fmt::Debug> Attempt<'s, C, R> {
+    /// The next attempt of `step` in this run (`tries` counts them, this one included),
+    /// starting now.
+    fn start(
+        id: Uuid,
+        saga_type: &'static str,
+        step: &'s Step<C, R>,
+        first_attempt: u32,
+        tries: &mut u32,
+    ) -> Self {
+        *tries += 1;
+        Self {
+            id,
+            saga_type,
+            step,
+            attempt: first_attempt + *tries - 1,
+            tries: *tries,
+            started: Utc::now(),
+        }
+    }
+
+    /// Records the failed attempt in `records` and decides what comes next: the action ends
+    /// parked or failed (fatal, rejected, or out of attempts), or `None` after the policy's
+    /// backoff has been slept: the caller tries again.
+    async fn failed(&self, e: StepError<R>, records: &mut Vec<Record>) -> Option<StepEnd<R>> {
+        let (id, saga_type, name, attempt) =
+            (self.id, self.saga_type, self.step.name, self.attempt);
+        match e {
+            StepError::Park(reason) => {
+                records.push(Record::parked(name, attempt, self.started, &reason));
+                info!(saga_id = %id, saga_type, step = name, attempt, reason, "saga step parked");
+                Some(StepEnd::Parked(reason))
+            }
+            e @ (StepError::Fatal(_) | StepError::Rejected(_)) => {
+                let error = e.to_string();
+                records.push(Record::action(name, attempt, self.started, Err(&error)));
+                warn!(saga_id = %id, saga_type, step = name, attempt, error, "saga step failed (fatal)");
+                Some(StepEnd::Failed(error, rejection_of(e)))
+            }
+            StepError::Retryable(error) => {
+                records.push(Record::action(name, attempt, self.started, Err(&error)));
+                if self.tries >= self.step.retry.attempts() {
+                    warn!(saga_id = %id, saga_type, step = name, attempt, error, "saga step failed, out of attempts");
+                    return Some(StepEnd::Failed(error, None));
+                }
+                let delay = self.step.retry.delay_after(self.tries);
+                warn!(saga_id = %id, saga_type, step = name, attempt, error, ?delay, "saga step failed, retrying");
+                tokio::time::sleep(delay).await;
+                None
+            }
+        }
     }
 }
 
@@ -1265,9 +1294,7 @@ impl Progress {
     async fn load(pool: &PgPool, id: Uuid) -> Result<Self> {
         let mut progress = Self::default();
         for row in store::step_rows(pool, id).await? {
-            let kind: StepKind = row.kind.parse()?;
-            let status: StepStatus = row.status.parse()?;
-            match (kind, status) {
+            match (row.kind, row.status) {
                 (StepKind::Action, StepStatus::Succeeded) => {
                     progress.succeeded.insert(row.step.clone());
                 }
@@ -1281,7 +1308,7 @@ impl Progress {
                 _ => {}
             }
             let attempt = u32::try_from(row.attempt).unwrap_or_default();
-            let max = progress.attempts.entry((row.step, kind)).or_default();
+            let max = progress.attempts.entry((row.step, row.kind)).or_default();
             *max = (*max).max(attempt);
         }
         Ok(progress)

@@ -45,19 +45,26 @@ macro_rules! string_enum {
                     $(Self::$variant => $text),+
                 }
             }
+
+            /// The value of a stored string, `None` for one this crate does not know.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($text => Some(Self::$variant),)+
+                    _ => None,
+                }
+            }
         }
+
+        // Read from and written to its TEXT column as itself; an unknown value is refused.
+        contracts::text_enum!($name);
 
         impl FromStr for $name {
             type Err = Error;
 
             fn from_str(s: &str) -> Result<Self> {
-                match s {
-                    $($text => Ok(Self::$variant),)+
-                    other => Err(Error::Corrupt(format!(
-                        concat!(stringify!($name), " {:?}"),
-                        other
-                    ))),
-                }
+                Self::parse(s).ok_or_else(|| {
+                    Error::Corrupt(format!(concat!(stringify!($name), " {:?}"), s))
+                })
             }
         }
 
@@ -163,11 +170,10 @@ pub struct StepView {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-#[derive(sqlx::FromRow)]
 struct ViewRow {
     id: Uuid,
     saga_type: String,
-    status: String,
+    status: SagaStatus,
     context: Value,
     outputs: Value,
     current_step: Option<String>,
@@ -181,12 +187,11 @@ struct ViewRow {
     completed_at: Option<DateTime<Utc>>,
 }
 
-#[derive(sqlx::FromRow)]
 struct StepViewRow {
     step: String,
-    kind: String,
+    kind: StepKind,
     attempt: i32,
-    status: String,
+    status: StepStatus,
     result: Option<Value>,
     error: Option<String>,
     started_at: DateTime<Utc>,
@@ -195,42 +200,43 @@ struct StepViewRow {
 
 /// The saga `id` with all its step executions, or `None` if there is no such saga.
 pub async fn load(pool: &PgPool, id: Uuid) -> Result<Option<SagaView>> {
-    let Some(row) = sqlx::query_as::<_, ViewRow>(
-        "SELECT id, saga_type, status, context, outputs, current_step, failed_step, error, \
-                compensation_error, locked_by, locked_until, created_at, updated_at, completed_at \
-         FROM saga_instances WHERE id = $1",
+    let Some(row) = sqlx::query_as!(
+        ViewRow,
+        r#"SELECT id, saga_type, status AS "status: SagaStatus", context, outputs, current_step, failed_step, error,
+                compensation_error, locked_by, locked_until, created_at, updated_at, completed_at
+           FROM saga_instances WHERE id = $1"#,
+        id,
     )
-    .bind(id)
     .fetch_optional(pool)
     .await?
     else {
         return Ok(None);
     };
-    let steps = sqlx::query_as::<_, StepViewRow>(
-        "SELECT step, kind, attempt, status, result, error, started_at, finished_at \
-         FROM saga_steps WHERE saga_id = $1 ORDER BY id",
+    let steps = sqlx::query_as!(
+        StepViewRow,
+        r#"SELECT step, kind AS "kind: StepKind", attempt, status AS "status: StepStatus", result,
+                  error, started_at, finished_at
+           FROM saga_steps WHERE saga_id = $1 ORDER BY id"#,
+        id,
     )
-    .bind(id)
     .fetch_all(pool)
     .await?
     .into_iter()
-    .map(|s| {
-        Ok(StepView {
-            step: s.step,
-            kind: s.kind.parse()?,
-            attempt: u32::try_from(s.attempt).unwrap_or_default(),
-            status: s.status.parse()?,
-            result: s.result,
-            error: s.error,
-            started_at: s.started_at,
-            finished_at: s.finished_at,
-        })
+    .map(|s| StepView {
+        step: s.step,
+        kind: s.kind,
+        attempt: u32::try_from(s.attempt).unwrap_or_default(),
+        status: s.status,
+        result: s.result,
+        error: s.error,
+        started_at: s.started_at,
+        finished_at: s.finished_at,
     })
-    .collect::<Result<Vec<_>>>()?;
+    .collect();
     Ok(Some(SagaView {
         id: row.id,
         saga_type: row.saga_type,
-        status: row.status.parse()?,
+        status: row.status,
         context: row.context,
         outputs: row.outputs,
         current_step: row.current_step,
@@ -256,13 +262,13 @@ pub async fn create<C: SagaContext, R>(
     id: Uuid,
     context: &C,
 ) -> Result<()> {
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         "INSERT INTO saga_instances (id, saga_type, status, context) VALUES ($1, $2, 'RUNNING', $3) \
          ON CONFLICT (id) DO NOTHING",
+        id,
+        definition.saga_type(),
+        serde_json::to_value(context)?,
     )
-    .bind(id)
-    .bind(definition.saga_type())
-    .bind(serde_json::to_value(context)?)
     .execute(conn)
     .await?
     .rows_affected();
@@ -273,10 +279,9 @@ pub async fn create<C: SagaContext, R>(
 }
 
 /// The part of an instance row the orchestrator runs from.
-#[derive(sqlx::FromRow)]
 pub(crate) struct InstanceRow {
     pub saga_type: String,
-    pub status: String,
+    pub status: SagaStatus,
     pub context: Value,
     pub outputs: Value,
     pub failed_step: Option<String>,
@@ -284,15 +289,12 @@ pub(crate) struct InstanceRow {
     pub rejection: Option<Value>,
 }
 
-const INSTANCE_COLUMNS: &str = "saga_type, status, context, outputs, failed_step, error, rejection";
-
 /// The progress recorded for one step execution.
-#[derive(sqlx::FromRow)]
 pub(crate) struct StepRow {
     pub step: String,
-    pub kind: String,
+    pub kind: StepKind,
     pub attempt: i32,
-    pub status: String,
+    pub status: StepStatus,
 }
 
 /// How a claim may take a saga, and what it changes.
@@ -317,73 +319,88 @@ pub(crate) async fn claim(
     lease_ms: i64,
     mode: &ClaimMode<'_>,
 ) -> Result<Option<InstanceRow>> {
-    let (now, set, statuses, reason): (Option<DateTime<Utc>>, &str, &[&str], Option<&str>) =
-        match mode {
-            ClaimMode::Resume => (
-                None,
-                "status = CASE status WHEN 'WAITING' THEN 'RUNNING' WHEN 'FAILED' THEN 'COMPENSATING' \
-                                      ELSE status END, \
-                 error = CASE status WHEN 'WAITING' THEN NULL ELSE error END, \
-                 compensation_error = NULL, completed_at = NULL",
-                &["RUNNING", "COMPENSATING", "WAITING", "FAILED"],
-                None,
-            ),
-            ClaimMode::Recover(now) => (
-                Some(*now),
-                "status = status",
-                &["RUNNING", "COMPENSATING"],
-                None,
-            ),
-            ClaimMode::Compensate(reason) => (
-                None,
-                "status = 'COMPENSATING', \
-                 failed_step = CASE WHEN status IN ('COMPENSATING', 'FAILED') THEN failed_step END, \
-                 error = CASE WHEN status IN ('COMPENSATING', 'FAILED') THEN error ELSE $7 END, \
-                 compensation_error = NULL, completed_at = NULL",
-                &["RUNNING", "COMPENSATING", "WAITING", "COMPLETED", "FAILED"],
-                Some(reason),
-            ),
-        };
+    let (now, resume, compensate, reason) = match mode {
+        ClaimMode::Resume => (None, true, false, None),
+        ClaimMode::Recover(now) => (Some(*now), false, false, None),
+        ClaimMode::Compensate(reason) => (None, false, true, Some(*reason)),
+    };
+    let statuses: &[SagaStatus] = match mode {
+        ClaimMode::Resume => &[
+            SagaStatus::Running,
+            SagaStatus::Compensating,
+            SagaStatus::Waiting,
+            SagaStatus::Failed,
+        ],
+        ClaimMode::Recover(_) => &[SagaStatus::Running, SagaStatus::Compensating],
+        ClaimMode::Compensate(_) => &[
+            SagaStatus::Running,
+            SagaStatus::Compensating,
+            SagaStatus::Waiting,
+            SagaStatus::Completed,
+            SagaStatus::Failed,
+        ],
+    };
     // The new lease runs from the later of the database's clock and the caller's `now`, so a
     // sweep that treats leases up to `now` as expired cannot take a lease another sweep with the
-    // same `now` just took.
-    let sql = format!(
-        "UPDATE saga_instances SET \
-             locked_by = $2, \
-             locked_until = GREATEST(now(), COALESCE($4, now())) + $3::float8 * interval '1 millisecond', \
-             updated_at = now(), \
-             {set} \
-         WHERE id = $1 AND saga_type = $5 AND status = ANY($6) \
-           AND (locked_until IS NULL OR locked_until < COALESCE($4, now()) OR locked_by = $2) \
-         RETURNING {INSTANCE_COLUMNS}"
-    );
-    let mut query = sqlx::query_as::<_, InstanceRow>(&sql)
-        .bind(id)
-        .bind(owner)
-        .bind(lease_ms)
-        .bind(now)
-        .bind(saga_type)
-        .bind(statuses);
-    if let Some(reason) = reason {
-        query = query.bind(reason);
-    }
-    Ok(query.fetch_optional(pool).await?)
+    // same `now` just took. `resume` ($7): WAITING → RUNNING, FAILED → COMPENSATING, the
+    // others as they are. `compensate` ($8): anything → COMPENSATING, with the reason ($9)
+    // unless already compensating. Neither (recovery): only the lease changes.
+    Ok(sqlx::query_as!(
+        InstanceRow,
+        r#"UPDATE saga_instances SET
+               locked_by = $2,
+               locked_until = GREATEST(now(), COALESCE($4, now())) + $3::float8 * interval '1 millisecond',
+               updated_at = now(),
+               status = CASE
+                   WHEN $8 THEN 'COMPENSATING'
+                   WHEN $7 THEN CASE status WHEN 'WAITING' THEN 'RUNNING'
+                                            WHEN 'FAILED' THEN 'COMPENSATING' ELSE status END
+                   ELSE status END,
+               failed_step = CASE
+                   WHEN $8 AND status NOT IN ('COMPENSATING', 'FAILED') THEN NULL
+                   ELSE failed_step END,
+               error = CASE
+                   WHEN $8 AND status NOT IN ('COMPENSATING', 'FAILED') THEN $9
+                   WHEN $7 AND status = 'WAITING' THEN NULL
+                   ELSE error END,
+               compensation_error = CASE WHEN $7 OR $8 THEN NULL ELSE compensation_error END,
+               completed_at = CASE WHEN $7 OR $8 THEN NULL ELSE completed_at END
+           WHERE id = $1 AND saga_type = $5 AND status = ANY($6)
+             AND (locked_until IS NULL OR locked_until < COALESCE($4, now()) OR locked_by = $2)
+           RETURNING saga_type, status AS "status: SagaStatus", context, outputs, failed_step, error, rejection"#,
+        id,
+        owner,
+        lease_ms as f64,
+        now,
+        saga_type,
+        statuses as &[SagaStatus],
+        resume,
+        compensate,
+        reason,
+    )
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// The instance row, whoever holds it.
 pub(crate) async fn instance(pool: &PgPool, id: Uuid) -> Result<Option<InstanceRow>> {
-    let sql = format!("SELECT {INSTANCE_COLUMNS} FROM saga_instances WHERE id = $1");
-    Ok(sqlx::query_as::<_, InstanceRow>(&sql)
-        .bind(id)
-        .fetch_optional(pool)
-        .await?)
+    Ok(sqlx::query_as!(
+        InstanceRow,
+        r#"SELECT saga_type, status AS "status: SagaStatus", context, outputs, failed_step, error, rejection
+           FROM saga_instances WHERE id = $1"#,
+        id,
+    )
+    .fetch_optional(pool)
+    .await?)
 }
 
 pub(crate) async fn step_rows(pool: &PgPool, id: Uuid) -> Result<Vec<StepRow>> {
-    Ok(sqlx::query_as::<_, StepRow>(
-        "SELECT step, kind, attempt, status FROM saga_steps WHERE saga_id = $1 ORDER BY id",
+    Ok(sqlx::query_as!(
+        StepRow,
+        r#"SELECT step, kind AS "kind: StepKind", attempt, status AS "status: StepStatus"
+           FROM saga_steps WHERE saga_id = $1 ORDER BY id"#,
+        id,
     )
-    .bind(id)
     .fetch_all(pool)
     .await?)
 }
@@ -391,12 +408,12 @@ pub(crate) async fn step_rows(pool: &PgPool, id: Uuid) -> Result<Vec<StepRow>> {
 /// Marks attempts left `RUNNING` (written by an older version of this crate, whose owner
 /// stopped mid-attempt) `INTERRUPTED`; the attempt runs again.
 pub(crate) async fn interrupt_running(pool: &PgPool, id: Uuid) -> Result<u64> {
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "UPDATE saga_steps SET status = 'INTERRUPTED', finished_at = now(), \
              error = 'interrupted: its owner stopped before the attempt finished' \
          WHERE saga_id = $1 AND status = 'RUNNING'",
+        id,
     )
-    .bind(id)
     .execute(pool)
     .await?
     .rows_affected())
@@ -408,15 +425,18 @@ pub(crate) async fn stale(
     now: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<(Uuid, String)>> {
-    Ok(sqlx::query_as::<_, (Uuid, String)>(
+    Ok(sqlx::query!(
         "SELECT id, saga_type FROM saga_instances \
          WHERE status IN ('RUNNING', 'COMPENSATING') AND (locked_until IS NULL OR locked_until < $1) \
          ORDER BY updated_at LIMIT $2",
+        now,
+        limit,
     )
-    .bind(now)
-    .bind(limit)
     .fetch_all(pool)
-    .await?)
+    .await?
+    .into_iter()
+    .map(|row| (row.id, row.saga_type))
+    .collect())
 }
 
 /// One finished execution of an action or a compensation, waiting for the next checkpoint.
@@ -461,11 +481,6 @@ pub(crate) struct Held<'a> {
     releasing: AtomicBool,
 }
 
-/// Renews the lease; what the keeper runs while a run lasts.
-const TOUCH: &str = "UPDATE saga_instances SET updated_at = now(), \
-     locked_until = GREATEST(locked_until, now() + $3::float8 * interval '1 millisecond') \
-     WHERE id = $1 AND locked_by = $2";
-
 impl<'a> Held<'a> {
     pub fn new(
         pool: &'a PgPool,
@@ -508,13 +523,18 @@ impl<'a> Held<'a> {
         if !self.persisted() {
             return Ok(true);
         }
-        let touched = sqlx::query(TOUCH)
-            .bind(self.id)
-            .bind(self.owner)
-            .bind(self.lease_ms)
-            .execute(self.pool)
-            .await?
-            .rows_affected();
+        // What the keeper runs while a run lasts.
+        let touched = sqlx::query!(
+            "UPDATE saga_instances SET updated_at = now(), \
+                 locked_until = GREATEST(locked_until, now() + $3::float8 * interval '1 millisecond') \
+             WHERE id = $1 AND locked_by = $2",
+            self.id,
+            self.owner,
+            self.lease_ms as f64,
+        )
+        .execute(self.pool)
+        .await?
+        .rows_affected();
         Ok(touched == 1)
     }
 
@@ -535,7 +555,7 @@ impl<'a> Held<'a> {
             self.releasing.store(true, Ordering::SeqCst);
         }
         let inserted = if self.persisted() {
-            let updated = sqlx::query(
+            let updated = sqlx::query!(
                 "UPDATE saga_instances SET status = $3, context = $4, outputs = $5, current_step = $6, \
                      failed_step = $7, error = $8, rejection = $9, compensation_error = $10, \
                      updated_at = now(), \
@@ -545,19 +565,19 @@ impl<'a> Held<'a> {
                      locked_until = CASE WHEN $11 THEN NULL \
                          ELSE GREATEST(locked_until, now() + $12::float8 * interval '1 millisecond') END \
                  WHERE id = $1 AND locked_by = $2",
+                self.id,
+                self.owner,
+                state.status.as_str(),
+                state.context,
+                state.outputs,
+                state.current_step,
+                state.failed_step,
+                state.error,
+                state.rejection,
+                state.compensation_error,
+                state.ends_run,
+                self.lease_ms as f64,
             )
-            .bind(self.id)
-            .bind(self.owner)
-            .bind(state.status.as_str())
-            .bind(state.context)
-            .bind(state.outputs)
-            .bind(state.current_step)
-            .bind(state.failed_step)
-            .bind(state.error)
-            .bind(state.rejection)
-            .bind(state.compensation_error)
-            .bind(state.ends_run)
-            .bind(self.lease_ms)
             .execute(&mut *conn)
             .await?
             .rows_affected();
@@ -566,7 +586,7 @@ impl<'a> Held<'a> {
             }
             false
         } else {
-            let inserted = sqlx::query(
+            let inserted = sqlx::query!(
                 "INSERT INTO saga_instances (id, saga_type, status, context, outputs, current_step, \
                      failed_step, error, rejection, compensation_error, locked_by, locked_until, completed_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
@@ -574,20 +594,20 @@ impl<'a> Held<'a> {
                          CASE WHEN $11 THEN NULL ELSE now() + $13::float8 * interval '1 millisecond' END, \
                          CASE WHEN $11 AND $3 IN ('COMPLETED', 'COMPENSATED', 'FAILED') THEN now() END) \
                  ON CONFLICT (id) DO NOTHING",
+                self.id,
+                self.saga_type,
+                state.status.as_str(),
+                state.context,
+                state.outputs,
+                state.current_step,
+                state.failed_step,
+                state.error,
+                state.rejection,
+                state.compensation_error,
+                state.ends_run,
+                self.owner,
+                self.lease_ms as f64,
             )
-            .bind(self.id)
-            .bind(self.saga_type)
-            .bind(state.status.as_str())
-            .bind(state.context)
-            .bind(state.outputs)
-            .bind(state.current_step)
-            .bind(state.failed_step)
-            .bind(state.error)
-            .bind(state.rejection)
-            .bind(state.compensation_error)
-            .bind(state.ends_run)
-            .bind(self.owner)
-            .bind(self.lease_ms)
             .execute(&mut *conn)
             .await?
             .rows_affected();
@@ -628,23 +648,23 @@ async fn insert_records(conn: &mut PgConnection, id: Uuid, records: &[Record]) -
     let errors: Vec<Option<&str>> = records.iter().map(|r| r.error.as_deref()).collect();
     let started: Vec<DateTime<Utc>> = records.iter().map(|r| r.started_at).collect();
     let finished: Vec<DateTime<Utc>> = records.iter().map(|r| r.finished_at).collect();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO saga_steps (saga_id, step, kind, attempt, status, result, error, started_at, finished_at) \
          SELECT $1, step, kind, attempt, status, result, error, started_at, finished_at \
          FROM unnest($2::text[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::text[], \
                      $8::timestamptz[], $9::timestamptz[]) WITH ORDINALITY \
               AS r(step, kind, attempt, status, result, error, started_at, finished_at, n) \
          ORDER BY n",
+        id,
+        &steps as &[&str],
+        &kinds as &[&str],
+        &attempts,
+        &statuses as &[&str],
+        &results as &[Option<Value>],
+        &errors as &[Option<&str>],
+        &started,
+        &finished,
     )
-    .bind(id)
-    .bind(&steps)
-    .bind(&kinds)
-    .bind(&attempts)
-    .bind(&statuses)
-    .bind(&results)
-    .bind(&errors)
-    .bind(&started)
-    .bind(&finished)
     .execute(conn)
     .await?;
     Ok(())
@@ -661,27 +681,30 @@ pub async fn mark_compensated(
     reason: &str,
     compensated: &[&str],
 ) -> Result<bool> {
-    let marked = sqlx::query(
+    let marked = sqlx::query!(
         "UPDATE saga_instances SET status = 'COMPENSATED', error = $2, failed_step = NULL, \
              current_step = NULL, compensation_error = NULL, updated_at = now(), completed_at = now() \
          WHERE id = $1 AND status IN ('COMPLETED', 'WAITING', 'FAILED') \
            AND (locked_until IS NULL OR locked_until < now())",
+        id,
+        reason,
     )
-    .bind(id)
-    .bind(reason)
     .execute(&mut *conn)
     .await?
     .rows_affected();
     if marked == 0 {
         return Ok(false);
     }
-    let done: Vec<(String, i32)> = sqlx::query_as(
-        "SELECT step, max(attempt) FROM saga_steps WHERE saga_id = $1 AND kind = 'COMPENSATION' \
-         GROUP BY step",
+    let done: Vec<(String, i32)> = sqlx::query!(
+        r#"SELECT step, max(attempt) AS "attempts!" FROM saga_steps
+           WHERE saga_id = $1 AND kind = 'COMPENSATION' GROUP BY step"#,
+        id,
     )
-    .bind(id)
     .fetch_all(&mut *conn)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|row| (row.step, row.attempts))
+    .collect();
     let now = Utc::now();
     let records: Vec<Record> = compensated
         .iter()

@@ -150,15 +150,16 @@ pub fn expect_problem(response: Response, status: u16) -> impl Future<Output = P
 /// text per table: equal snapshots before and after a request prove it changed
 /// nothing. sqlx's migration table is left out.
 pub async fn snapshot(pool: &sqlx::PgPool) -> std::collections::BTreeMap<String, String> {
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()
-         AND tablename <> '_sqlx_migrations' ORDER BY tablename",
+    let tables = sqlx::query_scalar!(
+        r#"SELECT tablename::text AS "table!" FROM pg_tables WHERE schemaname = current_schema()
+           AND tablename <> '_sqlx_migrations' ORDER BY tablename"#,
     )
     .fetch_all(pool)
     .await
     .unwrap();
     let mut out = std::collections::BTreeMap::new();
     for table in tables {
+        // The one query built at run time: its table is a value of the loop.
         let rows: String = sqlx::query_scalar(&format!(
             "SELECT coalesce(json_agg(r ORDER BY r::text), '[]')::text FROM (SELECT to_jsonb(t) AS r FROM \"{table}\" t) s"
         ))

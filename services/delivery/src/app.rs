@@ -1,17 +1,17 @@
 //! Building and running the delivery service.
 
-use anyhow::Context;
 use axum::{Router, extract::FromRef};
 use platform::{
     auth::{ServiceToken, StaffToken},
     server::{ServiceSecurity, StaffSecurity},
+    service::{Server, Workers, warn_if_unset},
 };
 use sqlx::{PgPool, migrate::Migrator};
-use tokio::net::TcpListener;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
-use crate::{config::Config, dead_letters, deliveries};
+use crate::{config::Config, deliveries};
+use outbox::dead_letters::http as dead_letters;
 
 /// The delivery database's migrations, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/delivery");
@@ -31,6 +31,16 @@ pub struct AppState {
 impl FromRef<AppState> for StaffToken {
     fn from_ref(state: &AppState) -> Self {
         state.staff_token.clone()
+    }
+}
+
+/// The dead-letter endpoints ([`outbox::dead_letters::http`]) use the pool as is.
+impl FromRef<AppState> for dead_letters::Store {
+    fn from_ref(state: &AppState) -> Self {
+        dead_letters::Store {
+            pool: state.pool.clone(),
+            breaker: None,
+        }
     }
 }
 
@@ -81,8 +91,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
 
 /// A bound, ready-to-run delivery service.
 pub struct Application {
-    listener: TcpListener,
-    router: Router,
+    server: Server,
     pool: PgPool,
     config: Config,
     relay: Option<outbox::Relay>,
@@ -99,15 +108,17 @@ impl Application {
     pub async fn with_pool(config: Config, pool: PgPool) -> anyhow::Result<Self> {
         platform::metrics::install();
         let staff_token = StaffToken::new(config.staff_token.clone());
-        if !staff_token.is_set() {
-            tracing::warn!("DELIVERY_STAFF_TOKEN is not set: status updates refuse every caller");
-        }
+        warn_if_unset(
+            "DELIVERY_STAFF_TOKEN",
+            staff_token.is_set(),
+            "status updates refuse every caller",
+        );
         let service_token = ServiceToken::new(config.service_token.clone());
-        if !service_token.is_set() {
-            tracing::warn!(
-                "DELIVERY_SERVICE_TOKEN is not set: initiating and cancelling deliveries refuse every caller but staff"
-            );
-        }
+        warn_if_unset(
+            "DELIVERY_SERVICE_TOKEN",
+            service_token.is_set(),
+            "initiating and cancelling deliveries refuse every caller but staff",
+        );
         let breaker = resilience::CircuitBreaker::new(config.broker_breaker.clone());
         let relay = outbox::Relay::from_config(&config.outbox, &pool, breaker).await?;
         if relay.is_none() {
@@ -120,12 +131,9 @@ impl Application {
             outbox_marks: relay.as_ref().map(|r| r.flight.clone()),
         };
         let router = router(state, &config);
-        let listener = TcpListener::bind(config.server.listen_addr)
-            .await
-            .with_context(|| format!("binding {}", config.server.listen_addr))?;
+        let server = Server::bind("delivery", &config.server, router, pool.clone()).await?;
         Ok(Self {
-            listener,
-            router,
+            server,
             pool,
             config,
             relay,
@@ -133,7 +141,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.server.port()
     }
 
     /// The outbox relay of this instance, if the broker is enabled (tests drive it).
@@ -144,27 +152,14 @@ impl Application {
     /// Serves and runs the outbox workers (relay, retention, alerts) until `token` is
     /// cancelled, then drains.
     pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
-        let tracker = TaskTracker::new();
-        if let Some(relay) = self.relay.clone() {
-            tracker.spawn(relay.run(token.clone()));
+        let mut workers = Workers::new();
+        if let Some(relay) = self.relay {
+            workers.add(move |token| relay.run(token));
         }
-        tracker.spawn(outbox::cleanup::run(
-            self.pool.clone(),
-            self.config.outbox.clone(),
-            token.clone(),
-        ));
-        tracker.spawn(outbox::monitor::run(
-            self.pool.clone(),
-            self.config.alerts.clone(),
-            token.clone(),
-        ));
-        tracker.close();
-        let grace = self.config.server.shutdown_grace;
-        platform::server::serve(self.listener, self.router, token.clone(), grace).await?;
-        token.cancel();
-        let _ = tokio::time::timeout(grace, tracker.wait()).await;
-        self.pool.close().await;
-        tracing::info!("delivery stopped");
-        Ok(())
+        let (pool, config) = (self.pool.clone(), self.config.outbox);
+        workers.add(move |token| outbox::cleanup::run(pool, config, token));
+        let (pool, alerts) = (self.pool, self.config.alerts);
+        workers.add(move |token| outbox::monitor::run(pool, alerts, token));
+        self.server.run(token, workers).await
     }
 }

@@ -1,7 +1,5 @@
 //! Settings of the delivery service, from `DELIVERY_*` environment variables.
 
-use std::time::Duration;
-
 use platform::config::{ConfigError, DatabaseConfig, Env, ServerConfig};
 use resilience::BreakerConfig;
 
@@ -54,7 +52,7 @@ impl Config {
                 backlog: env
                     .parse::<u32>("ALERTS_OUTBOX_BACKLOG_THRESHOLD", 100)?
                     .into(),
-                stalled: Duration::from_secs(env.parse("ALERTS_OUTBOX_STALLED_SECS", 300)?),
+                stalled: env.secs("ALERTS_OUTBOX_STALLED_SECS", 300)?,
             },
         })
     }

@@ -40,11 +40,10 @@ pub fn router() -> Router<AppState> {
         .route("/deliveries/{id}/status", post(update_status))
 }
 
-#[derive(sqlx::FromRow)]
 struct DeliveryRow {
     id: Uuid,
     order_id: Uuid,
-    status: String,
+    status: DeliveryStatus,
     address: Jsonb<contracts::Address>,
     items: Jsonb<Vec<contracts::LineItem>>,
     created_at: DateTime<Utc>,
@@ -57,8 +56,7 @@ impl From<DeliveryRow> for Delivery {
         Delivery {
             id: r.id,
             order_id: r.order_id,
-            // The column's CHECK constraint admits only known statuses.
-            status: DeliveryStatus::parse(&r.status).unwrap_or(DeliveryStatus::Created),
+            status: r.status,
             address: r.address.0,
             items: r.items.0,
             created_at: r.created_at,
@@ -68,18 +66,33 @@ impl From<DeliveryRow> for Delivery {
     }
 }
 
-const COLUMNS: &str = "id, order_id, status, address, items, created_at, updated_at, version";
+async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<Delivery>, sqlx::Error> {
+    let row = sqlx::query_as!(
+        DeliveryRow,
+        r#"SELECT id, order_id, status AS "status: DeliveryStatus",
+                  address AS "address: Jsonb<contracts::Address>",
+                  items AS "items: Jsonb<Vec<contracts::LineItem>>", created_at, updated_at, version
+           FROM deliveries WHERE id = $1"#,
+        id,
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(Delivery::from))
+}
 
-async fn find(
+/// [`find`], locking the row for the caller's transaction.
+async fn find_for_update(
     conn: &mut PgConnection,
     id: Uuid,
-    lock: bool,
 ) -> Result<Option<Delivery>, sqlx::Error> {
-    let lock = if lock { " FOR UPDATE" } else { "" };
-    let row: Option<DeliveryRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM deliveries WHERE id = $1{lock}"
-    ))
-    .bind(id)
+    let row = sqlx::query_as!(
+        DeliveryRow,
+        r#"SELECT id, order_id, status AS "status: DeliveryStatus",
+                  address AS "address: Jsonb<contracts::Address>",
+                  items AS "items: Jsonb<Vec<contracts::LineItem>>", created_at, updated_at, version
+           FROM deliveries WHERE id = $1 FOR UPDATE"#,
+        id,
+    )
     .fetch_optional(conn)
     .await?;
     Ok(row.map(Delivery::from))
@@ -103,8 +116,8 @@ async fn record_change(
         "INSERT INTO delivery_status_history (delivery_id, from_status, to_status, note)
          VALUES ($1, $2, $3, $4)",
         delivery.id,
-        from.map(DeliveryStatus::as_str),
-        delivery.status.as_str(),
+        from as Option<DeliveryStatus>,
+        delivery.status as DeliveryStatus,
         note,
     )
     .execute(&mut *conn)
@@ -154,15 +167,19 @@ pub async fn create_delivery(
     ensure_valid(request.validate())?;
     // Dropping `tx` without commit rolls back.
     let mut tx = state.pool.begin().await?;
-    let inserted: Option<DeliveryRow> = sqlx::query_as(&format!(
-        "INSERT INTO deliveries (id, order_id, status, address, items)
-         VALUES ($1, $2, 'CREATED', $3, $4)
-         ON CONFLICT (order_id) DO NOTHING RETURNING {COLUMNS}"
-    ))
-    .bind(Uuid::now_v7())
-    .bind(request.order_id)
-    .bind(Jsonb(&request.address))
-    .bind(Jsonb(&request.items))
+    let inserted = sqlx::query_as!(
+        DeliveryRow,
+        r#"INSERT INTO deliveries (id, order_id, status, address, items)
+           VALUES ($1, $2, 'CREATED', $3, $4)
+           ON CONFLICT (order_id) DO NOTHING
+           RETURNING id, order_id, status AS "status: DeliveryStatus",
+                     address AS "address: Jsonb<contracts::Address>",
+                     items AS "items: Jsonb<Vec<contracts::LineItem>>", created_at, updated_at, version"#,
+        Uuid::now_v7(),
+        request.order_id,
+        Jsonb(&request.address) as _,
+        Jsonb(&request.items) as _,
+    )
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(row) = inserted {
@@ -172,10 +189,14 @@ pub async fn create_delivery(
         tracing::info!(order_id = %delivery.order_id, delivery_id = %delivery.id, "delivery created");
         return Ok((StatusCode::CREATED, Json(delivery)));
     }
-    let existing: DeliveryRow = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM deliveries WHERE order_id = $1"
-    ))
-    .bind(request.order_id)
+    let existing = sqlx::query_as!(
+        DeliveryRow,
+        r#"SELECT id, order_id, status AS "status: DeliveryStatus",
+                  address AS "address: Jsonb<contracts::Address>",
+                  items AS "items: Jsonb<Vec<contracts::LineItem>>", created_at, updated_at, version
+           FROM deliveries WHERE order_id = $1"#,
+        request.order_id,
+    )
     .fetch_one(&mut *tx)
     .await?;
     Ok((StatusCode::OK, Json(existing.into())))
@@ -202,12 +223,16 @@ pub async fn list_deliveries(
     if !(1..=100).contains(&limit) {
         return Err(Problem::bad_query("limit", "must be between 1 and 100").into());
     }
-    let rows: Vec<DeliveryRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM deliveries WHERE ($1::uuid IS NULL OR order_id = $1)
-         ORDER BY created_at DESC, id DESC LIMIT $2"
-    ))
-    .bind(query.order_id)
-    .bind(limit)
+    let rows = sqlx::query_as!(
+        DeliveryRow,
+        r#"SELECT id, order_id, status AS "status: DeliveryStatus",
+                  address AS "address: Jsonb<contracts::Address>",
+                  items AS "items: Jsonb<Vec<contracts::LineItem>>", created_at, updated_at, version
+           FROM deliveries WHERE ($1::uuid IS NULL OR order_id = $1)
+           ORDER BY created_at DESC, id DESC LIMIT $2"#,
+        query.order_id,
+        limit,
+    )
     .fetch_all(&state.pool)
     .await?;
     Ok(Json(rows.into_iter().map(Delivery::from).collect()))
@@ -222,17 +247,17 @@ pub async fn get_delivery(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Delivery>> {
     let mut conn = state.pool.acquire().await?;
-    find(&mut conn, id, false)
+    find(&mut conn, id)
         .await?
         .map(Json)
         .ok_or_else(|| not_found(id))
 }
 
 /// One change of a delivery's status.
-#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct StatusChange {
-    pub from_status: Option<String>,
-    pub to_status: String,
+    pub from_status: Option<DeliveryStatus>,
+    pub to_status: DeliveryStatus,
     pub note: Option<String>,
     pub changed_at: DateTime<Utc>,
 }
@@ -246,14 +271,16 @@ pub async fn delivery_history(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Vec<StatusChange>>> {
     let mut conn = state.pool.acquire().await?;
-    if find(&mut conn, id, false).await?.is_none() {
+    if find(&mut conn, id).await?.is_none() {
         return Err(not_found(id));
     }
-    let changes: Vec<StatusChange> = sqlx::query_as(
-        "SELECT from_status, to_status, note, changed_at FROM delivery_status_history
-         WHERE delivery_id = $1 ORDER BY id",
+    let changes = sqlx::query_as!(
+        StatusChange,
+        r#"SELECT from_status AS "from_status: DeliveryStatus", to_status AS "to_status: DeliveryStatus",
+                  note, changed_at
+           FROM delivery_status_history WHERE delivery_id = $1 ORDER BY id"#,
+        id,
     )
-    .bind(id)
     .fetch_all(&mut *conn)
     .await?;
     Ok(Json(changes))
@@ -268,7 +295,7 @@ async fn transition(
     note: Option<&str>,
 ) -> ApiResult<Delivery> {
     let mut tx = state.pool.begin().await?;
-    let current = find(&mut tx, id, true)
+    let current = find_for_update(&mut tx, id)
         .await?
         .ok_or_else(|| not_found(id))?;
     if current.status == next {
@@ -286,12 +313,16 @@ async fn transition(
         .with_extension("current_status", current.status)
         .into());
     }
-    let row: DeliveryRow = sqlx::query_as(&format!(
-        "UPDATE deliveries SET status = $2, version = version + 1, updated_at = now()
-         WHERE id = $1 RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(next.as_str())
+    let row = sqlx::query_as!(
+        DeliveryRow,
+        r#"UPDATE deliveries SET status = $2, version = version + 1, updated_at = now()
+           WHERE id = $1
+           RETURNING id, order_id, status AS "status: DeliveryStatus",
+                     address AS "address: Jsonb<contracts::Address>",
+                     items AS "items: Jsonb<Vec<contracts::LineItem>>", created_at, updated_at, version"#,
+        id,
+        next.as_str(),
+    )
     .fetch_one(&mut *tx)
     .await?;
     let delivery = Delivery::from(row);

@@ -8,11 +8,11 @@
 //! - [`config`]: `DELIVERY_*` settings and their defaults.
 //! - [`app`]: `Application` (bind, serve, the outbox workers), the router and the OpenAPI document.
 //! - [`deliveries`]: the endpoints and their queries; each status change enqueues its event.
-//! - [`dead_letters`]: staff endpoints for the outbox's dead letters (list, replay, discard).
+//! - The staff endpoints of the dead letters are the `outbox` crate's
+//!   (`outbox::dead_letters::http`), mounted by [`app`].
 
 pub mod app;
 pub mod config;
-pub mod dead_letters;
 pub mod deliveries;
 
 pub use app::{Application, MIGRATOR};

@@ -1,18 +1,11 @@
-use anyhow::Context;
+//! The delivery service's binary.
+
 use delivery::{Application, Config};
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let telemetry = platform::telemetry::init("delivery")?;
-    let config = Config::from_env().context("reading DELIVERY_* configuration")?;
-    let token = CancellationToken::new();
-    platform::shutdown::cancel_on_signal(token.clone());
-    let result = match Application::build(config).await {
-        Ok(app) => app.run(token).await,
-        Err(e) => Err(e),
-    };
-    // Exports the spans of the last requests.
-    telemetry.shutdown().await;
-    result
+    platform::service::main("delivery", Config::from_env, async |config, token| {
+        Application::build(config).await?.run(token).await
+    })
+    .await
 }

@@ -8,10 +8,10 @@ use axum::{Router, extract::FromRef};
 use platform::{
     auth::{ServiceToken, StaffToken},
     server::{ServiceSecurity, StaffSecurity},
+    service::{Server, Workers, warn_if_unset},
 };
 use sqlx::{PgPool, migrate::Migrator};
-use tokio::net::TcpListener;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
 use crate::{catalog, config::Config, demo_catalog, expiry, order_events, reservations};
@@ -84,8 +84,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
 
 /// A bound, ready-to-run product service.
 pub struct Application {
-    listener: TcpListener,
-    router: Router,
+    server: Server,
     pool: PgPool,
     config: Config,
     consumer: Option<messaging::Consumer>,
@@ -156,15 +155,17 @@ impl Application {
             tracing::info!(inserted = n, "demo catalog seeded");
         }
         let staff_token = StaffToken::new(config.staff_token.clone());
-        if !staff_token.is_set() {
-            tracing::warn!("PRODUCT_STAFF_TOKEN is not set: staff endpoints refuse every caller");
-        }
+        warn_if_unset(
+            "PRODUCT_STAFF_TOKEN",
+            staff_token.is_set(),
+            "staff endpoints refuse every caller",
+        );
         let service_token = ServiceToken::new(config.service_token.clone());
-        if !service_token.is_set() {
-            tracing::warn!(
-                "PRODUCT_SERVICE_TOKEN is not set: reservations refuse every caller but staff"
-            );
-        }
+        warn_if_unset(
+            "PRODUCT_SERVICE_TOKEN",
+            service_token.is_set(),
+            "reservations refuse every caller but staff",
+        );
         let state = AppState {
             pool: pool.clone(),
             staff_token,
@@ -173,12 +174,9 @@ impl Application {
         };
         let consumer = order_events_consumer(&config).await?;
         let router = router(state, &config);
-        let listener = TcpListener::bind(config.server.listen_addr)
-            .await
-            .with_context(|| format!("binding {}", config.server.listen_addr))?;
+        let server = Server::bind("product", &config.server, router, pool.clone()).await?;
         Ok(Self {
-            listener,
-            router,
+            server,
             pool,
             config,
             consumer,
@@ -186,38 +184,19 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.server.port()
     }
 
-    /// Serves and runs the workers until `token` is cancelled, then drains.
+    /// Serves and runs the workers (expiry, the order events consumer) until `token` is
+    /// cancelled, then drains.
     pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
-        let tracker = TaskTracker::new();
-        tracker.spawn(expiry::run(
-            self.pool.clone(),
-            self.config.expiry_sweep_interval,
-            token.clone(),
-        ));
-        if let Some(consumer) = self.consumer.clone() {
-            let handler = order_events::OrderEvents {
-                pool: self.pool.clone(),
-            };
-            tracker.spawn({
-                let token = token.clone();
-                async move { consumer.run(handler, token).await }
-            });
+        let mut workers = Workers::new();
+        let (pool, interval) = (self.pool.clone(), self.config.expiry_sweep_interval);
+        workers.add(move |token| expiry::run(pool, interval, token));
+        if let Some(consumer) = self.consumer {
+            let handler = order_events::OrderEvents { pool: self.pool };
+            workers.add(move |token| async move { consumer.run(handler, token).await });
         }
-        tracker.close();
-        platform::server::serve(
-            self.listener,
-            self.router,
-            token.clone(),
-            self.config.server.shutdown_grace,
-        )
-        .await?;
-        token.cancel();
-        let _ = tokio::time::timeout(self.config.server.shutdown_grace, tracker.wait()).await;
-        self.pool.close().await;
-        tracing::info!("product stopped");
-        Ok(())
+        self.server.run(token, workers).await
     }
 }

@@ -50,14 +50,13 @@ impl From<ProductRow> for Product {
     }
 }
 
-const PRODUCT_COLUMNS: &str = "id, name, price_cents, stock_on_hand, reserved";
-
 /// Reads one product.
 pub async fn find_product(pool: &PgPool, id: &str) -> Result<Option<Product>, sqlx::Error> {
-    let row: Option<ProductRow> = sqlx::query_as(&format!(
-        "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1"
-    ))
-    .bind(id)
+    let row = sqlx::query_as!(
+        ProductRow,
+        "SELECT id, name, price_cents, stock_on_hand, reserved FROM products WHERE id = $1",
+        id,
+    )
     .fetch_optional(pool)
     .await?;
     Ok(row.map(Product::from))
@@ -69,9 +68,10 @@ pub async fn find_product(pool: &PgPool, id: &str) -> Result<Option<Product>, sq
 pub async fn list_products(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> ApiResult<Json<Vec<Product>>> {
-    let rows: Vec<ProductRow> = sqlx::query_as(&format!(
-        "SELECT {PRODUCT_COLUMNS} FROM products ORDER BY id"
-    ))
+    let rows = sqlx::query_as!(
+        ProductRow,
+        "SELECT id, name, price_cents, stock_on_hand, reserved FROM products ORDER BY id"
+    )
     .fetch_all(&state.pool)
     .await?;
     Ok(Json(rows.into_iter().map(Product::from).collect()))
@@ -103,14 +103,15 @@ pub async fn create_product(
     Json(new): Json<NewProduct>,
 ) -> ApiResult<(StatusCode, Json<Product>)> {
     ensure_valid(new.validate())?;
-    let result: Result<ProductRow, sqlx::Error> = sqlx::query_as(&format!(
+    let result = sqlx::query_as!(
+        ProductRow,
         "INSERT INTO products (id, name, price_cents, stock_on_hand) VALUES ($1, $2, $3, $4)
-         RETURNING {PRODUCT_COLUMNS}"
-    ))
-    .bind(new.id.trim())
-    .bind(new.name.trim())
-    .bind(new.price_cents)
-    .bind(new.stock_on_hand)
+         RETURNING id, name, price_cents, stock_on_hand, reserved",
+        new.id.trim(),
+        new.name.trim(),
+        new.price_cents,
+        new.stock_on_hand,
+    )
     .fetch_one(&state.pool)
     .await;
     match result {
@@ -143,10 +144,12 @@ pub async fn set_stock(
 ) -> ApiResult<Json<Product>> {
     ensure_valid(update.validate())?;
     let mut tx = state.pool.begin().await?;
-    let row: Option<ProductRow> = sqlx::query_as(&format!(
-        "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(&id)
+    let row = sqlx::query_as!(
+        ProductRow,
+        "SELECT id, name, price_cents, stock_on_hand, reserved FROM products WHERE id = $1
+         FOR UPDATE",
+        id,
+    )
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
@@ -162,12 +165,13 @@ pub async fn set_stock(
         )
         .into());
     }
-    let row: ProductRow = sqlx::query_as(&format!(
+    let row = sqlx::query_as!(
+        ProductRow,
         "UPDATE products SET stock_on_hand = $2, updated_at = now() WHERE id = $1
-         RETURNING {PRODUCT_COLUMNS}"
-    ))
-    .bind(&id)
-    .bind(update.stock_on_hand)
+         RETURNING id, name, price_cents, stock_on_hand, reserved",
+        id,
+        update.stock_on_hand,
+    )
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -186,12 +190,16 @@ pub async fn check_availability(
     ensure_valid(request.validate())?;
     let items = merge_items(&request.items);
     let ids: Vec<&str> = items.iter().map(|i| i.product_id.as_str()).collect();
-    let stock: Vec<(String, i32)> = sqlx::query_as(
-        "SELECT id, stock_on_hand - reserved FROM products WHERE id = ANY($1::text[])",
+    let stock: Vec<(String, i32)> = sqlx::query!(
+        r#"SELECT id, stock_on_hand - reserved AS "available!" FROM products
+           WHERE id = ANY($1::text[])"#,
+        &ids as &[&str],
     )
-    .bind(&ids)
     .fetch_all(&state.pool)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|row| (row.id, row.available))
+    .collect();
     let items: Vec<ItemAvailability> = items
         .into_iter()
         .map(|item| {

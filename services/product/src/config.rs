@@ -41,11 +41,12 @@ pub struct BrokerConfig {
     pub topic_name: String,
     /// `PRODUCT_BROKER_QUEUE_NAME` (default `product-order-events`); its DLQ is `<name>-dlq`.
     pub queue_name: String,
-    /// `PRODUCT_BROKER_MAX_RECEIVE_COUNT` (default 5): receives before a message goes to the DLQ.
+    /// `PRODUCT_BROKER_MAX_RECEIVE_COUNT` (default 5, 1–1000 as SQS allows): receives before a
+    /// message goes to the DLQ.
     pub max_receive_count: i32,
-    /// `PRODUCT_BROKER_VISIBILITY_TIMEOUT_SECS` (default 30).
+    /// `PRODUCT_BROKER_VISIBILITY_TIMEOUT_SECS` (default 30, at most SQS' 43200 = 12 hours).
     pub visibility_timeout_secs: i32,
-    /// `PRODUCT_BROKER_WAIT_TIME_SECS` (default 10): SQS long-poll wait.
+    /// `PRODUCT_BROKER_WAIT_TIME_SECS` (default 10, 0–20 as SQS allows): SQS long-poll wait.
     pub wait_time_secs: i32,
 }
 
@@ -68,9 +69,14 @@ impl Config {
                 provision: env.flag("BROKER_PROVISION", false)?,
                 topic_name: env.string("BROKER_TOPIC_NAME", "sales-events"),
                 queue_name: env.string("BROKER_QUEUE_NAME", "product-order-events"),
-                max_receive_count: env.positive("BROKER_MAX_RECEIVE_COUNT", 5)?,
-                visibility_timeout_secs: env.positive("BROKER_VISIBILITY_TIMEOUT_SECS", 30)?,
-                wait_time_secs: env.parse("BROKER_WAIT_TIME_SECS", 10)?,
+                max_receive_count: env.in_range("BROKER_MAX_RECEIVE_COUNT", 5, 1, 1_000)?,
+                visibility_timeout_secs: env.in_range(
+                    "BROKER_VISIBILITY_TIMEOUT_SECS",
+                    30,
+                    1,
+                    43_200,
+                )?,
+                wait_time_secs: env.in_range("BROKER_WAIT_TIME_SECS", 10, 0, 20)?,
             },
         })
     }

@@ -17,15 +17,15 @@ pub async fn seed(pool: &PgPool) -> Result<u64, sqlx::Error> {
     let names: Vec<&str> = DEMO_PRODUCTS.iter().map(|p| p.1).collect();
     let prices: Vec<i64> = DEMO_PRODUCTS.iter().map(|p| p.2).collect();
     let stock: Vec<i32> = DEMO_PRODUCTS.iter().map(|p| p.3).collect();
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         "INSERT INTO products (id, name, price_cents, stock_on_hand)
          SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[])
          ON CONFLICT (id) DO NOTHING",
+        &ids as &[&str],
+        &names as &[&str],
+        &prices,
+        &stock,
     )
-    .bind(&ids)
-    .bind(&names)
-    .bind(&prices)
-    .bind(&stock)
     .execute(pool)
     .await?
     .rows_affected();

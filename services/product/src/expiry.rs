@@ -19,12 +19,12 @@ pub const BATCH: i64 = 100;
 
 /// One step: expires up to [`BATCH`] reservations due at `now`; returns how many.
 pub async fn run_once(pool: &PgPool, now: DateTime<Utc>) -> anyhow::Result<usize> {
-    let due: Vec<Uuid> = sqlx::query_scalar(
+    let due: Vec<Uuid> = sqlx::query_scalar!(
         "SELECT order_id FROM reservations WHERE status = 'ACTIVE' AND expires_at <= $1
          ORDER BY expires_at LIMIT $2",
+        now,
+        BATCH,
     )
-    .bind(now)
-    .bind(BATCH)
     .fetch_all(pool)
     .await?;
     let mut expired = 0;

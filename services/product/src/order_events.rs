@@ -81,30 +81,30 @@ pub async fn apply(
 ) -> Result<Applied, sqlx::Error> {
     // Dropping `tx` without commit (any early return) rolls back.
     let mut tx = pool.begin().await?;
-    let fresh = sqlx::query(
+    let fresh = sqlx::query!(
         "INSERT INTO inbox (event_id, event_type, aggregate_id, aggregate_version, outcome)
          VALUES ($1, $2, $3, $4, 'APPLYING') ON CONFLICT (event_id) DO NOTHING",
+        event.event_id,
+        event.event_type,
+        event.aggregate_id,
+        event.aggregate_version,
     )
-    .bind(event.event_id)
-    .bind(&event.event_type)
-    .bind(event.aggregate_id)
-    .bind(event.aggregate_version)
     .execute(&mut *tx)
     .await?
     .rows_affected();
     if fresh == 0 {
         return Ok(Applied::Duplicate);
     }
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO order_versions (order_id, last_version) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+        event.aggregate_id,
     )
-    .bind(event.aggregate_id)
     .execute(&mut *tx)
     .await?;
-    let last: i32 = sqlx::query_scalar(
+    let last = sqlx::query_scalar!(
         "SELECT last_version FROM order_versions WHERE order_id = $1 FOR UPDATE",
+        event.aggregate_id,
     )
-    .bind(event.aggregate_id)
     .fetch_one(&mut *tx)
     .await?;
     let applied = if event.aggregate_version <= last {
@@ -115,20 +115,22 @@ pub async fn apply(
             "ORDER_CANCELLED" => on_cancelled(&mut tx, event.aggregate_id, now).await?,
             _ => Applied::Ignored,
         };
-        sqlx::query(
+        sqlx::query!(
             "UPDATE order_versions SET last_version = $2, updated_at = now() WHERE order_id = $1",
+            event.aggregate_id,
+            event.aggregate_version,
         )
-        .bind(event.aggregate_id)
-        .bind(event.aggregate_version)
         .execute(&mut *tx)
         .await?;
         applied
     };
-    sqlx::query("UPDATE inbox SET outcome = $2 WHERE event_id = $1")
-        .bind(event.event_id)
-        .bind(applied.as_str())
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "UPDATE inbox SET outcome = $2 WHERE event_id = $1",
+        event.event_id,
+        applied.as_str(),
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     tracing::info!(event_id = %event.event_id, event_type = %event.event_type, order_id = %event.aggregate_id,
         outcome = applied.as_str(), "order event applied");
@@ -139,12 +141,12 @@ async fn reservation_status(
     conn: &mut PgConnection,
     order_id: Uuid,
 ) -> Result<Option<ReservationStatus>, sqlx::Error> {
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1 FOR UPDATE")
-            .bind(order_id)
-            .fetch_optional(conn)
-            .await?;
-    Ok(status.as_deref().and_then(ReservationStatus::parse))
+    sqlx::query_scalar!(
+        r#"SELECT status AS "status: ReservationStatus" FROM reservations WHERE order_id = $1 FOR UPDATE"#,
+        order_id,
+    )
+    .fetch_optional(conn)
+    .await
 }
 
 async fn note_unreserved(
@@ -152,13 +154,13 @@ async fn note_unreserved(
     order: &Order,
     reason: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO unreserved_orders (order_id, reason, items) VALUES ($1, $2, $3)
          ON CONFLICT (order_id) DO UPDATE SET reason = EXCLUDED.reason",
+        order.id,
+        reason,
+        Jsonb(&order.items) as _,
     )
-    .bind(order.id)
-    .bind(reason)
-    .bind(Jsonb(&order.items))
     .execute(conn)
     .await?;
     Ok(())
@@ -226,10 +228,12 @@ async fn on_cancelled(
     order_id: Uuid,
     now: DateTime<Utc>,
 ) -> Result<Applied, sqlx::Error> {
-    sqlx::query("DELETE FROM unreserved_orders WHERE order_id = $1")
-        .bind(order_id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM unreserved_orders WHERE order_id = $1",
+        order_id
+    )
+    .execute(&mut *tx)
+    .await?;
     // The same release as sales' direct call: whichever comes second finds nothing held.
     match release_for_cancellation(tx, order_id, now)
         .await

@@ -46,15 +46,6 @@ pub fn router() -> Router<AppState> {
         .route("/reservations/renewals", post(renew_reservations))
 }
 
-#[derive(sqlx::FromRow)]
-struct ReservationRow {
-    order_id: Uuid,
-    status: String,
-    expires_at: DateTime<Utc>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
 /// What a reservation attempt came to.
 #[derive(Debug)]
 pub enum ReserveOutcome {
@@ -69,29 +60,25 @@ pub async fn find(
     conn: &mut PgConnection,
     order_id: Uuid,
 ) -> Result<Option<Reservation>, sqlx::Error> {
-    let row: Option<ReservationRow> = sqlx::query_as(
-        "SELECT order_id, status, expires_at, created_at, updated_at FROM reservations WHERE order_id = $1",
+    let row = sqlx::query!(
+        r#"SELECT order_id, status AS "status: ReservationStatus", expires_at, created_at, updated_at
+           FROM reservations WHERE order_id = $1"#,
+        order_id,
     )
-    .bind(order_id)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let items: Vec<(String, i32)> = sqlx::query_as(
+    let items = sqlx::query_as!(
+        LineItem,
         "SELECT product_id, quantity FROM reservation_items WHERE order_id = $1 ORDER BY product_id",
+        order_id,
     )
-    .bind(order_id)
     .fetch_all(&mut *conn)
     .await?;
     Ok(Some(Reservation {
         order_id: row.order_id,
-        status: ReservationStatus::parse(&row.status).unwrap_or(ReservationStatus::Released),
-        items: items
-            .into_iter()
-            .map(|(product_id, quantity)| LineItem {
-                product_id,
-                quantity,
-            })
-            .collect(),
+        status: row.status,
+        items,
         expires_at: row.expires_at,
         created_at: row.created_at,
         updated_at: row.updated_at,
@@ -113,16 +100,16 @@ pub async fn reserve(
     ttl: std::time::Duration,
 ) -> ApiResult<ReserveOutcome> {
     let items = sorted(merge_items(&request.items));
-    let expires_at = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+    let expires_at = resilience::deadline::after(now, ttl);
     // Dropping `tx` without commit (any early return) rolls everything back.
     let mut tx = pool.begin().await?;
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         "INSERT INTO reservations (order_id, status, expires_at, created_at, updated_at)
          VALUES ($1, 'ACTIVE', $2, $3, $3) ON CONFLICT (order_id) DO NOTHING",
+        request.order_id,
+        expires_at,
+        now,
     )
-    .bind(request.order_id)
-    .bind(expires_at)
-    .bind(now)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -164,13 +151,13 @@ pub async fn reserve(
     hold(&mut tx, &items, &requested, now).await?;
     let ids: Vec<String> = items.iter().map(|i| i.product_id.clone()).collect();
     let quantities: Vec<i32> = items.iter().map(|i| i.quantity).collect();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO reservation_items (order_id, product_id, quantity)
          SELECT $1, * FROM unnest($2::text[], $3::int[])",
+        request.order_id,
+        &ids,
+        &quantities,
     )
-    .bind(request.order_id)
-    .bind(&ids)
-    .bind(&quantities)
     .execute(&mut *tx)
     .await?;
     let reservation = find(&mut tx, request.order_id)
@@ -192,13 +179,16 @@ async fn hold(
     now: DateTime<Utc>,
 ) -> ApiResult<()> {
     let ids: Vec<String> = items.iter().map(|i| i.product_id.clone()).collect();
-    let stock: Vec<(String, i32)> = sqlx::query_as(
-        "SELECT id, stock_on_hand - reserved FROM products WHERE id = ANY($1::text[])
-         ORDER BY id FOR UPDATE",
+    let stock: Vec<(String, i32)> = sqlx::query!(
+        r#"SELECT id, stock_on_hand - reserved AS "available!" FROM products WHERE id = ANY($1::text[])
+         ORDER BY id FOR UPDATE"#,
+        &ids,
     )
-    .bind(&ids)
     .fetch_all(&mut *tx)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|row| (row.id, row.available))
+    .collect();
     let known: Vec<String> = stock.iter().map(|(id, _)| id.clone()).collect();
     ensure_valid(unknown_products(requested, &known))?;
     let short: Vec<ShortItem> = items
@@ -220,13 +210,13 @@ async fn hold(
         );
     }
     let quantities: Vec<i32> = items.iter().map(|i| i.quantity).collect();
-    sqlx::query(
+    sqlx::query!(
         "UPDATE products p SET reserved = p.reserved + x.quantity, updated_at = $3
          FROM unnest($1::text[], $2::int[]) AS x(id, quantity) WHERE p.id = x.id",
+        &ids,
+        &quantities,
+        now,
     )
-    .bind(&ids)
-    .bind(&quantities)
-    .bind(now)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -241,12 +231,16 @@ pub(crate) async fn reactivate(
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 ) -> ApiResult<Reservation> {
-    let status: String =
-        sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1 FOR UPDATE")
-            .bind(existing.order_id)
-            .fetch_one(&mut *tx)
-            .await?;
-    if !matches!(status.as_str(), "RELEASED" | "EXPIRED") {
+    let status = sqlx::query_scalar!(
+        r#"SELECT status AS "status: ReservationStatus" FROM reservations WHERE order_id = $1 FOR UPDATE"#,
+        existing.order_id,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if !matches!(
+        status,
+        ReservationStatus::Released | ReservationStatus::Expired
+    ) {
         return Err(Problem::conflict(
             "reservation-busy",
             "the reservation changed meanwhile; retry",
@@ -259,13 +253,13 @@ pub(crate) async fn reactivate(
         .map(|i| i.product_id.clone())
         .collect();
     hold(tx, &existing.items, &ids, now).await?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE reservations SET status = 'ACTIVE', expires_at = $2, updated_at = $3
          WHERE order_id = $1",
+        existing.order_id,
+        expires_at,
+        now,
     )
-    .bind(existing.order_id)
-    .bind(expires_at)
-    .bind(now)
     .execute(&mut *tx)
     .await?;
     Ok(find(&mut *tx, existing.order_id)
@@ -275,10 +269,10 @@ pub(crate) async fn reactivate(
 
 /// Whether the order of this reservation was cancelled (its reservation is never taken again).
 pub async fn order_cancelled(conn: &mut PgConnection, order_id: Uuid) -> Result<bool, sqlx::Error> {
-    let cancelled: Option<bool> = sqlx::query_scalar(
-        "SELECT order_cancelled_at IS NOT NULL FROM reservations WHERE order_id = $1",
+    let cancelled = sqlx::query_scalar!(
+        r#"SELECT order_cancelled_at IS NOT NULL AS "cancelled!" FROM reservations WHERE order_id = $1"#,
+        order_id,
     )
-    .bind(order_id)
     .fetch_optional(conn)
     .await?;
     Ok(cancelled.unwrap_or(false))
@@ -313,56 +307,51 @@ pub async fn release_for_cancellation(
     order_id: Uuid,
     now: DateTime<Utc>,
 ) -> ApiResult<CancelRelease> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO reservations (order_id, status, expires_at, created_at, updated_at)
          VALUES ($1, 'RELEASED', $2, $2, $2) ON CONFLICT (order_id) DO NOTHING",
+        order_id,
+        now,
     )
-    .bind(order_id)
-    .bind(now)
     .execute(&mut *tx)
     .await?;
-    let status: String =
-        sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1 FOR UPDATE")
-            .bind(order_id)
-            .fetch_one(&mut *tx)
-            .await?;
-    let done = match ReservationStatus::parse(&status) {
-        Some(ReservationStatus::Active) => {
+    let status = sqlx::query_scalar!(
+        r#"SELECT status AS "status: ReservationStatus" FROM reservations WHERE order_id = $1 FOR UPDATE"#,
+        order_id,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let done = match status {
+        ReservationStatus::Active => {
             settle_in(&mut *tx, order_id, Settle::Release, now).await?;
             CancelRelease::Released
         }
-        Some(ReservationStatus::Committed) => {
-            sqlx::query(
-                "SELECT p.id FROM products p JOIN reservation_items ri ON ri.product_id = p.id
-                 WHERE ri.order_id = $1 ORDER BY p.id FOR UPDATE OF p",
-            )
-            .bind(order_id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
+        ReservationStatus::Committed => {
+            lock_products_of(&mut *tx, order_id).await?;
+            sqlx::query!(
                 "UPDATE products p SET stock_on_hand = p.stock_on_hand + ri.quantity, updated_at = $2
                  FROM reservation_items ri WHERE ri.order_id = $1 AND p.id = ri.product_id",
+                order_id,
+                now,
             )
-            .bind(order_id)
-            .bind(now)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE reservations SET status = 'RELEASED', updated_at = $2 WHERE order_id = $1",
+                order_id,
+                now,
             )
-            .bind(order_id)
-            .bind(now)
             .execute(&mut *tx)
             .await?;
             CancelRelease::Restocked
         }
-        _ => CancelRelease::NothingHeld,
+        ReservationStatus::Released | ReservationStatus::Expired => CancelRelease::NothingHeld,
     };
-    sqlx::query(
+    sqlx::query!(
         "UPDATE reservations SET order_cancelled_at = COALESCE(order_cancelled_at, $2) WHERE order_id = $1",
+        order_id,
+        now,
     )
-    .bind(order_id)
-    .bind(now)
     .execute(&mut *tx)
     .await?;
     if done != CancelRelease::NothingHeld {
@@ -387,38 +376,39 @@ pub async fn renew(
     ids.dedup();
     // Dropping `tx` without commit (any early return) rolls back.
     let mut tx = pool.begin().await?;
-    let rows: Vec<(Uuid, String, bool)> = sqlx::query_as(
-        "SELECT order_id, status, order_cancelled_at IS NOT NULL FROM reservations
-         WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE",
+    let rows = sqlx::query!(
+        r#"SELECT order_id, status AS "status: ReservationStatus",
+                  order_cancelled_at IS NOT NULL AS "cancelled!" FROM reservations
+           WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE"#,
+        &ids,
     )
-    .bind(&ids)
     .fetch_all(&mut *tx)
     .await?;
     let mut renewals = Vec::with_capacity(ids.len());
     for id in &ids {
-        let Some((_, status, cancelled)) = rows.iter().find(|(o, _, _)| o == id) else {
+        let Some(row) = rows.iter().find(|row| row.order_id == *id) else {
             renewals.push(Renewal {
                 order_id: *id,
                 outcome: RenewalOutcome::Unknown,
             });
             continue;
         };
-        let outcome = match (ReservationStatus::parse(status), *cancelled) {
+        let outcome = match (row.status, row.cancelled) {
             (_, true) => RenewalOutcome::Cancelled,
-            (Some(ReservationStatus::Active), _) => {
-                sqlx::query(
+            (ReservationStatus::Active, _) => {
+                sqlx::query!(
                     "UPDATE reservations SET expires_at = GREATEST(expires_at, $2), updated_at = $3
                      WHERE order_id = $1",
+                    id,
+                    expires_at,
+                    now,
                 )
-                .bind(id)
-                .bind(expires_at)
-                .bind(now)
                 .execute(&mut *tx)
                 .await?;
                 RenewalOutcome::Renewed
             }
-            (Some(ReservationStatus::Committed), _) => RenewalOutcome::Committed,
-            (Some(ReservationStatus::Expired | ReservationStatus::Released), _) => {
+            (ReservationStatus::Committed, _) => RenewalOutcome::Committed,
+            (ReservationStatus::Expired | ReservationStatus::Released, _) => {
                 let existing = find(&mut tx, *id).await?.ok_or(sqlx::Error::RowNotFound)?;
                 match reactivate(&mut tx, &existing, now, expires_at).await {
                     Ok(_) => RenewalOutcome::Retaken,
@@ -428,7 +418,6 @@ pub async fn renew(
                     Err(e) => return Err(e),
                 }
             }
-            (None, _) => RenewalOutcome::Unknown,
         };
         renewals.push(Renewal {
             order_id: *id,
@@ -483,12 +472,13 @@ pub async fn settle_in(
     how: Settle,
     now: DateTime<Utc>,
 ) -> ApiResult<Option<Reservation>> {
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1 FOR UPDATE")
-            .bind(order_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some(status) = status.as_deref().and_then(ReservationStatus::parse) else {
+    let status = sqlx::query_scalar!(
+        r#"SELECT status AS "status: ReservationStatus" FROM reservations WHERE order_id = $1 FOR UPDATE"#,
+        order_id,
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(status) = status else {
         return Ok(None);
     };
     let target = how.target();
@@ -505,43 +495,52 @@ pub async fn settle_in(
     }
     if how == Settle::Expire {
         // Only expire what really is past its deadline at `now`.
-        let due: bool =
-            sqlx::query_scalar("SELECT expires_at <= $2 FROM reservations WHERE order_id = $1")
-                .bind(order_id)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
+        let due = sqlx::query_scalar!(
+            r#"SELECT expires_at <= $2 AS "due!" FROM reservations WHERE order_id = $1"#,
+            order_id,
+            now,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         if !due {
             return Ok(find(&mut *tx, order_id).await?);
         }
     }
-    sqlx::query(
-        "SELECT p.id FROM products p JOIN reservation_items ri ON ri.product_id = p.id
-         WHERE ri.order_id = $1 ORDER BY p.id FOR UPDATE OF p",
-    )
-    .bind(order_id)
-    .execute(&mut *tx)
-    .await?;
-    let shipped = if how == Settle::Commit { 1 } else { 0 };
-    sqlx::query(
+    lock_products_of(&mut *tx, order_id).await?;
+    let shipped: i32 = if how == Settle::Commit { 1 } else { 0 };
+    sqlx::query!(
         "UPDATE products p SET reserved = p.reserved - ri.quantity,
                 stock_on_hand = p.stock_on_hand - ri.quantity * $2, updated_at = $3
          FROM reservation_items ri WHERE ri.order_id = $1 AND p.id = ri.product_id",
+        order_id,
+        shipped,
+        now,
     )
-    .bind(order_id)
-    .bind(shipped)
-    .bind(now)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE reservations SET status = $2, updated_at = $3 WHERE order_id = $1")
-        .bind(order_id)
-        .bind(target.as_str())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "UPDATE reservations SET status = $2, updated_at = $3 WHERE order_id = $1",
+        order_id,
+        target.as_str(),
+        now,
+    )
+    .execute(&mut *tx)
+    .await?;
     let reservation = find(&mut *tx, order_id).await?;
     tracing::info!(%order_id, status = target.as_str(), "reservation settled");
     Ok(reservation)
+}
+
+/// Locks the products of an order's reservation, by id (the lock order of every writer).
+async fn lock_products_of(tx: &mut PgConnection, order_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "SELECT p.id FROM products p JOIN reservation_items ri ON ri.product_id = p.id
+         WHERE ri.order_id = $1 ORDER BY p.id FOR UPDATE OF p",
+        order_id,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Hold stock for an order: all items or none. Idempotent by `order_id`.

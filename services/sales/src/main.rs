@@ -1,6 +1,6 @@
-use anyhow::Context;
+//! The sales service's binary, and `sales staff …`, the operator command for staff accounts.
+
 use sales::{Application, Config};
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -17,15 +17,8 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let telemetry = platform::telemetry::init("sales")?;
-    let config = Config::from_env().context("reading SALES_* configuration")?;
-    let token = CancellationToken::new();
-    platform::shutdown::cancel_on_signal(token.clone());
-    let result = match Application::build(config).await {
-        Ok(app) => app.run(token).await,
-        Err(e) => Err(e),
-    };
-    // Exports the spans of the last requests.
-    telemetry.shutdown().await;
-    result
+    platform::service::main("sales", Config::from_env, async |config, token| {
+        Application::build(config).await?.run(token).await
+    })
+    .await
 }

@@ -33,7 +33,7 @@ async fn enqueue(pool: &PgPool, commit: bool) -> Uuid {
 }
 
 async fn statuses(pool: &PgPool) -> Vec<String> {
-    sqlx::query_scalar("SELECT status FROM outbox_events ORDER BY created_at, id")
+    sqlx::query_scalar!("SELECT status FROM outbox_events ORDER BY created_at, id")
         .fetch_all(pool)
         .await
         .unwrap()
@@ -58,15 +58,20 @@ async fn an_event_exists_once_its_transaction_commits_and_wakes_the_relay(pool: 
         woke.is_ok_and(|n| n.is_ok()),
         "the commit notifies the channel"
     );
-    let row: (String, String, i32, serde_json::Value) = sqlx::query_as(
+    let row = sqlx::query!(
         "SELECT status, aggregate_type, aggregate_version, payload FROM outbox_events WHERE id = $1",
+        id
     )
-    .bind(id)
     .fetch_one(&pool)
     .await
     .unwrap();
     assert_eq!(
-        row,
+        (
+            row.status,
+            row.aggregate_type,
+            row.aggregate_version,
+            row.payload
+        ),
         (
             "PENDING".to_owned(),
             "thing".to_owned(),
@@ -86,26 +91,26 @@ async fn retention_deletes_only_sent_rows_older_than_it(pool: PgPool) {
     }
     let now = Utc::now();
     // Two sent long ago, one sent just now, one dead letter long ago.
-    sqlx::query(
+    sqlx::query!(
         "UPDATE outbox_events SET status = 'SENT', sent_at = $1
          WHERE id IN (SELECT id FROM outbox_events ORDER BY id LIMIT 2)",
+        now - chrono::Duration::days(8)
     )
-    .bind(now - chrono::Duration::days(8))
     .execute(&pool)
     .await
     .unwrap();
-    sqlx::query(
+    sqlx::query!(
         "UPDATE outbox_events SET status = 'SENT', sent_at = $1
          WHERE id IN (SELECT id FROM outbox_events WHERE status = 'PENDING' ORDER BY id LIMIT 1)",
+        now
     )
-    .bind(now)
     .execute(&pool)
     .await
     .unwrap();
-    sqlx::query(
+    sqlx::query!(
         "UPDATE outbox_events SET status = 'FAILED', created_at = $1 WHERE status = 'PENDING'",
+        now - chrono::Duration::days(30)
     )
-    .bind(now - chrono::Duration::days(30))
     .execute(&pool)
     .await
     .unwrap();
@@ -121,9 +126,9 @@ async fn retention_deletes_only_sent_rows_older_than_it(pool: PgPool) {
 #[sqlx::test(migrations = "../../migrations/delivery")]
 async fn dead_letters_are_replayed_with_a_wake_up_and_discarded_with_a_reason(pool: PgPool) {
     let (a, b) = (enqueue(&pool, true).await, enqueue(&pool, true).await);
-    sqlx::query(
+    sqlx::query!(
         "UPDATE outbox_events SET status = 'FAILED', retry_count = 5, first_refused_at = now(),
-                last_error = 'refused'",
+                last_error = 'refused'"
     )
     .execute(&pool)
     .await
@@ -144,15 +149,19 @@ async fn dead_letters_are_replayed_with_a_wake_up_and_discarded_with_a_reason(po
     );
     let woke = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
     assert!(woke.is_ok_and(|n| n.is_ok()), "a replay wakes the relay");
-    let replayed: (String, i32, Option<chrono::DateTime<Utc>>) = sqlx::query_as(
+    let replayed = sqlx::query!(
         "SELECT status, retry_count, first_refused_at FROM outbox_events WHERE id = $1",
+        a
     )
-    .bind(a)
     .fetch_one(&pool)
     .await
     .unwrap();
     assert_eq!(
-        replayed,
+        (
+            replayed.status,
+            replayed.retry_count,
+            replayed.first_refused_at
+        ),
         ("PENDING".to_owned(), 0, None),
         "its refusals forgotten"
     );
@@ -169,10 +178,13 @@ async fn dead_letters_are_replayed_with_a_wake_up_and_discarded_with_a_reason(po
     );
     assert!(outbox::dead_letters::list(&pool).await.unwrap().is_empty());
     let audit: Vec<(Uuid, String, String, Option<String>)> =
-        sqlx::query_as("SELECT event_id, action, actor, reason FROM outbox_audit ORDER BY id")
+        sqlx::query!("SELECT event_id, action, actor, reason FROM outbox_audit ORDER BY id")
             .fetch_all(&pool)
             .await
-            .unwrap();
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.event_id, r.action, r.actor, r.reason))
+            .collect();
     assert_eq!(
         audit,
         [

@@ -184,13 +184,17 @@ async fn a_rejection_comes_back_typed_and_a_lazy_saga_rejected_early_leaves_noth
         .await
         .unwrap();
     assert!(durable.persisted);
-    let stored: serde_json::Value =
-        sqlx::query_scalar("SELECT rejection FROM saga_instances WHERE id = $1")
-            .bind(durable.id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(stored, serde_json::json!({"OutOfStock": {"short": 2}}));
+    let stored: Option<serde_json::Value> = sqlx::query_scalar!(
+        "SELECT rejection FROM saga_instances WHERE id = $1",
+        durable.id
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored,
+        Some(serde_json::json!({"OutOfStock": {"short": 2}}))
+    );
     let again = orchestrator(&pool, "o2")
         .resume(&refusing(&journal, false), durable.id)
         .await

@@ -101,20 +101,16 @@ async fn restore(pool: &PgPool, mut instance: Value, steps: &Value) -> Uuid {
         instance["locked_by"] = json!("crashed-owner");
         instance["locked_until"] = json!("2000-01-01T00:00:00Z");
     }
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO saga_instances SELECT * FROM jsonb_populate_record(NULL::saga_instances, $1)",
+        &instance
     )
-    .bind(&instance)
     .execute(pool)
     .await
     .unwrap();
-    sqlx::query(
-        "INSERT INTO saga_steps (saga_id, step, kind, attempt, status, result, error, started_at, finished_at) \
+    sqlx::query!("INSERT INTO saga_steps (saga_id, step, kind, attempt, status, result, error, started_at, finished_at) \
          SELECT $2, step, kind, attempt, status, result, error, started_at, finished_at \
-         FROM jsonb_populate_recordset(NULL::saga_steps, $1) ORDER BY id",
-    )
-    .bind(steps)
-    .bind(id)
+         FROM jsonb_populate_recordset(NULL::saga_steps, $1) ORDER BY id", steps, id)
     .execute(pool)
     .await
     .unwrap();

@@ -53,11 +53,8 @@ async fn two_orchestrators_racing_recovery_run_each_step_once(pool: PgPool) {
             .unwrap();
         if n % 2 == 0 {
             // Half were left by a crashed owner, half never had one.
-            sqlx::query(
-                "UPDATE saga_instances SET locked_by = 'dead', locked_until = now() - interval '1 second' \
-                 WHERE id = $1",
-            )
-            .bind(id)
+            sqlx::query!("UPDATE saga_instances SET locked_by = 'dead', locked_until = now() - interval '1 second' \
+                 WHERE id = $1", id)
             .execute(&pool)
             .await
             .unwrap();
@@ -200,11 +197,13 @@ async fn a_run_whose_lease_was_taken_stops_without_writing(pool: PgPool) {
     let run = holder.start_with_id(&definition, id, Ctx::default());
     let thief = async {
         started.notified().await;
-        sqlx::query("UPDATE saga_instances SET locked_by = 'thief' WHERE id = $1")
-            .bind(id)
-            .execute(&pool)
-            .await
-            .unwrap();
+        sqlx::query!(
+            "UPDATE saga_instances SET locked_by = 'thief' WHERE id = $1",
+            id
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
         stolen.notify_one();
     };
     let (outcome, ()) = tokio::join!(run, thief);
@@ -242,11 +241,13 @@ async fn a_run_whose_lease_is_taken_mid_step_stops_without_waiting_for_the_step(
     let run = holder.start_with_id(&definition, id, Ctx::default());
     let thief = async {
         started.notified().await;
-        sqlx::query("UPDATE saga_instances SET locked_by = 'thief' WHERE id = $1")
-            .bind(id)
-            .execute(&pool)
-            .await
-            .unwrap();
+        sqlx::query!(
+            "UPDATE saga_instances SET locked_by = 'thief' WHERE id = $1",
+            id
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
     };
     let (outcome, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(60), run), thief);
 
@@ -306,9 +307,7 @@ async fn a_run_that_released_its_lease_itself_has_not_lost_it(pool: PgPool) {
         "{} of {SAGAS} runs failed: {errors:?}",
         errors.len()
     );
-    let completed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM saga_instances WHERE status = 'COMPLETED' AND locked_by IS NULL",
-    )
+    let completed: i64 = sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM saga_instances WHERE status = 'COMPLETED' AND locked_by IS NULL"#)
     .fetch_one(&pool)
     .await
     .unwrap();

@@ -20,7 +20,7 @@ fn request(order: Uuid) -> Value {
 }
 
 async fn rows(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM deliveries")
+    sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM deliveries"#)
         .fetch_one(pool)
         .await
         .unwrap()

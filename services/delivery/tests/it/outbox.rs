@@ -29,13 +29,24 @@ fn request(order: Uuid) -> Value {
 type EventRow = (String, i32, String, Value, String);
 
 async fn events(pool: &PgPool) -> Vec<EventRow> {
-    sqlx::query_as(
+    sqlx::query!(
         "SELECT event_type, aggregate_version, aggregate_type, payload, status FROM outbox_events
          ORDER BY aggregate_id, aggregate_version",
     )
     .fetch_all(pool)
     .await
     .unwrap()
+    .into_iter()
+    .map(|r| {
+        (
+            r.event_type,
+            r.aggregate_version,
+            r.aggregate_type,
+            r.payload,
+            r.status,
+        )
+    })
+    .collect()
 }
 
 #[sqlx::test(migrations = "../../migrations/delivery")]
@@ -90,10 +101,11 @@ async fn every_status_change_writes_its_event_with_the_full_delivery(pool: PgPoo
         assert_eq!(delivery.version, *version);
         assert_eq!(delivery.address.city, "London");
     }
-    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_status_history")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let history: i64 =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM delivery_status_history"#)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(history, rows.len() as i64, "one history row per event");
 
     // Cancelling writes its event too.
@@ -110,10 +122,7 @@ async fn every_status_change_writes_its_event_with_the_full_delivery(pool: PgPoo
     )
     .await;
     assert_eq!(cancelled.version, 2);
-    let n: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM outbox_events WHERE aggregate_id = $1 AND payload->>'status' = 'CANCELLED'",
-    )
-    .bind(other.id)
+    let n: i64 = sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM outbox_events WHERE aggregate_id = $1 AND payload->>'status' = 'CANCELLED'"#, other.id)
     .fetch_one(&pool)
     .await
     .unwrap();
@@ -184,10 +193,12 @@ async fn the_relay_publishes_to_deliverys_topic_with_the_status_attribute(pool: 
     };
     let report = relay.drain().await.unwrap();
     assert_eq!((report.claimed, report.sent), (2, 2));
-    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE status = 'SENT'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let sent: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM outbox_events WHERE status = 'SENT'"#
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(sent, 2);
 
     let consumer = messaging::Consumer::new(
@@ -228,8 +239,8 @@ async fn staff_list_replay_and_discard_dead_letters(pool: PgPool) {
         )
         .await;
     }
-    sqlx::query(
-        "UPDATE outbox_events SET status = 'FAILED', retry_count = 5, last_error = 'refused'",
+    sqlx::query!(
+        "UPDATE outbox_events SET status = 'FAILED', retry_count = 5, last_error = 'refused'"
     )
     .execute(&pool)
     .await
@@ -293,15 +304,18 @@ async fn staff_list_replay_and_discard_dead_letters(pool: PgPool) {
     )
     .await;
     let states: Vec<(String, i32)> =
-        sqlx::query_as("SELECT status, retry_count FROM outbox_events ORDER BY status")
+        sqlx::query!("SELECT status, retry_count FROM outbox_events ORDER BY status")
             .fetch_all(&pool)
             .await
-            .unwrap();
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.status, r.retry_count))
+            .collect();
     assert_eq!(
         states,
         [("DISCARDED".to_owned(), 5), ("PENDING".to_owned(), 0)]
     );
-    let audit: Vec<String> = sqlx::query_scalar("SELECT action FROM outbox_audit ORDER BY id")
+    let audit: Vec<String> = sqlx::query_scalar!("SELECT action FROM outbox_audit ORDER BY id")
         .fetch_all(&pool)
         .await
         .unwrap();

@@ -44,7 +44,7 @@ async fn adding_products_needs_staff_and_valid_fields(pool: PgPool) {
     )
     .await;
     assert_eq!(fields(&problem), ["id", "price_cents", "stock_on_hand"]);
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM products")
+    let count: i64 = sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM products"#)
         .fetch_one(&pool)
         .await
         .unwrap();

@@ -57,9 +57,12 @@ pub async fn add_product(api: &Api, id: &str, stock: i32) {
 
 /// (stock_on_hand, reserved) of a product, read from the database.
 pub async fn stock(pool: &PgPool, id: &str) -> (i32, i32) {
-    sqlx::query_as("SELECT stock_on_hand, reserved FROM products WHERE id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    let row = sqlx::query!(
+        "SELECT stock_on_hand, reserved FROM products WHERE id = $1",
+        id
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    (row.stock_on_hand, row.reserved)
 }

@@ -60,7 +60,7 @@ async fn order_created_commits_once_however_often_delivered(pool: PgPool) {
         Applied::Duplicate
     );
     assert_eq!(stock(&pool, "SKU-A").await, (7, 0));
-    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+    let inbox: i64 = sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM inbox"#)
         .fetch_one(&pool)
         .await
         .unwrap();
@@ -111,12 +111,13 @@ async fn an_expired_reservation_is_taken_again_or_noted(pool: PgPool) {
         Applied::ExpiredOutOfStock
     );
     assert_eq!(stock(&pool, "SKU-A").await, (3, 2), "no oversell");
-    let noted: String =
-        sqlx::query_scalar("SELECT reason FROM unreserved_orders WHERE order_id = $1")
-            .bind(unlucky)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let noted: String = sqlx::query_scalar!(
+        "SELECT reason FROM unreserved_orders WHERE order_id = $1",
+        unlucky
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(noted, "EXPIRED_OUT_OF_STOCK");
 }
 
@@ -129,12 +130,13 @@ async fn a_fallback_order_without_reservation_is_noted_for_the_recheck(pool: PgP
         apply(&pool, &created, Utc::now()).await.unwrap(),
         Applied::NoReservation
     );
-    let noted: String =
-        sqlx::query_scalar("SELECT reason FROM unreserved_orders WHERE order_id = $1")
-            .bind(order)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let noted: String = sqlx::query_scalar!(
+        "SELECT reason FROM unreserved_orders WHERE order_id = $1",
+        order
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(noted, "NO_RESERVATION");
 }
 

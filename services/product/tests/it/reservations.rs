@@ -19,7 +19,7 @@ fn reservation(order: Uuid, items: &[(&str, i32)]) -> Value {
 }
 
 async fn reservation_rows(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM reservations")
+    sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM reservations"#)
         .fetch_one(pool)
         .await
         .unwrap()
@@ -170,8 +170,7 @@ async fn uncommitted_reservations_expire_after_the_ttl(pool: PgPool) {
         .post("/reservations", &reservation(young, &[("SKU-A", 1)]))
         .await;
     // Back-date one reservation instead of waiting: the clock is the argument.
-    sqlx::query("UPDATE reservations SET expires_at = expires_at - interval '30 seconds' WHERE order_id = $1")
-        .bind(old)
+    sqlx::query!("UPDATE reservations SET expires_at = expires_at - interval '30 seconds' WHERE order_id = $1", old)
         .execute(&pool)
         .await
         .unwrap();
@@ -279,10 +278,10 @@ async fn renewals_keep_reservations_alive_and_retake_lapsed_ones_while_stock_all
     let commit = format!("/reservations/{committed}/commit");
     expect_json::<Reservation>(app.api.post(&commit, &json!({})).await, 200).await;
     // `lapsed` and `gone` expire; another order takes `gone`'s units meanwhile.
-    sqlx::query(
+    sqlx::query!(
         "UPDATE reservations SET expires_at = now() - interval '1 minute' WHERE order_id = ANY($1)",
+        &[lapsed, gone][..]
     )
-    .bind(vec![lapsed, gone])
     .execute(&pool)
     .await
     .unwrap();
@@ -294,12 +293,13 @@ async fn renewals_keep_reservations_alive_and_retake_lapsed_ones_while_stock_all
         (4, 3),
         "active 1 + other 2 held; 1 committed"
     );
-    let before: chrono::DateTime<Utc> =
-        sqlx::query_scalar("SELECT expires_at FROM reservations WHERE order_id = $1")
-            .bind(active)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let before: chrono::DateTime<Utc> = sqlx::query_scalar!(
+        "SELECT expires_at FROM reservations WHERE order_id = $1",
+        active
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
 
     let body = json!({"order_ids": [active, lapsed, gone, committed, unknown]});
     let renewals: Vec<contracts::catalog::Renewal> =
@@ -311,12 +311,13 @@ async fn renewals_keep_reservations_alive_and_retake_lapsed_ones_while_stock_all
     assert_eq!(outcome(gone), Gone, "its units went to another order");
     assert_eq!(outcome(committed), Committed);
     assert_eq!(outcome(unknown), Unknown);
-    let after: chrono::DateTime<Utc> =
-        sqlx::query_scalar("SELECT expires_at FROM reservations WHERE order_id = $1")
-            .bind(active)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let after: chrono::DateTime<Utc> = sqlx::query_scalar!(
+        "SELECT expires_at FROM reservations WHERE order_id = $1",
+        active
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert!(after >= before, "the deadline moved on, never back");
     assert_eq!(
         stock(&pool, "SKU-A").await,

@@ -1,7 +1,8 @@
 //! Dead letters (FAILED rows): listing them with their errors, replaying one or all (back to
 //! PENDING, their refusals forgotten) and discarding one with a reason (kept as DISCARDED).
 //! Every replay and discard is written to `outbox_audit` with the person who did it, in the
-//! same transaction. The HTTP endpoints (staff credential) are the service's.
+//! same transaction. [`http`]: the staff endpoints doing these over HTTP, which each service
+//! mounts ([`http::router`]).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -11,11 +12,13 @@ use uuid::Uuid;
 
 use crate::CHANNEL;
 
+pub mod http;
+
 /// Most dead letters [`list`] returns.
 pub const LIST_LIMIT: i64 = 1000;
 
 /// A dead-lettered event.
-#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct FailedEvent {
     pub id: Uuid,
     pub event_type: String,
@@ -33,13 +36,13 @@ async fn audit(
     actor: &str,
     reason: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO outbox_audit (event_id, action, actor, reason) SELECT id, $2, $3, $4 FROM unnest($1::uuid[]) AS id",
+        ids,
+        action,
+        actor,
+        reason,
     )
-    .bind(ids)
-    .bind(action)
-    .bind(actor)
-    .bind(reason)
     .execute(conn)
     .await?;
     Ok(())
@@ -47,11 +50,12 @@ async fn audit(
 
 /// FAILED events, oldest first (at most [`LIST_LIMIT`]).
 pub async fn list(pool: &PgPool) -> Result<Vec<FailedEvent>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        FailedEvent,
         "SELECT id, event_type, aggregate_id, aggregate_version, retry_count, last_error, created_at
          FROM outbox_events WHERE status = 'FAILED' ORDER BY created_at LIMIT $1",
+        LIST_LIMIT,
     )
-    .bind(LIST_LIMIT)
     .fetch_all(pool)
     .await
 }
@@ -65,17 +69,16 @@ pub async fn replay(
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     // Dropping `tx` without commit (any early return) rolls back.
     let mut tx = pool.begin().await?;
-    let ids: Vec<Uuid> = sqlx::query_scalar(
+    let ids = sqlx::query_scalar!(
         "UPDATE outbox_events SET status = 'PENDING', retry_count = 0, first_refused_at = NULL, next_attempt_at = now(), last_error = NULL
          WHERE status = 'FAILED' AND ($1::uuid IS NULL OR id = $1) RETURNING id",
+        only,
     )
-    .bind(only)
     .fetch_all(&mut *tx)
     .await?;
     audit(&mut tx, &ids, "REPLAYED", actor, None).await?;
     // Wake the relay: the trigger only fires on INSERT.
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(CHANNEL)
+    sqlx::query!("SELECT FROM pg_notify($1, '')", CHANNEL)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -93,10 +96,10 @@ pub async fn discard(
 ) -> Result<bool, sqlx::Error> {
     // Dropping `tx` without commit (any early return) rolls back.
     let mut tx = pool.begin().await?;
-    let ids: Vec<Uuid> = sqlx::query_scalar(
+    let ids = sqlx::query_scalar!(
         "UPDATE outbox_events SET status = 'DISCARDED' WHERE status = 'FAILED' AND id = $1 RETURNING id",
+        id,
     )
-    .bind(id)
     .fetch_all(&mut *tx)
     .await?;
     if ids.is_empty() {
