@@ -5,10 +5,15 @@
 //! (`status AS "status: T"`).
 
 /// Implements `sqlx::Type`, `Encode` and `Decode` for PostgreSQL on an enum with
-/// `fn as_str(self) -> &'static str` and `fn parse(&str) -> Option<Self>`.
+/// `fn as_str(self) -> &'static str` and `fn parse(&str) -> Option<Self>`;
+/// `text_enum!(T, exact)` decodes with `T::exact` instead (for an enum whose `parse` is
+/// lenient with what people type, while the column holds one spelling only).
 #[macro_export]
 macro_rules! text_enum {
     ($ty:ty) => {
+        $crate::text_enum!($ty, parse);
+    };
+    ($ty:ty, $parse:ident) => {
         impl ::sqlx::Type<::sqlx::Postgres> for $ty {
             fn type_info() -> ::sqlx::postgres::PgTypeInfo {
                 <&str as ::sqlx::Type<::sqlx::Postgres>>::type_info()
@@ -30,7 +35,7 @@ macro_rules! text_enum {
                 value: ::sqlx::postgres::PgValueRef<'r>,
             ) -> Result<Self, ::sqlx::error::BoxDynError> {
                 let text = <&str as ::sqlx::Decode<::sqlx::Postgres>>::decode(value)?;
-                <$ty>::parse(text)
+                <$ty>::$parse(text)
                     .ok_or_else(|| format!("unknown {} {text:?}", stringify!($ty)).into())
             }
         }

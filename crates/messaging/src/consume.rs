@@ -149,6 +149,47 @@ impl std::fmt::Debug for Consumer {
 
 impl Consumer {
     /// A consumer of `config.queue_url`.
+    /// The consumer of one queue subscribed to `topic_name`: with `provision`, creates the
+    /// topic, the queue, its DLQ and the filtered subscription if missing (else looks the
+    /// queue up); receives up to 10 messages per long poll of `wait_time_secs`, and extends a
+    /// slow handler's visibility after half of the queue's timeout.
+    pub async fn subscribed(
+        sdk: &SdkConfig,
+        topic_name: &str,
+        queue: crate::QueueSpec,
+        provision: bool,
+        wait_time_secs: i32,
+    ) -> anyhow::Result<Self> {
+        let visibility_timeout_secs = queue.visibility_timeout_secs;
+        let queue_url = if provision {
+            let name = queue.name.clone();
+            let topology = crate::Topology {
+                topic_name: topic_name.to_owned(),
+                queues: vec![queue],
+            };
+            crate::provision(sdk, &topology)
+                .await
+                .with_context(|| format!("provisioning the queue {name}"))?
+                .queue_urls
+                .remove(&name)
+                .context("the provisioned queue has no URL")?
+        } else {
+            crate::provision::queue_url(sdk, &queue.name).await?
+        };
+        Ok(Self::new(
+            sdk,
+            ConsumerConfig {
+                queue_url,
+                wait_time_secs,
+                max_messages: 10,
+                visibility_timeout_secs,
+                extend_after: Duration::from_secs(
+                    (u64::try_from(visibility_timeout_secs).unwrap_or(0) / 2).max(1),
+                ),
+            },
+        ))
+    }
+
     pub fn new(sdk: &SdkConfig, config: ConsumerConfig) -> Self {
         let queue = Arc::from(queue_name_from_url(&config.queue_url));
         Self {

@@ -21,6 +21,16 @@ use contracts::problem::PROBLEM_JSON;
 
 const PROBLEM_REF: &str = "#/components/schemas/Problem";
 
+/// A service's complete document: its own operations (`api`), the health and metrics
+/// routes every service serves, rewritten by [`finish`].
+pub fn service_document(api: OpenApi) -> OpenApi {
+    let mut doc = api;
+    doc.merge(<crate::health::HealthApi as utoipa::OpenApi>::openapi());
+    doc.merge(<crate::metrics::MetricsApi as utoipa::OpenApi>::openapi());
+    finish(&mut doc);
+    doc
+}
+
 /// Rewrites `doc` as described in the module docs. Call it on the complete
 /// document (after merging the health and metrics routes).
 pub fn finish(doc: &mut OpenApi) {

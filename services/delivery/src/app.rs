@@ -71,11 +71,7 @@ pub struct ApiDoc;
 
 /// The OpenAPI document of the service, health routes included.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    doc.merge(platform::health::HealthApi::openapi());
-    doc.merge(platform::metrics::MetricsApi::openapi());
-    platform::openapi::finish(&mut doc);
-    doc
+    platform::openapi::service_document(ApiDoc::openapi())
 }
 
 /// The complete router, middleware included.

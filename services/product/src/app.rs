@@ -62,11 +62,7 @@ pub struct ApiDoc;
 
 /// The OpenAPI document of the service, health routes included.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    doc.merge(platform::health::HealthApi::openapi());
-    doc.merge(platform::metrics::MetricsApi::openapi());
-    platform::openapi::finish(&mut doc);
-    doc
+    platform::openapi::service_document(ApiDoc::openapi())
 }
 
 /// The complete router, middleware included.
@@ -97,44 +93,26 @@ async fn order_events_consumer(config: &Config) -> anyhow::Result<Option<messagi
         return Ok(None);
     }
     let sdk = messaging::aws::sdk_config().await;
-    let queue_url = if broker.provision {
-        let topology = messaging::Topology {
-            topic_name: broker.topic_name.clone(),
-            queues: vec![messaging::QueueSpec {
-                name: broker.queue_name.clone(),
-                event_types: order_events::CONSUMED
-                    .iter()
-                    .map(|s| (*s).to_owned())
-                    .collect(),
-                excluded_statuses: vec![],
-                max_receive_count: broker.max_receive_count,
-                visibility_timeout_secs: broker.visibility_timeout_secs,
-            }],
-        };
-        let provisioned = messaging::provision(&sdk, &topology)
-            .await
-            .context("provisioning the order events queue")?;
-        provisioned
-            .queue_urls
-            .get(&broker.queue_name)
-            .cloned()
-            .context("the provisioned queue has no URL")?
-    } else {
-        messaging::provision::queue_url(&sdk, &broker.queue_name).await?
+    let queue = messaging::QueueSpec {
+        name: broker.queue_name.clone(),
+        event_types: order_events::CONSUMED
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+        excluded_statuses: vec![],
+        max_receive_count: broker.max_receive_count,
+        visibility_timeout_secs: broker.visibility_timeout_secs,
     };
-    tracing::info!(queue = %broker.queue_name, "consuming order events");
-    Ok(Some(messaging::Consumer::new(
+    let consumer = messaging::Consumer::subscribed(
         &sdk,
-        messaging::ConsumerConfig {
-            queue_url,
-            wait_time_secs: broker.wait_time_secs,
-            max_messages: 10,
-            visibility_timeout_secs: broker.visibility_timeout_secs,
-            extend_after: std::time::Duration::from_secs(
-                (broker.visibility_timeout_secs as u64 / 2).max(1),
-            ),
-        },
-    )))
+        &broker.topic_name,
+        queue,
+        broker.provision,
+        broker.wait_time_secs,
+    )
+    .await?;
+    tracing::info!(queue = %broker.queue_name, "consuming order events");
+    Ok(Some(consumer))
 }
 
 impl Application {

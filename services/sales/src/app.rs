@@ -4,12 +4,10 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
-use axum::Router;
+use platform::service::{Server, Workers};
 use resilience::Registry;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     cache::OrderCache,
@@ -29,8 +27,7 @@ use crate::{
 
 /// A bound, ready-to-run sales service.
 pub struct Application {
-    listener: TcpListener,
-    router: Router,
+    server: Server,
     state: AppState,
     relay: Option<Relay>,
     delivery_events: Option<messaging::Consumer>,
@@ -61,46 +58,29 @@ async fn delivery_events_consumer(config: &Config) -> anyhow::Result<Option<mess
         return Ok(None);
     }
     let sdk = messaging::aws::sdk_config().await;
-    let queue_url = if events.provision {
-        let topology = messaging::Topology {
-            topic_name: events.topic_name.clone(),
-            queues: vec![messaging::QueueSpec {
-                name: events.queue_name.clone(),
-                event_types: delivery_events::CONSUMED
-                    .iter()
-                    .map(|s| (*s).to_owned())
-                    .collect(),
-                excluded_statuses: delivery_events::NOT_DELIVERED
-                    .iter()
-                    .map(|s| s.as_str().to_owned())
-                    .collect(),
-                max_receive_count: events.max_receive_count,
-                visibility_timeout_secs: events.visibility_timeout_secs,
-            }],
-        };
-        messaging::provision(&sdk, &topology)
-            .await
-            .context("provisioning the delivery events queue")?
-            .queue_urls
-            .get(&events.queue_name)
-            .cloned()
-            .context("the provisioned queue has no URL")?
-    } else {
-        messaging::provision::queue_url(&sdk, &events.queue_name).await?
+    let queue = messaging::QueueSpec {
+        name: events.queue_name.clone(),
+        event_types: delivery_events::CONSUMED
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+        excluded_statuses: delivery_events::NOT_DELIVERED
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect(),
+        max_receive_count: events.max_receive_count,
+        visibility_timeout_secs: events.visibility_timeout_secs,
     };
-    tracing::info!(queue = %events.queue_name, "following delivery's status events");
-    Ok(Some(messaging::Consumer::new(
+    let consumer = messaging::Consumer::subscribed(
         &sdk,
-        messaging::ConsumerConfig {
-            queue_url,
-            wait_time_secs: events.wait_time_secs,
-            max_messages: 10,
-            visibility_timeout_secs: events.visibility_timeout_secs,
-            extend_after: std::time::Duration::from_secs(
-                (events.visibility_timeout_secs as u64 / 2).max(1),
-            ),
-        },
-    )))
+        &events.topic_name,
+        queue,
+        events.provision,
+        events.wait_time_secs,
+    )
+    .await?;
+    tracing::info!(queue = %events.queue_name, "following delivery's status events");
+    Ok(Some(consumer))
 }
 
 impl Application {
@@ -115,28 +95,23 @@ impl Application {
         // Before the breakers: they take their metric handles when built.
         platform::metrics::install();
         let breakers = Registry::new();
-        let peer = |name: &'static str,
-                    url: &str,
-                    token: &Option<String>,
-                    breaker,
-                    max_concurrent| {
-            if token.is_none() {
-                tracing::warn!(
-                    peer = name,
-                    "SALES_{}_SERVICE_TOKEN is not set: {name} refuses sales' reservations or deliveries",
-                    name.to_ascii_uppercase()
+        let peer =
+            |name: &'static str, url: &str, token: &Option<String>, breaker, max_concurrent| {
+                platform::service::warn_if_unset(
+                    &format!("SALES_{}_SERVICE_TOKEN", name.to_ascii_uppercase()),
+                    token.is_some(),
+                    &format!("{name} refuses sales' reservations or deliveries"),
                 );
-            }
-            HttpPeer::new(
-                name,
-                url,
-                token.as_deref(),
-                config.http_connect_timeout,
-                config.http_request_timeout,
-                breaker,
-                max_concurrent,
-            )
-        };
+                HttpPeer::new(
+                    name,
+                    url,
+                    token.as_deref(),
+                    config.http_connect_timeout,
+                    config.http_request_timeout,
+                    breaker,
+                    max_concurrent,
+                )
+            };
         let product = peer(
             "product",
             &config.product_url,
@@ -192,14 +167,15 @@ impl Application {
             rate_limiter,
             recheck_wake,
         };
-        let router = router(state.clone());
-        let addr = state.config.server.listen_addr;
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
+        let server = Server::bind(
+            "sales",
+            &state.config.server,
+            router(state.clone()),
+            state.db.pool.clone(),
+        )
+        .await?;
         Ok(Self {
-            listener,
-            router,
+            server,
             state,
             relay,
             delivery_events,
@@ -207,7 +183,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.server.port()
     }
 
     /// The delivery retry worker of this instance (tests drive it step by step).
@@ -267,15 +243,17 @@ impl Application {
 
     /// Serves and runs the workers until `token` is cancelled, then drains.
     pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
-        let tracker = TaskTracker::new();
-        tracker.spawn(saga_recovery::run(
+        let mut workers = Workers::new();
+        let (sagas, every) = (
             self.state.sagas.clone(),
             self.state.config.saga_recovery_interval,
-            token.clone(),
-        ));
-        tracker.spawn(self.delivery_retry_worker().run(token.clone()));
+        );
+        workers.add(move |token| saga_recovery::run(sagas, every, token));
+        let retry = self.delivery_retry_worker();
+        workers.add(move |token| retry.run(token));
         if self.state.config.reconciliation.enabled {
-            tracker.spawn(self.reconciliation_worker().run(token.clone()));
+            let reconciliation = self.reconciliation_worker();
+            workers.add(move |token| reconciliation.run(token));
         } else {
             tracing::warn!(
                 "SALES_RECONCILIATION_ENABLED is false: no safety net for lost delivery events"
@@ -286,29 +264,19 @@ impl Application {
                 db: self.state.db.clone(),
                 cache: self.state.cache.clone(),
             };
-            tracker.spawn({
-                let token = token.clone();
-                async move { consumer.run(handler, token).await }
-            });
+            workers.add(move |token| async move { consumer.run(handler, token).await });
         }
-        tracker.spawn(self.availability_recheck_worker().run(token.clone()));
-        tracker.spawn(self.alert_checker().run(token.clone()));
-        tracker.spawn(self.reservation_keeper().run(token.clone()));
+        let recheck = self.availability_recheck_worker();
+        workers.add(move |token| recheck.run(token));
+        let alerts = self.alert_checker();
+        workers.add(move |token| alerts.run(token));
+        let keeper = self.reservation_keeper();
+        workers.add(move |token| keeper.run(token));
         if let Some(relay) = self.relay.clone() {
-            tracker.spawn(relay.run(token.clone()));
+            workers.add(move |token| relay.run(token));
         }
-        tracker.spawn(outbox::cleanup::run(
-            self.state.db.pool.clone(),
-            self.state.config.outbox.clone(),
-            token.clone(),
-        ));
-        tracker.close();
-        let grace = self.state.config.server.shutdown_grace;
-        platform::server::serve(self.listener, self.router, token.clone(), grace).await?;
-        token.cancel();
-        let _ = tokio::time::timeout(grace, tracker.wait()).await;
-        self.state.db.pool.close().await;
-        tracing::info!("sales stopped");
-        Ok(())
+        let (pool, outbox_config) = (self.state.db.pool.clone(), self.state.config.outbox.clone());
+        workers.add(move |token| outbox::cleanup::run(pool, outbox_config, token));
+        self.server.run(token, workers).await
     }
 }

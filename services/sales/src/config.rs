@@ -401,9 +401,7 @@ impl Config {
             reconciliation: ReconciliationConfig {
                 enabled: env.flag("RECONCILIATION_ENABLED", true)?,
                 interval: env.millis("RECONCILIATION_INTERVAL_MS", 600_000)?,
-                stale_after: Duration::from_millis(
-                    env.parse("RECONCILIATION_STALE_AFTER_MS", 1_800_000)?,
-                ),
+                stale_after: env.millis_or_zero("RECONCILIATION_STALE_AFTER_MS", 1_800_000)?,
                 stale_shipment_review_after: env.millis(
                     "RECONCILIATION_STALE_SHIPMENT_REVIEW_AFTER_MS",
                     3 * 86_400_000,
@@ -419,7 +417,7 @@ impl Config {
                 max_receive_count: env.positive("DELIVERY_EVENTS_MAX_RECEIVE_COUNT", 5)?,
                 visibility_timeout_secs: env
                     .positive("DELIVERY_EVENTS_VISIBILITY_TIMEOUT_SECS", 30)?,
-                wait_time_secs: env.parse("DELIVERY_EVENTS_WAIT_TIME_SECS", 10)?,
+                wait_time_secs: env.in_range("DELIVERY_EVENTS_WAIT_TIME_SECS", 10, 0, 20)?,
             },
             availability_recheck: AvailabilityRecheckConfig {
                 interval: env.millis("AVAILABILITY_RECHECK_INTERVAL_MS", 10_000)?,
@@ -430,7 +428,7 @@ impl Config {
             cache: CacheConfig {
                 url: redis_url(env)?,
                 key_prefix: env.string("REDIS_KEY_PREFIX", "sales:"),
-                order_ttl: Duration::from_secs(env.positive("REDIS_ORDER_TTL_SECS", 300)?),
+                order_ttl: env.secs("REDIS_ORDER_TTL_SECS", 300)?,
                 timeout: env.millis("REDIS_TIMEOUT_MS", 200)?,
             },
             rate_limit: RateLimitConfig {
@@ -438,9 +436,7 @@ impl Config {
                 burst: env.positive("RATE_LIMIT_BURST", 100)?,
                 trusted_proxy_hops: env.parse("RATE_LIMIT_TRUSTED_PROXY_HOPS", 0)?,
             },
-            fault_pause_before_record: Duration::from_millis(
-                env.parse("FAULT_PAUSE_BEFORE_RECORD_MS", 0)?,
-            ),
+            fault_pause_before_record: env.millis_or_zero("FAULT_PAUSE_BEFORE_RECORD_MS", 0)?,
             reservation_keeper: KeeperConfig {
                 interval: env.millis("RESERVATION_KEEPER_INTERVAL_MS", 60_000)?,
                 renew_after: env.millis("RESERVATION_RENEW_AFTER_MS", 300_000)?,
@@ -453,7 +449,7 @@ impl Config {
                 review_backlog: env
                     .parse::<u32>("ALERTS_REVIEW_BACKLOG_THRESHOLD", 50)?
                     .into(),
-                outbox_stalled: Duration::from_secs(env.parse("ALERTS_OUTBOX_STALLED_SECS", 300)?),
+                outbox_stalled: env.secs("ALERTS_OUTBOX_STALLED_SECS", 300)?,
                 webhook_url: match env.optional("ALERTS_WEBHOOK_URL") {
                     Some(_) => Some(env.http_url("ALERTS_WEBHOOK_URL", "")?),
                     None => None,
@@ -551,6 +547,23 @@ mod tests {
         let err = Config::from(&env(&[("SALES_RECONCILIATION_STALE_AFTER_MS", "-1")]))
             .expect_err("not a number of ms");
         assert_eq!(err.variable, "SALES_RECONCILIATION_STALE_AFTER_MS");
+    }
+
+    #[test]
+    fn durations_beyond_their_range_are_refused_by_name_not_a_panic_later() {
+        for (variable, value) in [
+            ("SALES_REDIS_ORDER_TTL_SECS", "99999999999"),
+            ("SALES_ALERTS_OUTBOX_STALLED_SECS", "18446744073709551615"),
+            (
+                "SALES_RECONCILIATION_STALE_AFTER_MS",
+                "18446744073709551615",
+            ),
+            ("SALES_FAULT_PAUSE_BEFORE_RECORD_MS", "2592000001"),
+            ("SALES_DELIVERY_EVENTS_WAIT_TIME_SECS", "21"),
+        ] {
+            let err = Config::from(&env(&[(variable, value)])).expect_err("out of range");
+            assert_eq!(err.variable, variable, "{value}");
+        }
     }
 
     #[test]

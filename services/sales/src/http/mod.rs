@@ -5,6 +5,7 @@
 
 pub mod cancel;
 pub mod console;
+pub mod dead_letters;
 pub mod orders;
 pub mod reliability;
 pub mod reviews;
@@ -22,7 +23,6 @@ use crate::{
     config::Config,
     db::{Db, MIGRATOR},
     orders::cancellation::Canceller,
-    outbox,
     peers::{delivery::DeliveryClient, product::ProductClient},
     placement::OrderSagas,
     rate_limit::RateLimiter,
@@ -100,10 +100,10 @@ impl FromRef<AppState> for StaffToken {
         reviews::decide::reject,
         reliability::reliability,
         sagas::get_saga,
-        outbox::admin::list_failed,
-        outbox::admin::replay_all,
-        outbox::admin::replay_one,
-        outbox::admin::discard_one,
+        dead_letters::list_failed,
+        dead_letters::replay_all,
+        dead_letters::replay_one,
+        dead_letters::discard_one,
     ),
     modifiers(&PersonalStaffSecurity)
 )]
@@ -135,11 +135,7 @@ impl utoipa::Modify for PersonalStaffSecurity {
 
 /// The OpenAPI document of the service, health routes included.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    doc.merge(platform::health::HealthApi::openapi());
-    doc.merge(platform::metrics::MetricsApi::openapi());
-    platform::openapi::finish(&mut doc);
-    doc
+    platform::openapi::service_document(ApiDoc::openapi())
 }
 
 /// The complete router, middleware included.
@@ -166,7 +162,7 @@ pub fn router(state: AppState) -> Router {
             ));
     // The staff routes verify the person first (and drop any client-supplied name).
     let staff = reviews::router()
-        .merge(outbox::admin::router())
+        .merge(dead_letters::router())
         .route("/sagas/{id}", get(sagas::get_saga))
         .route_layer(axum::middleware::from_fn_with_state(
             crate::staff::Gate {

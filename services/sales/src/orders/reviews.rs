@@ -1,7 +1,7 @@
 //! Manual reviews: orders waiting for a person, with a reason code. This module
 //! opens, flags and resolves them in the caller's transaction; the staff queue
 //! over HTTP is `http::reviews`. Reason and status are enums end to end (text
-//! columns, [`crate::store::text`]).
+//! columns, `contracts::text_enum!`).
 
 use sqlx::PgConnection;
 use uuid::Uuid;

@@ -6,9 +6,6 @@
 //! - [`enqueue`]: append an order event in the caller's transaction.
 //! - [`events`]: the event types sales emits.
 //! - [`relay`], [`owned`], [`cleanup`]: the crate's relay (and its fast path) and retention, re-exported.
-//! - [`admin`]: staff endpoints for dead letters (list, replay, discard).
-
-pub mod admin;
 
 pub use ::outbox::{cleanup, owned, relay};
 

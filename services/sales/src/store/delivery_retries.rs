@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, types::Json};
 use uuid::Uuid;
 
-use super::{OrderLock, text::text_column};
+use super::OrderLock;
 
 /// The status of a retry row.
 #[derive(
@@ -28,13 +28,6 @@ pub enum RetryStatus {
 
 impl RetryStatus {
     pub fn as_str(self) -> &'static str {
-        super::text::TextEnum::as_str(self)
-    }
-}
-
-impl super::text::TextEnum for RetryStatus {
-    const WHAT: &'static str = "delivery retry status";
-    fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "PENDING",
             Self::Held => "HELD",
@@ -42,13 +35,13 @@ impl super::text::TextEnum for RetryStatus {
             Self::Exhausted => "EXHAUSTED",
         }
     }
-    fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         [Self::Pending, Self::Held, Self::Done, Self::Exhausted]
             .into_iter()
-            .find(|v| super::text::TextEnum::as_str(*v) == s)
+            .find(|v| v.as_str() == s)
     }
 }
-text_column!(RetryStatus);
+contracts::text_enum!(RetryStatus);
 
 /// A claimed row as read: the order, attempts so far, created, the order's trace context.
 #[derive(Debug)]

@@ -10,7 +10,6 @@ use contracts::{
 use sqlx::{PgConnection, PgPool, types::Json as Jsonb};
 use uuid::Uuid;
 
-use super::text::Text;
 use crate::outbox::{self, events};
 
 /// The columns of an order as read (spelled out in each query: the query macros take
@@ -18,12 +17,12 @@ use crate::outbox::{self, events};
 struct OrderRow {
     id: Uuid,
     customer_id: String,
-    status: Text<OrderStatus>,
+    status: OrderStatus,
     shipping_address: Jsonb<Address>,
     requires_manual_review: bool,
     fallback_used: bool,
     delivery_id: Option<Uuid>,
-    delivery_hold: Option<Text<DeliveryHold>>,
+    delivery_hold: Option<DeliveryHold>,
     version: i32,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -34,13 +33,13 @@ impl OrderRow {
         Order {
             id: self.id,
             customer_id: self.customer_id,
-            status: self.status.0,
+            status: self.status,
             items,
             shipping_address: self.shipping_address.0,
             requires_manual_review: self.requires_manual_review,
             fallback_used: self.fallback_used,
             delivery_id: self.delivery_id,
-            delivery_hold: self.delivery_hold.map(|h| h.0),
+            delivery_hold: self.delivery_hold,
             version: self.version,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -75,8 +74,8 @@ pub struct Locked {
 /// Locks order `id` in the caller's transaction; `None` if it does not exist.
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderLock<'_>>, sqlx::Error> {
     let row = sqlx::query!(
-        r#"SELECT status AS "status: Text<OrderStatus>", delivery_id,
-                  delivery_hold AS "delivery_hold: Text<DeliveryHold>", delivery_version,
+        r#"SELECT status AS "status: OrderStatus", delivery_id,
+                  delivery_hold AS "delivery_hold: DeliveryHold", delivery_version,
                   requires_manual_review
            FROM orders WHERE id = $1 FOR UPDATE"#,
         id
@@ -87,9 +86,9 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderLock<
         conn,
         row: Locked {
             id,
-            status: r.status.0,
+            status: r.status,
             delivery_id: r.delivery_id,
-            delivery_hold: r.delivery_hold.map(|h| h.0),
+            delivery_hold: r.delivery_hold,
             delivery_version: r.delivery_version,
             requires_manual_review: r.requires_manual_review,
         },
@@ -118,7 +117,7 @@ impl OrderLock<'_> {
         sqlx::query!(
             "UPDATE orders SET status = $2, version = version + 1, updated_at = now() WHERE id = $1",
             self.row.id,
-            Text(to) as _,
+            to as _,
         )
         .execute(&mut *self.conn)
         .await?;
@@ -186,7 +185,7 @@ impl OrderLock<'_> {
     ) -> Result<Order, sqlx::Error> {
         let (set_hold, hold_value) = match hold {
             Hold::Keep => (false, None),
-            Hold::Set(h) => (true, Some(Text(h))),
+            Hold::Set(h) => (true, Some(h)),
             Hold::Clear => (true, None),
         };
         let order_id = self.row.id;
@@ -195,15 +194,14 @@ impl OrderLock<'_> {
             r#"UPDATE orders SET requires_manual_review = COALESCE($2, requires_manual_review),
                     delivery_hold = CASE WHEN $3 THEN $4 ELSE delivery_hold END,
                     version = version + 1, updated_at = now()
-               WHERE id = $1 RETURNING status AS "status: Text<OrderStatus>""#,
+               WHERE id = $1 RETURNING status AS "status: OrderStatus""#,
             order_id,
             requires_manual_review,
             set_hold,
             hold_value as _,
         )
         .fetch_one(&mut *conn)
-        .await?
-        .0;
+        .await?;
         record_status(&mut *conn, order_id, Some(status), status, reason).await?;
         let order = load(&mut *conn, order_id)
             .await?
@@ -249,17 +247,17 @@ pub async fn insert(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result<Order
         r#"INSERT INTO orders (id, customer_id, status, shipping_address, requires_manual_review, fallback_used,
                                delivery_hold)
            VALUES ($1, $2, $3, $4, $5, $6, $7)
-           RETURNING id, customer_id, status AS "status: Text<OrderStatus>",
+           RETURNING id, customer_id, status AS "status: OrderStatus",
                      shipping_address AS "shipping_address: Jsonb<Address>", requires_manual_review,
-                     fallback_used, delivery_id, delivery_hold AS "delivery_hold: Text<DeliveryHold>",
+                     fallback_used, delivery_id, delivery_hold AS "delivery_hold: DeliveryHold",
                      version, created_at, updated_at"#,
         new.id,
         new.customer_id.trim(),
-        Text(OrderStatus::PendingShipment) as _,
+        OrderStatus::PendingShipment as _,
         Jsonb(new.shipping_address) as _,
         new.requires_manual_review,
         new.fallback_used,
-        new.delivery_hold.map(Text) as _,
+        new.delivery_hold as _,
     )
     .fetch_one(&mut *conn)
     .await?;
@@ -307,8 +305,8 @@ pub async fn record_status(
     sqlx::query!(
         "INSERT INTO order_status_history (order_id, from_status, to_status, reason) VALUES ($1, $2, $3, $4)",
         order_id,
-        from.map(Text) as _,
-        Text(to) as _,
+        from as _,
+        to as _,
         reason,
     )
     .execute(conn)
@@ -348,9 +346,9 @@ async fn with_items(
 pub async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
     let row = sqlx::query_as!(
         OrderRow,
-        r#"SELECT id, customer_id, status AS "status: Text<OrderStatus>",
+        r#"SELECT id, customer_id, status AS "status: OrderStatus",
                   shipping_address AS "shipping_address: Jsonb<Address>", requires_manual_review,
-                  fallback_used, delivery_id, delivery_hold AS "delivery_hold: Text<DeliveryHold>",
+                  fallback_used, delivery_id, delivery_hold AS "delivery_hold: DeliveryHold",
                   version, created_at, updated_at
            FROM orders WHERE id = $1"#,
         id,
@@ -369,12 +367,11 @@ pub async fn status_of(
     id: Uuid,
 ) -> Result<Option<OrderStatus>, sqlx::Error> {
     Ok(sqlx::query_scalar!(
-        r#"SELECT status AS "status: Text<OrderStatus>" FROM orders WHERE id = $1"#,
+        r#"SELECT status AS "status: OrderStatus" FROM orders WHERE id = $1"#,
         id
     )
     .fetch_optional(executor)
-    .await?
-    .map(|s| s.0))
+    .await?)
 }
 
 /// Filters of an order listing.
@@ -394,9 +391,9 @@ pub async fn list(
 ) -> Result<Vec<Order>, sqlx::Error> {
     let rows = sqlx::query_as!(
         OrderRow,
-        r#"SELECT id, customer_id, status AS "status: Text<OrderStatus>",
+        r#"SELECT id, customer_id, status AS "status: OrderStatus",
                   shipping_address AS "shipping_address: Jsonb<Address>", requires_manual_review,
-                  fallback_used, delivery_id, delivery_hold AS "delivery_hold: Text<DeliveryHold>",
+                  fallback_used, delivery_id, delivery_hold AS "delivery_hold: DeliveryHold",
                   version, created_at, updated_at
            FROM orders
            WHERE ($1::text IS NULL OR customer_id = $1)
@@ -404,7 +401,7 @@ pub async fn list(
              AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
            ORDER BY created_at DESC, id DESC LIMIT $5"#,
         filter.customer_id,
-        filter.status.map(Text) as _,
+        filter.status as _,
         filter.before.map(|b| b.0),
         filter.before.map(|b| b.1),
         filter.limit,
@@ -429,9 +426,9 @@ pub async fn record_delivery(
         OrderRow,
         r#"UPDATE orders SET delivery_id = $2, version = version + 1, updated_at = now()
            WHERE id = $1 AND delivery_id IS NULL
-           RETURNING id, customer_id, status AS "status: Text<OrderStatus>",
+           RETURNING id, customer_id, status AS "status: OrderStatus",
                      shipping_address AS "shipping_address: Jsonb<Address>", requires_manual_review,
-                     fallback_used, delivery_id, delivery_hold AS "delivery_hold: Text<DeliveryHold>",
+                     fallback_used, delivery_id, delivery_hold AS "delivery_hold: DeliveryHold",
                      version, created_at, updated_at"#,
         order_id,
         delivery_id,
@@ -486,8 +483,8 @@ pub async fn history(
     order_id: Uuid,
 ) -> Result<Vec<StatusChange>, sqlx::Error> {
     Ok(sqlx::query!(
-        r#"SELECT from_status AS "from_status: Text<OrderStatus>",
-                  to_status AS "to_status: Text<OrderStatus>", reason, changed_at
+        r#"SELECT from_status AS "from_status: OrderStatus",
+                  to_status AS "to_status: OrderStatus", reason, changed_at
            FROM order_status_history WHERE order_id = $1 ORDER BY id"#,
         order_id
     )
@@ -495,8 +492,8 @@ pub async fn history(
     .await?
     .into_iter()
     .map(|r| StatusChange {
-        from_status: r.from_status.map(|s| s.0),
-        to_status: r.to_status.0,
+        from_status: r.from_status,
+        to_status: r.to_status,
         reason: r.reason,
         changed_at: r.changed_at,
     })
@@ -553,7 +550,7 @@ pub async fn awaiting_recheck(pool: &PgPool, limit: i64) -> Result<Vec<(Uuid, Uu
         limit,
         ReviewStatus::Open as _,
         ReviewReason::AvailabilityUnverified as _,
-        Text(OrderStatus::Cancelled) as _,
+        OrderStatus::Cancelled as _,
     )
     .fetch_all(pool)
     .await?
@@ -575,7 +572,7 @@ pub async fn waiting_for_broker(
          ORDER BY e.created_at LIMIT 1000",
         created_before,
         events::ORDER_CREATED,
-        Text(OrderStatus::Cancelled) as _,
+        OrderStatus::Cancelled as _,
     )
     .fetch_all(pool)
     .await

@@ -8,8 +8,6 @@ use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::text::text_column;
-
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunStatus {
@@ -39,16 +37,7 @@ impl RunStatus {
     }
 }
 
-impl super::text::TextEnum for RunStatus {
-    const WHAT: &'static str = "reconciliation run status";
-    fn as_str(self) -> &'static str {
-        RunStatus::as_str(self)
-    }
-    fn parse(s: &str) -> Option<Self> {
-        RunStatus::parse(s)
-    }
-}
-text_column!(RunStatus);
+contracts::text_enum!(RunStatus);
 
 /// `reconciliationJobsStatus` of the reliability view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]

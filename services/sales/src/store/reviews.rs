@@ -8,8 +8,6 @@ use uuid::Uuid;
 
 use serde::Serialize;
 
-use super::text::text_column;
-
 /// Why an order waits for a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -75,29 +73,8 @@ pub enum ReviewStatus {
     Resolved,
 }
 
-text_column!(ReviewReason);
-text_column!(ReviewStatus);
-
-impl super::text::TextEnum for ReviewReason {
-    const WHAT: &'static str = "review reason";
-    fn as_str(self) -> &'static str {
-        ReviewReason::as_str(self)
-    }
-    fn parse(s: &str) -> Option<Self> {
-        ReviewReason::parse(s)
-    }
-}
-
-impl super::text::TextEnum for ReviewStatus {
-    const WHAT: &'static str = "review status";
-    fn as_str(self) -> &'static str {
-        ReviewStatus::as_str(self)
-    }
-    // Exact: the column holds upper case only.
-    fn parse(s: &str) -> Option<Self> {
-        ReviewStatus::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-}
+contracts::text_enum!(ReviewReason);
+contracts::text_enum!(ReviewStatus, exact);
 
 impl ReviewStatus {
     pub const ALL: [Self; 4] = [Self::Open, Self::Approved, Self::Rejected, Self::Resolved];
@@ -116,6 +93,11 @@ impl ReviewStatus {
         Self::ALL
             .into_iter()
             .find(|v| v.as_str().eq_ignore_ascii_case(s))
+    }
+
+    /// As stored: the column holds upper case only.
+    pub fn exact(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
     }
 }
 
@@ -287,12 +269,11 @@ pub async fn queue(
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<EntryRow>, sqlx::Error> {
-    use super::text::Text;
     use contracts::orders::OrderStatus;
     let rows = sqlx::query!(
         r#"SELECT r.id, r.order_id, r.reason AS "reason: ReviewReason", r.status AS "status: ReviewStatus",
                   r.details, r.created_at, r.resolved_at, r.resolved_by, r.resolution, r.note,
-                  o.customer_id, o.status AS "order_status: Text<OrderStatus>",
+                  o.customer_id, o.status AS "order_status: OrderStatus",
                   o.requires_manual_review, o.fallback_used, o.delivery_id, o.version,
                   o.created_at AS order_created_at, o.updated_at AS order_updated_at,
                   i.item_lines AS "item_lines!", i.item_units AS "item_units!"
@@ -326,7 +307,7 @@ pub async fn queue(
                 note: r.note,
             },
             customer_id: r.customer_id,
-            order_status: r.order_status.0,
+            order_status: r.order_status,
             requires_manual_review: r.requires_manual_review,
             fallback_used: r.fallback_used,
             delivery_id: r.delivery_id,

@@ -172,19 +172,19 @@ async fn a_transition_writes_history_and_an_event_with_the_full_order(
 async fn a_status_the_enums_do_not_know_is_a_decode_error_never_a_default(pool: sqlx::PgPool) {
     use sales::{
         orders::reviews::{ReviewReason, ReviewStatus},
-        store::{delivery_retries::RetryStatus, text::Text},
+        store::delivery_retries::RetryStatus,
     };
     let read = |sql: &'static str| {
         let pool = pool.clone();
         async move {
-            sqlx::query_scalar::<_, Text<OrderStatus>>(sql)
+            sqlx::query_scalar::<_, OrderStatus>(sql)
                 .fetch_one(&pool)
                 .await
         }
     };
     assert_eq!(
         read("SELECT 'SHIPPED'::text").await.unwrap(),
-        Text(OrderStatus::Shipped)
+        OrderStatus::Shipped
     );
     for unknown in ["SELECT 'LOST'::text", "SELECT 'shipped'::text"] {
         let err = read(unknown).await.unwrap_err();

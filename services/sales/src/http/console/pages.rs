@@ -26,11 +26,10 @@ use super::{
 };
 use crate::{
     http::{
-        AppState,
+        AppState, dead_letters,
         reviews::{Decision, ReviewedOrder, decide, queue},
     },
     orders::reviews::{ReviewReason, ReviewStatus},
-    outbox::admin,
     reliability,
 };
 
@@ -461,7 +460,8 @@ pub async fn dead_letters(
     session: Session,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, Failure> {
-    let platform::extract::Json(rows) = admin::list_failed(State(state.clone()), Staff).await?;
+    let platform::extract::Json(rows) =
+        dead_letters::list_failed(State(state.clone()), Staff).await?;
     let now = Utc::now();
     let flash = query.get("done").map(|d| match d.as_str() {
         "discarded" => "Discarded; the audit records it.".to_owned(),
@@ -515,7 +515,7 @@ pub async fn replay_all(
 ) -> Result<Response, Failure> {
     session.check_csrf(fields(form).get("csrf"))?;
     let platform::extract::Json(moved) =
-        admin::replay_all(State(state), Staff, as_person(&session)).await?;
+        dead_letters::replay_all(State(state), Staff, as_person(&session)).await?;
     Ok(Redirect::to(&format!("/console/dead-letters?done={}", moved.count)).into_response())
 }
 
@@ -528,7 +528,7 @@ pub async fn replay_one(
 ) -> Result<Response, Failure> {
     session.check_csrf(fields(form).get("csrf"))?;
     let platform::extract::Json(moved) =
-        admin::replay_one(State(state), Staff, as_person(&session), Path(id)).await?;
+        dead_letters::replay_one(State(state), Staff, as_person(&session), Path(id)).await?;
     Ok(Redirect::to(&format!("/console/dead-letters?done={}", moved.count)).into_response())
 }
 
@@ -541,10 +541,10 @@ pub async fn discard(
 ) -> Result<Response, Failure> {
     let form = fields(form);
     session.check_csrf(form.get("csrf"))?;
-    let body = admin::Discard {
+    let body = dead_letters::Discard {
         reason: form.get("reason").cloned().unwrap_or_default(),
     };
-    admin::discard_one(
+    dead_letters::discard_one(
         State(state),
         Staff,
         as_person(&session),

@@ -1,4 +1,4 @@
-//! Operator endpoints for dead letters (staff credential): the `outbox` crate's
+//! Dead letters over HTTP: operator endpoints (staff credential): the `outbox` crate's
 //! [`::outbox::dead_letters::http`] endpoints (list FAILED events, replay one or all, discard
 //! one with a reason; every action audited), over sales' database behind its breaker.
 
