@@ -93,10 +93,8 @@ pub fn router_with(
 async fn readiness(pool: &PgPool, migrator: &Migrator, extra: Option<ReadinessCheck>) -> Response {
     let applied = tokio::time::timeout(
         Duration::from_secs(2),
-        // sqlx's own bookkeeping table, not part of any schema the query macros check
-        // against (scripts/sqlx-prepare applies the migrations with psql): a run-time query.
-        sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success")
-            .fetch_all(pool),
+        // sqlx's own bookkeeping table (scripts/sqlx-prepare creates it as sqlx does).
+        sqlx::query_scalar!("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(pool),
     )
     .await;
     let (database, migrations) = match applied {

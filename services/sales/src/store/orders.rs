@@ -366,12 +366,12 @@ pub async fn status_of(
     executor: impl sqlx::PgExecutor<'_>,
     id: Uuid,
 ) -> Result<Option<OrderStatus>, sqlx::Error> {
-    Ok(sqlx::query_scalar!(
+    sqlx::query_scalar!(
         r#"SELECT status AS "status: OrderStatus" FROM orders WHERE id = $1"#,
         id
     )
     .fetch_optional(executor)
-    .await?)
+    .await
 }
 
 /// Filters of an order listing.
