@@ -195,16 +195,9 @@ impl Relay {
                 })
                 .collect(),
         };
-        // The broker failed when it took nothing and refused nothing: every entry is
-        // unavailable. A refused entry means the broker answered.
-        let broker_failed = results
-            .iter()
-            .all(|(_, r)| r.as_ref().is_err_and(|e| !e.is_refused()));
-        permit.record(if broker_failed {
-            Outcome::Failure
-        } else {
-            Outcome::Success
-        });
+        let outcome = broker_outcome(&results);
+        let broker_failed = matches!(outcome, Outcome::Failure);
+        permit.record(outcome);
         let published_at = Utc::now();
         if !self.pause_before_mark.is_zero() {
             tokio::time::sleep(self.pause_before_mark).await;
@@ -453,14 +446,9 @@ impl Relay {
                 return;
             }
         };
-        let broker_failed = results
-            .iter()
-            .all(|(_, r)| r.as_ref().is_err_and(|e| !e.is_refused()));
-        permit.record(if broker_failed {
-            Outcome::Failure
-        } else {
-            Outcome::Success
-        });
+        let outcome = broker_outcome(&results);
+        let broker_failed = matches!(outcome, Outcome::Failure);
+        permit.record(outcome);
         let published_at = Utc::now();
         let sent: Vec<Uuid> = results
             .iter()
@@ -705,4 +693,17 @@ pub async fn backlog(pool: &PgPool, now: DateTime<Utc>) -> Result<Backlog, sqlx:
     )
     .fetch_one(pool)
     .await
+}
+
+/// What a publish says of the broker: it failed when it took nothing and refused nothing
+/// (every entry unavailable); a refused entry means the broker answered.
+fn broker_outcome(results: &[(Uuid, Result<(), PublishError>)]) -> Outcome {
+    if results
+        .iter()
+        .all(|(_, r)| r.as_ref().is_err_and(|e| !e.is_refused()))
+    {
+        Outcome::Failure
+    } else {
+        Outcome::Success
+    }
 }
