@@ -294,7 +294,7 @@ def check_init_script():
     sales_cfg = (ROOT / "services/sales/src/config.rs").read_text()
 
     def code_default(src, key):
-        m = re.search(r"\"" + key + r"\"\s*,\s*\"?([A-Za-z0-9_-]+)\"?\s*\)", src)
+        m = re.search(r"\"" + key + r"\"\s*,\s*\"?([A-Za-z0-9_-]+)\"?\s*[),]", src)
         return m.group(1) if m else None
 
     pairs = [
@@ -333,7 +333,7 @@ def check_delivery_init_script():
     delivery_cfg = (ROOT / "services/delivery/src/config.rs").read_text()
 
     def code_default(src, key):
-        m = re.search(r"\"" + key + r"\"\s*,\s*\"?([A-Za-z0-9_-]+)\"?\s*\)", src)
+        m = re.search(r"\"" + key + r"\"\s*,\s*\"?([A-Za-z0-9_-]+)\"?\s*[),]", src)
         return m.group(1) if m else None
 
     pairs = [
@@ -345,17 +345,17 @@ def check_delivery_init_script():
     ]
     for var, want, what in pairs:
         check(d.get(var) == want, f"{var} default {d.get(var)!r} = {what} {want!r}")
-    consumer = (ROOT / "services/sales/src/delivery_status.rs").read_text()
+    consumer = (ROOT / "services/sales/src/workers/delivery_events.rs").read_text()
     contracts = (ROOT / "crates/contracts/src/delivery.rs").read_text()
     m = re.search(r"pub const CONSUMED[^=]*=\s*\[([^\]]*)\]", consumer)
     consts = dict(re.findall(r"pub const ([A-Z_]+): &str = \"([A-Z_]+)\";", contracts))
     consumed = sorted(consts.get(c.strip(), c.strip()) for c in m.group(1).split(",") if c.strip()) if m else None
-    check(consumed == sorted(d.get("EVENT_TYPES", "").split(",")), f"EVENT_TYPES {d.get('EVENT_TYPES')} = sales' delivery_status::CONSUMED {consumed}")
+    check(consumed == sorted(d.get("EVENT_TYPES", "").split(",")), f"EVENT_TYPES {d.get('EVENT_TYPES')} = sales' workers::delivery_events::CONSUMED {consumed}")
     m = re.search(r"pub const NOT_DELIVERED[^=]*=\s*\[([^\]]*)\]", consumer)
     snake = lambda v: re.sub(r"(?<!^)([A-Z])", r"_\1", v).upper()
     excluded = sorted(snake(v) for v in re.findall(r"DeliveryStatus::(\w+)", m.group(1))) if m else None
     check(excluded == sorted(d.get("EXCLUDED_STATUSES", "").split(",")),
-          f"EXCLUDED_STATUSES {d.get('EXCLUDED_STATUSES')} = sales' delivery_status::NOT_DELIVERED {excluded} (the filter policy drops them)")
+          f"EXCLUDED_STATUSES {d.get('EXCLUDED_STATUSES')} = sales' workers::delivery_events::NOT_DELIVERED {excluded} (the filter policy drops them)")
     check('"anything-but"' in (ROOT / "crates/messaging/src/provision.rs").read_text()
           and '"anything-but"' in (ROOT / "localstack/init/provision.py").read_text()
           and '"anything-but"' in (ROOT / "localstack/init/ready.d/10-sales-events.sh").read_text(),
