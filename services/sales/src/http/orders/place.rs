@@ -94,7 +94,7 @@ async fn place(
         // on, and a retry with the same key answers its outcome.
         Ok(Err(
             saga::Error::Busy(_) | saga::Error::LeaseLost(_) | saga::Error::AlreadyExists(_),
-        )) => return wait_for_first(state, &request, key.as_ref(), &hash).await,
+        )) => return answer_for_key(state, &request, key.as_ref(), &hash, 40).await,
         Ok(Err(e)) => {
             tracing::error!(%order_id, error = %e, "the order saga could not run");
             return Err(Problem::internal().into());
@@ -138,12 +138,12 @@ async fn place(
             // request (same key): answer as it did. Product refuses a key reused for other
             // items (the order id is the key's) the same way.
             Some(Rejection::KeyTaken | Rejection::Duplicate) => {
-                replay_or_busy(state, &request, key.as_ref(), &hash).await
+                answer_for_key(state, &request, key.as_ref(), &hash, 1).await
             }
             Some(Rejection::Refused { kind, .. })
                 if kind.ends_with("reservation-mismatch") && key.is_some() =>
             {
-                replay_or_busy(state, &request, key.as_ref(), &hash).await
+                answer_for_key(state, &request, key.as_ref(), &hash, 1).await
             }
             Some(Rejection::Refused { detail, .. }) => {
                 Err(Problem::conflict("reservation-refused", detail).into())
@@ -169,22 +169,26 @@ async fn place(
     }
 }
 
-/// A request with this key is being placed right now (here, or by another instance): wait
-/// a little for its answer, then say it is in progress.
-async fn wait_for_first(
+/// The first answer for a key, asked up to `attempts` times 25 ms apart (a request with
+/// this key may be being placed right now, here or by another instance), or 409
+/// in-progress.
+async fn answer_for_key(
     state: &AppState,
     request: &PlaceOrder,
     key: Option<&IdempotencyKey>,
     hash: &str,
+    attempts: u32,
 ) -> ApiResult<Response> {
     let Some(key) = key else {
         return Err(in_progress());
     };
-    for _ in 0..40 {
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
         if let Some(answer) = replay(state, request, key, hash).await? {
             return Ok(answer);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     Err(in_progress())
 }
@@ -196,21 +200,6 @@ fn in_progress() -> platform::ApiError {
     )
     .with_retry_after(1)
     .into()
-}
-
-/// The first answer for a key already recorded, or 409 in-progress.
-async fn replay_or_busy(
-    state: &AppState,
-    request: &PlaceOrder,
-    key: Option<&IdempotencyKey>,
-    hash: &str,
-) -> ApiResult<Response> {
-    let Some(key) = key else {
-        return Err(in_progress());
-    };
-    replay(state, request, key, hash)
-        .await?
-        .ok_or_else(in_progress)
 }
 
 async fn replay(
