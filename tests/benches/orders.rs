@@ -21,7 +21,8 @@
 //! database committed per order (`pg_stat_database.xact_commit`, read-only ones included,
 //! the background workers' idle rate subtracted) and the CPU seconds per order of each
 //! process (sales, product, delivery, PostgreSQL's backends of those databases and its
-//! background processes, LocalStack), from `/proc`.
+//! background processes, LocalStack), from `/proc`, and the requests the three services
+//! made to the broker per order (their `broker_requests_total`, by operation).
 //!
 //! Then **fail-fast**: product hung (SIGSTOP) with its breaker open, the same load
 //! at one concurrency; orders are accepted with the availability flag, and the
@@ -37,6 +38,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
+    collections::BTreeMap,
     io::Write,
     path::{Path, PathBuf},
     process::Command,
@@ -402,11 +404,35 @@ async fn cpu_sample(stack: &Stack, databases: &[String]) -> CpuSample {
     }
 }
 
-/// What one order costs: transactions per database and CPU seconds per process.
+/// What one order costs: transactions per database, CPU seconds per process and requests
+/// to the broker.
 struct Cost {
     orders: usize,
     tx_per_order: Vec<(&'static str, f64)>,
     cpu_ms_per_order: Vec<(&'static str, f64)>,
+    broker_requests_per_order: Vec<(String, f64)>,
+}
+
+/// The three services' `broker_requests_total`, summed by operation.
+async fn broker_requests(stack: &Stack) -> BTreeMap<String, f64> {
+    let mut by_operation = BTreeMap::new();
+    for service in [&stack.sales, &stack.product, &stack.delivery] {
+        let text = reqwest::get(format!("{}/metrics", service.base_url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("broker_requests_total{operation=\"") else {
+                continue;
+            };
+            let (operation, value) = rest.split_once("\"}").unwrap();
+            *by_operation.entry(operation.to_owned()).or_insert(0.0) +=
+                value.trim().parse::<f64>().unwrap();
+        }
+    }
+    by_operation
 }
 
 /// PostgreSQL reports a backend's counters at most once a second, and an idle backend's
@@ -419,10 +445,18 @@ async fn cost_of_orders(stack: &Stack, sales: &str, n: usize) -> Cost {
     let names = ["sales", "product", "delivery"];
     let dbs: Vec<String> = names.iter().map(|s| stack.databases[*s].clone()).collect();
     tokio::time::sleep(STATS_SETTLE).await;
-    let (x0, c0) = (xact_commits(&dbs).await, cpu_sample(stack, &dbs).await);
+    let (x0, c0, b0) = (
+        xact_commits(&dbs).await,
+        cpu_sample(stack, &dbs).await,
+        broker_requests(stack).await,
+    );
     let idle = Duration::from_secs(10);
     tokio::time::sleep(idle).await;
-    let (x1, c1) = (xact_commits(&dbs).await, cpu_sample(stack, &dbs).await);
+    let (x1, c1, b1) = (
+        xact_commits(&dbs).await,
+        cpu_sample(stack, &dbs).await,
+        broker_requests(stack).await,
+    );
     let api = SalesClient::new(sales);
     let started = Instant::now();
     for i in 0..n {
@@ -433,7 +467,11 @@ async fn cost_of_orders(stack: &Stack, sales: &str, n: usize) -> Cost {
     }
     let busy = started.elapsed();
     tokio::time::sleep(STATS_SETTLE).await;
-    let (x2, c2) = (xact_commits(&dbs).await, cpu_sample(stack, &dbs).await);
+    let (x2, c2, b2) = (
+        xact_commits(&dbs).await,
+        cpu_sample(stack, &dbs).await,
+        broker_requests(stack).await,
+    );
     let window = (busy + STATS_SETTLE).as_secs_f64();
     let idle_share = window / idle.as_secs_f64();
     let tx_per_order = names
@@ -454,10 +492,20 @@ async fn cost_of_orders(stack: &Stack, sales: &str, n: usize) -> Cost {
             (*name, ((at2 - at1) - idle).max(0.0) * 1000.0 / n as f64)
         })
         .collect();
+    let count = |at: &BTreeMap<String, f64>, op: &str| at.get(op).copied().unwrap_or(0.0);
+    let broker_requests_per_order = b2
+        .keys()
+        .map(|op| {
+            let idle = (count(&b1, op) - count(&b0, op)).max(0.0) * idle_share;
+            let busy = count(&b2, op) - count(&b1, op);
+            (op.clone(), (busy - idle).max(0.0) / n as f64)
+        })
+        .collect();
     Cost {
         orders: n,
         tx_per_order,
         cpu_ms_per_order,
+        broker_requests_per_order,
     }
 }
 
@@ -555,11 +603,22 @@ async fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let requests: Vec<(&str, f64)> = cost
+        .broker_requests_per_order
+        .iter()
+        .map(|(op, n)| (op.as_str(), *n))
+        .collect();
+    let broker_line = if requests.is_empty() {
+        "none (broker off)".to_owned()
+    } else {
+        let total: f64 = requests.iter().map(|(_, n)| n).sum();
+        format!("{total:.2} ({})", fmt(&requests, 2))
+    };
     println!(
-        "cost of one order ({} sequential): transactions {} | CPU ms {}",
+        "cost of one order ({} sequential): transactions {} | CPU ms {} | broker requests {broker_line}",
         cost.orders,
         fmt(&cost.tx_per_order, 2),
-        fmt(&cost.cpu_ms_per_order, 2)
+        fmt(&cost.cpu_ms_per_order, 2),
     );
 
     // Fail-fast: product hangs; once its breaker is open, orders are accepted at once.
@@ -625,11 +684,19 @@ async fn main() {
         }
         let (tx_labels, tx_rule, tx_values) = markdown_table(&cost.tx_per_order, 2);
         let (cpu_labels, cpu_rule, cpu_values) = markdown_table(&cost.cpu_ms_per_order, 2);
+        let broker_table = if requests.is_empty() {
+            String::new()
+        } else {
+            let (labels, rule, values) = markdown_table(&requests, 2);
+            format!(
+                "\n| broker requests per order (all three services) | {labels} |\n|---|{rule}\n| | {values} |\n"
+            )
+        };
         writeln!(
             file,
             "\n### The cost of one order\n\n{} sequential orders; idle rates subtracted.\n\n\
              | | {tx_labels} |\n|---|{tx_rule}\n| transactions per order | {tx_values} |\n\n\
-             | CPU ms per order | {cpu_labels} |\n|---|{cpu_rule}\n| | {cpu_values} |\n",
+             | CPU ms per order | {cpu_labels} |\n|---|{cpu_rule}\n| | {cpu_values} |\n{broker_table}",
             cost.orders,
         )
         .unwrap();

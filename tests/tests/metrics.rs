@@ -318,6 +318,16 @@ async fn metrics_of_all_three_services_after_a_scripted_scenario() {
         expect(&sales, "outbox_relay_lag_seconds_count", &[]),
         sent as f64
     );
+    // Requests to the broker: at least one PublishBatch, at most one per event.
+    let publish_calls = expect(
+        &sales,
+        "broker_requests_total",
+        &[("operation", "PublishBatch")],
+    );
+    assert!(
+        (1.0..=sent as f64).contains(&publish_calls),
+        "{publish_calls} PublishBatch calls for {sent} events"
+    );
     let lag = sales
         .samples
         .iter()

@@ -24,6 +24,13 @@ pub async fn emulator_sdk_config(endpoint_url: &str) -> SdkConfig {
         .await
 }
 
+/// Counts one request to the broker, `broker_requests_total{operation}` (`PublishBatch`,
+/// `ReceiveMessage`, `DeleteMessageBatch`, `ChangeMessageVisibility`), whatever its
+/// outcome: SNS and SQS bill per request, and an emulator's CPU follows them.
+pub(crate) fn count_request(operation: &'static str) {
+    metrics::counter!("broker_requests_total", "operation" => operation).increment(1);
+}
+
 /// The last path segment of a queue URL, i.e. the queue's name (for logs).
 pub fn queue_name_from_url(queue_url: &str) -> &str {
     queue_url

@@ -288,6 +288,7 @@ impl Consumer {
     }
 
     async fn receive(&self) -> anyhow::Result<Vec<Message>> {
+        crate::aws::count_request("ReceiveMessage");
         let out = self
             .sqs
             .receive_message()
@@ -412,6 +413,7 @@ impl Consumer {
         let every = self.config.extend_after.max(MIN_EXTEND_AFTER);
         loop {
             tokio::time::sleep(every).await;
+            crate::aws::count_request("ChangeMessageVisibility");
             let extended = self
                 .sqs
                 .change_message_visibility()
@@ -451,6 +453,7 @@ impl Consumer {
             if entries.is_empty() {
                 continue;
             }
+            crate::aws::count_request("DeleteMessageBatch");
             let deleted = self
                 .sqs
                 .delete_message_batch()

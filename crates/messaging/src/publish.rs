@@ -245,6 +245,7 @@ impl Publisher {
             return outcome;
         }
 
+        crate::aws::count_request("PublishBatch");
         let sent = self
             .sns
             .publish_batch()
