@@ -175,14 +175,7 @@ pub async fn record_failure(
         store::delivery_retries::exhaust(lock, attempts, error).await?;
         let payload =
             json!({"order_id": order_id, "attempts": attempts, "error": error, "exhausted": true});
-        outbox::enqueue(
-            lock.conn(),
-            order_id,
-            order_version,
-            events::DELIVERY_INITIATION_FAILED,
-            &payload,
-        )
-        .await?;
+        announce_failure(lock, order_version, &payload).await?;
         let details = json!({"attempts": attempts, "last_error": error});
         reviews::open_flagged(lock, ReviewReason::DeliveryRetriesExhausted, &details).await?;
         tracing::error!(%order_id, attempts, error, "delivery retries exhausted; order sent to manual review");
@@ -195,17 +188,28 @@ pub async fn record_failure(
         store::delivery_retries::reschedule(lock, attempts, error, next).await?;
         if attempts == 1 {
             let payload = json!({"order_id": order_id, "attempts": attempts, "error": error, "next_attempt_at": next});
-            outbox::enqueue(
-                lock.conn(),
-                order_id,
-                order_version,
-                events::DELIVERY_INITIATION_FAILED,
-                &payload,
-            )
-            .await?;
+            announce_failure(lock, order_version, &payload).await?;
         }
         tracing::warn!(%order_id, attempts, error, next_attempt_at = %next, "Delivery initiation failed, will retry via background job");
         Attempted::Rescheduled { attempts }
     };
     Ok(result)
+}
+
+/// `DELIVERY_INITIATION_FAILED` with `payload`, in the order's transaction.
+async fn announce_failure(
+    lock: &mut OrderLock<'_>,
+    order_version: i32,
+    payload: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    let order_id = lock.id();
+    outbox::enqueue(
+        lock.conn(),
+        order_id,
+        order_version,
+        events::DELIVERY_INITIATION_FAILED,
+        payload,
+    )
+    .await?;
+    Ok(())
 }
