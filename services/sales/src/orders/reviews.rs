@@ -3,11 +3,15 @@
 //! over HTTP is `http::reviews`. Reason and status are enums end to end (text
 //! columns, `contracts::text_enum!`).
 
-use sqlx::PgConnection;
+use chrono::Utc;
+use contracts::orders::OrderStatus;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 pub use crate::store::reviews::{ReviewReason, ReviewStatus};
 use crate::{
+    cache::OrderCache,
+    orders::compensations::CancelError,
     outbox::events,
     store::{self, Hold, OrderLock},
 };
@@ -66,6 +70,53 @@ pub async fn resolve_open(
         how.note,
     )
     .await
+}
+
+/// Approves order `id`'s open reviews as `actor` (an authenticated staff member) with a
+/// checked `note`, in one transaction: the reviews APPROVED, the flag and any delivery hold
+/// cleared, a held delivery released (and exhausted retries restarted with fresh limits),
+/// history and `ORDER_REVIEW_APPROVED`; returns how many reviews it closed. Staff
+/// rejection is the other decision: [`crate::orders::cancellation`] with
+/// `OpenReviews::Reject`.
+pub async fn approve(
+    pool: &PgPool,
+    cache: &OrderCache,
+    id: Uuid,
+    actor: &str,
+    note: &str,
+) -> Result<usize, CancelError> {
+    // Dropping `tx` without commit (any early return) rolls back.
+    let mut tx = pool.begin().await?;
+    let mut lock = store::lock(&mut tx, id)
+        .await?
+        .ok_or(CancelError::NotFound(id))?;
+    let how = Resolution {
+        status: ReviewStatus::Approved,
+        by: actor,
+        resolution: "APPROVED",
+        note: Some(note),
+    };
+    let closed = resolve_open(lock.conn(), id, None, &how).await?;
+    if closed.is_empty() {
+        return Err(CancelError::NoOpenReview(id));
+    }
+    if lock.row.status == OrderStatus::PendingShipment && lock.row.delivery_id.is_none() {
+        // A held delivery (a fallback order) may start now.
+        store::delivery_retries::release_hold(lock.conn(), id, Utc::now()).await?;
+        // Retries gave up: approving asks for them again, with fresh limits.
+        store::delivery_retries::restart_exhausted(&mut lock).await?;
+    }
+    let order = lock
+        .record_change(
+            Some(false),
+            Hold::Clear,
+            &format!("review approved (by {actor}): {note}"),
+            events::ORDER_REVIEW_APPROVED,
+        )
+        .await?;
+    tx.commit().await?;
+    cache.updated(&order).await;
+    Ok(closed.len())
 }
 
 #[cfg(test)]

@@ -2,8 +2,7 @@
 //! or reject (the order is cancelled through its compensations).
 
 use axum::{extract::State, http::HeaderMap};
-use chrono::Utc;
-use contracts::{Problem, common::TextRule, orders::OrderStatus};
+use contracts::{Problem, common::TextRule};
 use platform::{
     ApiResult,
     auth::{Staff, staff_member},
@@ -16,11 +15,9 @@ use super::{Decision, ReviewedOrder, queue};
 use crate::{
     http::AppState,
     orders::{
-        cancellation::{self, CancelError, OpenReviews},
-        reviews::{self, Resolution, ReviewStatus},
+        cancellation::{self, OpenReviews},
+        reviews,
     },
-    outbox::events,
-    store,
 };
 
 /// Longest note.
@@ -68,41 +65,8 @@ pub async fn approve_order(
     state
         .db
         .guard(async {
-            // Dropping `tx` without commit (any early return) rolls back.
-            let mut tx = state.db.pool.begin().await?;
-            let mut lock = store::lock(&mut tx, id)
-                .await?
-                .ok_or_else(|| Problem::not_found(&format!("order {id}")))?;
-            let how = Resolution {
-                status: ReviewStatus::Approved,
-                by: actor,
-                resolution: "APPROVED",
-                note: Some(note),
-            };
-            let closed = reviews::resolve_open(lock.conn(), id, None, &how).await?;
-            if closed.is_empty() {
-                return Err(CancelError::NoOpenReview(id).into());
-            }
-            if lock.row.status == OrderStatus::PendingShipment && lock.row.delivery_id.is_none() {
-                // A held delivery (a fallback order) may start now.
-                store::delivery_retries::release_hold(lock.conn(), id, Utc::now()).await?;
-                // Retries gave up: approving asks for them again, with fresh limits.
-                store::delivery_retries::restart_exhausted(&mut lock).await?;
-            }
-            let changed = Some(
-                lock.record_change(
-                    Some(false),
-                    store::Hold::Clear,
-                    &format!("review approved (by {actor}): {note}"),
-                    events::ORDER_REVIEW_APPROVED,
-                )
-                .await?,
-            );
-            tx.commit().await?;
-            if let Some(order) = &changed {
-                state.cache.updated(order).await;
-            }
-            tracing::info!(order_id = %id, actor, reviews = closed.len(), "manual review approved");
+            let closed = reviews::approve(&state.db.pool, &state.cache, id, actor, note).await?;
+            tracing::info!(order_id = %id, actor, reviews = closed, "manual review approved");
             queue::detail(state, id).await
         })
         .await
