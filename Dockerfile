@@ -3,7 +3,7 @@
 #   docker build --build-arg SERVICE=product  -t orders/product .
 #   docker build --build-arg SERVICE=delivery -t orders/delivery .
 # (docker-compose.yml builds all three.) Stages:
-#   chef     Rust toolchain + cargo-chef + a C toolchain (aws-lc-sys and ring compile C)
+#   chef     Rust toolchain + cargo-chef + a C toolchain (aws-lc-sys, ring and mimalloc compile C)
 #   planner  reduces the workspace to recipe.json (the dependency graph only)
 #   builder  builds the dependencies from the recipe (a layer cached until Cargo.lock or a
 #            manifest changes), then the service itself
