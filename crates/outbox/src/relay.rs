@@ -360,11 +360,10 @@ impl Relay {
                         if let Some(l) = listener.as_mut() {
                             gathered.gather(l, me, self.config.coalesce).await;
                         }
-                        if gathered.wake {
-                            // Commits come in bursts: gather them into one claim and one call.
-                            tokio::time::sleep(self.config.coalesce).await;
-                            claim = true;
-                        }
+                        // Ownerless rows notified: the window above gathered the burst they
+                        // came in, so one claim takes them all (no second wait: the window is
+                        // the only lag coalescing adds).
+                        claim |= gathered.wake;
                         if !gathered.by_id.is_empty() {
                             match self.read(&gathered.by_id).await {
                                 Ok(rows) => gathered.rows.extend(rows),
