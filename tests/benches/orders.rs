@@ -17,7 +17,8 @@
 //!    create the delivery, store its id, commit the reservation with the events marked
 //!    SENT), in one database holding the three schemas, same clients, same products.
 //!
-//! Then **the cost of one order**: 200 sequential orders, with the transactions each
+//! Then **the cost of one order**: once the events the load left behind are published and
+//! consumed (their work is neither idle rate nor order cost), 200 sequential orders, with the transactions each
 //! database committed per order (`pg_stat_database.xact_commit`, read-only ones included,
 //! the background workers' idle rate subtracted) and the CPU seconds per order of each
 //! process (sales, product, delivery, PostgreSQL's backends of those databases and its
@@ -411,6 +412,8 @@ struct Cost {
     tx_per_order: Vec<(&'static str, f64)>,
     cpu_ms_per_order: Vec<(&'static str, f64)>,
     broker_requests_per_order: Vec<(String, f64)>,
+    /// How long the broker traffic the load phases left behind took to drain first.
+    drained_after: Duration,
 }
 
 /// The three services' `broker_requests_total`, summed by operation.
@@ -435,15 +438,42 @@ async fn broker_requests(stack: &Stack) -> BTreeMap<String, f64> {
     by_operation
 }
 
+/// Waits until the events the load left behind are published and consumed (no
+/// `PublishBatch` or `DeleteMessageBatch` for [`QUIET`], at most 5 minutes), so that
+/// their work is not counted as the idle rate nor as the cost of the measured orders;
+/// returns how long it took. With the broker off there is nothing to wait for.
+async fn drain_broker(stack: &Stack) -> Duration {
+    const QUIET: Duration = Duration::from_secs(2);
+    let started = Instant::now();
+    let moving = |at: &BTreeMap<String, f64>| {
+        ["PublishBatch", "DeleteMessageBatch"]
+            .iter()
+            .map(|op| at.get(*op).copied().unwrap_or(0.0))
+            .sum::<f64>()
+    };
+    let mut last = moving(&broker_requests(stack).await);
+    while started.elapsed() < Duration::from_secs(300) {
+        tokio::time::sleep(QUIET).await;
+        let now = moving(&broker_requests(stack).await);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    started.elapsed()
+}
+
 /// PostgreSQL reports a backend's counters at most once a second, and an idle backend's
 /// only after 10 s: wait that long before reading them.
 const STATS_SETTLE: Duration = Duration::from_secs(11);
 
 /// `n` sequential orders: the transactions each database commits per order and the CPU
-/// per order of each process, the idle rates (measured just before) subtracted.
+/// per order of each process, the idle rates (measured just before, once the load's
+/// events have drained) subtracted.
 async fn cost_of_orders(stack: &Stack, sales: &str, n: usize) -> Cost {
     let names = ["sales", "product", "delivery"];
     let dbs: Vec<String> = names.iter().map(|s| stack.databases[*s].clone()).collect();
+    let drained_after = drain_broker(stack).await;
     tokio::time::sleep(STATS_SETTLE).await;
     let (x0, c0, b0) = (
         xact_commits(&dbs).await,
@@ -506,6 +536,7 @@ async fn cost_of_orders(stack: &Stack, sales: &str, n: usize) -> Cost {
         tx_per_order,
         cpu_ms_per_order,
         broker_requests_per_order,
+        drained_after,
     }
 }
 
@@ -615,8 +646,9 @@ async fn main() {
         format!("{total:.2} ({})", fmt(&requests, 2))
     };
     println!(
-        "cost of one order ({} sequential): transactions {} | CPU ms {} | broker requests {broker_line}",
+        "cost of one order ({} sequential, once the load's events had drained, {:.0} s after the last run): transactions {} | CPU ms {} | broker requests {broker_line}",
         cost.orders,
+        cost.drained_after.as_secs_f64(),
         fmt(&cost.tx_per_order, 2),
         fmt(&cost.cpu_ms_per_order, 2),
     );
@@ -694,10 +726,12 @@ async fn main() {
         };
         writeln!(
             file,
-            "\n### The cost of one order\n\n{} sequential orders; idle rates subtracted.\n\n\
+            "\n### The cost of one order\n\n{} sequential orders, once the events the load left behind \
+             had been published and consumed ({:.0} s after the last run); idle rates subtracted.\n\n\
              | | {tx_labels} |\n|---|{tx_rule}\n| transactions per order | {tx_values} |\n\n\
              | CPU ms per order | {cpu_labels} |\n|---|{cpu_rule}\n| | {cpu_values} |\n{broker_table}",
             cost.orders,
+            cost.drained_after.as_secs_f64(),
         )
         .unwrap();
     }
