@@ -440,13 +440,36 @@ async fn broker_requests(stack: &Stack) -> BTreeMap<String, f64> {
     by_operation
 }
 
-/// Waits until the events the load left behind are published and consumed (no
-/// `PublishBatch` or `DeleteMessageBatch` for [`QUIET`], at most 5 minutes), so that
-/// their work is not counted as the idle rate nor as the cost of the measured orders;
-/// returns how long it took. With the broker off there is nothing to wait for.
-async fn drain_broker(stack: &Stack) -> Duration {
+/// Rows of sales' and delivery's outboxes not yet published.
+async fn outbox_pending(stack: &Stack) -> i64 {
+    let mut pending = 0;
+    for service in ["sales", "delivery"] {
+        let url = format!("{}/{}", postgres_base(), stack.databases[service]);
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE status = 'PENDING'")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        pending += n;
+    }
+    pending
+}
+
+/// Waits until the events the load left behind are published (both outboxes hold no
+/// PENDING row: a relay whose breaker opened under the load has not just paused) and
+/// consumed (then no `PublishBatch` or `DeleteMessageBatch` for [`QUIET`]), at most 5
+/// minutes, so that their work is not counted as the idle rate nor as the cost of the
+/// measured orders; returns how long it took. With the broker off there is nothing to
+/// wait for.
+async fn drain_broker(stack: &Stack, broker: bool) -> Duration {
     const QUIET: Duration = Duration::from_secs(2);
     let started = Instant::now();
+    if broker {
+        while outbox_pending(stack).await > 0 && started.elapsed() < Duration::from_secs(300) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
     let moving = |at: &BTreeMap<String, f64>| {
         ["PublishBatch", "DeleteMessageBatch"]
             .iter()
@@ -483,10 +506,10 @@ const COST_ORDERS: usize = 500;
 /// `n` sequential orders: the transactions each database commits per order and the CPU
 /// per order of each process, the idle rates (measured just before, once the load's
 /// events have drained) subtracted.
-async fn cost_of_orders(stack: &Stack, sales: &str, n: usize) -> Cost {
+async fn cost_of_orders(stack: &Stack, sales: &str, n: usize, broker: bool) -> Cost {
     let names = ["sales", "product", "delivery"];
     let dbs: Vec<String> = names.iter().map(|s| stack.databases[*s].clone()).collect();
-    let drained_after = drain_broker(stack).await;
+    let drained_after = drain_broker(stack, broker).await;
     tokio::time::sleep(STATS_SETTLE).await;
     let (x0, c0, b0) = (
         xact_commits(&dbs).await,
@@ -646,7 +669,7 @@ async fn main() {
         p99_at.push((c, o.p99_ms));
     }
 
-    let cost = cost_of_orders(&stack, &sales, COST_ORDERS).await;
+    let cost = cost_of_orders(&stack, &sales, COST_ORDERS, broker).await;
     let fmt = |v: &[(&str, f64)], digits: usize| {
         v.iter()
             .map(|(k, x)| format!("{k} {x:.digits$}"))
