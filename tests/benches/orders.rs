@@ -440,23 +440,33 @@ async fn broker_requests(stack: &Stack) -> BTreeMap<String, f64> {
     by_operation
 }
 
-/// Rows of sales' and delivery's outboxes not yet published.
-async fn outbox_pending(stack: &Stack) -> i64 {
-    let mut pending = 0;
-    for service in ["sales", "delivery"] {
+/// Rows of sales' outbox not yet published, and what they are (by event type, owned or
+/// not, refused or not, due or not). Delivery's outbox is not relayed in this bench (its
+/// stack is started without `delivery_events`: following a delivery is not part of placing
+/// the order, and `status_lag` measures it), so delivery's status changes stay PENDING.
+async fn outbox_pending(stack: &Stack) -> (i64, Vec<String>) {
+    let (mut pending, mut kinds) = (0, Vec::new());
+    for service in ["sales"] {
         let url = format!("{}/{}", postgres_base(), stack.databases[service]);
         let mut conn = PgConnection::connect(&url).await.unwrap();
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE status = 'PENDING'")
-                .fetch_one(&mut conn)
-                .await
-                .unwrap();
-        pending += n;
+        let rows: Vec<(String, bool, bool, bool, i64)> = sqlx::query_as(
+            "SELECT event_type, owner IS NOT NULL, retry_count > 0, next_attempt_at <= now(), count(*)
+             FROM outbox_events WHERE status = 'PENDING' GROUP BY 1, 2, 3, 4",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        for (event, owned, refused, due, n) in rows {
+            pending += n;
+            kinds.push(format!(
+                "{service} {event} x{n} (owned {owned}, refused {refused}, due {due})"
+            ));
+        }
     }
-    pending
+    (pending, kinds)
 }
 
-/// Waits until the events the load left behind are published (both outboxes hold no
+/// Waits until the events the load left behind are published (sales' outbox holds no
 /// PENDING row: a relay whose breaker opened under the load has not just paused) and
 /// consumed (then no `PublishBatch` or `DeleteMessageBatch` for [`QUIET`]), at most 5
 /// minutes, so that their work is not counted as the idle rate nor as the cost of the
@@ -466,7 +476,23 @@ async fn drain_broker(stack: &Stack, broker: bool) -> Duration {
     const QUIET: Duration = Duration::from_secs(2);
     let started = Instant::now();
     if broker {
-        while outbox_pending(stack).await > 0 && started.elapsed() < Duration::from_secs(300) {
+        let mut reported = Duration::ZERO;
+        loop {
+            let (pending, kinds) = outbox_pending(stack).await;
+            if pending == 0 {
+                break;
+            }
+            if started.elapsed() >= reported + Duration::from_secs(30) {
+                reported = started.elapsed();
+                eprintln!(
+                    "drain: {pending} outbox rows still PENDING after {:.0} s: {}",
+                    reported.as_secs_f64(),
+                    kinds.join("; ")
+                );
+            }
+            if started.elapsed() >= Duration::from_secs(300) {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
