@@ -419,6 +419,7 @@ async fn localstack_runs_the_hook_on_start() {
             ("DISABLE_EVENTS", "1"),
             ("SKIP_SSL_CERT_DOWNLOAD", "1"),
             ("SQS_DISABLE_CLOUDWATCH_METRICS", "1"),
+            ("IN_MEMORY_CLIENT", "1"),
             ("FILESYSTEM_ROOT", dir.join("fs").to_str().unwrap()),
             ("TMPDIR", dir.join("tmp").to_str().unwrap()),
             // In the container the hook's default, http://localhost:4566, is LocalStack itself.

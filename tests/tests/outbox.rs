@@ -301,6 +301,7 @@ async fn two_relays_on_one_database_publish_each_event_once() {
             max_messages: 10,
             visibility_timeout_secs: 30,
             extend_after: Duration::from_secs(20),
+            gather: Duration::ZERO,
         },
     );
     let tally = Tally::default();

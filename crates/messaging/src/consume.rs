@@ -50,6 +50,11 @@ pub struct ConsumerConfig {
     /// (ChangeMessageVisibility to `visibility_timeout_secs`), again after each further
     /// `extend_after`. Keep it well under the visibility timeout (default 10 s). Minimum 100 ms.
     pub extend_after: Duration,
+    /// After a receive that did not fill a batch, the next receive waits until this long after
+    /// it (default zero: at once), so that what arrives meanwhile is received and deleted in one
+    /// request each rather than one pair per message. Costs a message that arrives in the pause
+    /// up to this much latency; a full batch is followed by the next receive at once.
+    pub gather: Duration,
 }
 
 impl ConsumerConfig {
@@ -62,6 +67,7 @@ impl ConsumerConfig {
             max_messages: 10,
             visibility_timeout_secs: 30,
             extend_after: Duration::from_secs(10),
+            gather: Duration::ZERO,
         }
     }
 }
@@ -186,8 +192,16 @@ impl Consumer {
                 extend_after: Duration::from_secs(
                     (u64::try_from(visibility_timeout_secs).unwrap_or(0) / 2).max(1),
                 ),
+                gather: Duration::ZERO,
             },
         ))
+    }
+
+    /// The same consumer with [`ConsumerConfig::gather`] set to `gather`.
+    #[must_use]
+    pub fn gathering(mut self, gather: Duration) -> Self {
+        Arc::make_mut(&mut self.config).gather = gather;
+        self
     }
 
     pub fn new(sdk: &SdkConfig, config: ConsumerConfig) -> Self {
@@ -227,15 +241,22 @@ impl Consumer {
                 () = token.cancelled() => break,
                 received = self.receive() => received,
             };
+            let received_at = tokio::time::Instant::now();
             let pause = match received {
                 Ok(messages) => {
                     failures = 0;
                     if messages.is_empty() {
                         (self.config.wait_time_secs <= 0).then_some(EMPTY_POLL_PAUSE)
                     } else {
+                        let partial = messages.len() < self.batch_size();
                         let report = self.handle_messages(&handler, messages).await;
                         tracing::debug!(queue = %self.queue, ?report, "polled");
-                        None
+                        partial
+                            .then(|| {
+                                (received_at + self.config.gather)
+                                    .saturating_duration_since(tokio::time::Instant::now())
+                            })
+                            .filter(|pause| !pause.is_zero())
                     }
                 }
                 Err(error) => {
@@ -287,13 +308,18 @@ impl Consumer {
             + count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)?)
     }
 
+    /// Most messages one receive asks for (SQS allows 1..=10).
+    fn batch_size(&self) -> usize {
+        usize::try_from(self.config.max_messages.clamp(1, 10)).unwrap_or(10)
+    }
+
     async fn receive(&self) -> anyhow::Result<Vec<Message>> {
         crate::aws::count_request("ReceiveMessage");
         let out = self
             .sqs
             .receive_message()
             .queue_url(&self.config.queue_url)
-            .max_number_of_messages(self.config.max_messages.clamp(1, 10))
+            .max_number_of_messages(i32::try_from(self.batch_size()).unwrap_or(10))
             .wait_time_seconds(self.config.wait_time_secs.clamp(0, 20))
             .visibility_timeout(self.config.visibility_timeout_secs)
             .message_attribute_names("All")

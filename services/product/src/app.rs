@@ -110,7 +110,8 @@ async fn order_events_consumer(config: &Config) -> anyhow::Result<Option<messagi
         broker.provision,
         broker.wait_time_secs,
     )
-    .await?;
+    .await?
+    .gathering(broker.gather);
     tracing::info!(queue = %broker.queue_name, "consuming order events");
     Ok(Some(consumer))
 }

@@ -17,6 +17,7 @@ fn config(queue_url: &str, wait: i32, visibility: i32, extend_after: Duration) -
         max_messages: 10,
         visibility_timeout_secs: visibility,
         extend_after,
+        gather: Duration::ZERO,
     }
 }
 
@@ -314,4 +315,86 @@ async fn run_backs_off_while_the_broker_is_unreachable_and_still_stops() {
         .await
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn gathering_receives_what_arrived_in_the_pause_in_one_batch() {
+    let sdk = sdk().await;
+    let (topology, name) = single_queue("cons-gather", 5, 30);
+    let provisioned = provision(&sdk, &topology).await.unwrap();
+    let url = provisioned.queue_urls[&name].clone();
+
+    let gather = Duration::from_millis(1500);
+    let handled: Arc<std::sync::Mutex<Vec<(Uuid, Instant)>>> = Arc::default();
+    let handler = handler_fn({
+        let handled = handled.clone();
+        move |e: Envelope| {
+            let handled = handled.clone();
+            async move {
+                handled.lock().unwrap().push((e.event_id, Instant::now()));
+                Ok(())
+            }
+        }
+    });
+    let consumer =
+        Consumer::new(&sdk, config(&url, 10, 30, Duration::from_secs(10))).gathering(gather);
+    let token = CancellationToken::new();
+    let run = tokio::spawn({
+        let (consumer, token) = (consumer.clone(), token.clone());
+        async move { consumer.run(handler, token).await }
+    });
+
+    // A lone event is received at once (the long poll is waiting for it).
+    let first = envelope("ORDER_CREATED");
+    publish_all(&sdk, &provisioned.topic_arn, std::slice::from_ref(&first)).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            handled.lock().unwrap().len() == 1
+        })
+        .await,
+        "the first event was not handled"
+    );
+    let first_at = handled.lock().unwrap()[0].1;
+    // Three more while the consumer pauses: received together, not before the pause ends.
+    let later = [
+        envelope("ORDER_CREATED"),
+        envelope("ORDER_CREATED"),
+        envelope("ORDER_CREATED"),
+    ];
+    publish_all(&sdk, &provisioned.topic_arn, &later).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            handled.lock().unwrap().len() == 4
+        })
+        .await,
+        "the later events were not handled: {:?}",
+        handled.lock().unwrap()
+    );
+    let times: Vec<Instant> = handled.lock().unwrap()[1..]
+        .iter()
+        .map(|(_, at)| *at)
+        .collect();
+    // The pause is measured from the first receive, which ended just before its handler ran.
+    let slack = Duration::from_millis(200);
+    for at in &times {
+        assert!(
+            *at + slack >= first_at + gather,
+            "an event was received {:?} after the first, inside the {gather:?} pause",
+            at.duration_since(first_at)
+        );
+    }
+    let (earliest, latest) = (times.iter().min().unwrap(), times.iter().max().unwrap());
+    assert!(
+        latest.duration_since(*earliest) < Duration::from_millis(500),
+        "what arrived in the pause came in one receive: {times:?}"
+    );
+    assert_eq!(consumer.config().gather, gather);
+
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(consumer.queue_depth(&url).await.unwrap(), 0);
+    teardown(&sdk, &provisioned).await;
 }
