@@ -248,7 +248,8 @@ impl Consumer {
                     if messages.is_empty() {
                         (self.config.wait_time_secs <= 0).then_some(EMPTY_POLL_PAUSE)
                     } else {
-                        let partial = messages.len() < self.batch_size();
+                        let partial =
+                            messages.len() < usize::try_from(self.batch_size()).unwrap_or(10);
                         let report = self.handle_messages(&handler, messages).await;
                         tracing::debug!(queue = %self.queue, ?report, "polled");
                         partial
@@ -309,8 +310,8 @@ impl Consumer {
     }
 
     /// Most messages one receive asks for (SQS allows 1..=10).
-    fn batch_size(&self) -> usize {
-        usize::try_from(self.config.max_messages.clamp(1, 10)).unwrap_or(10)
+    fn batch_size(&self) -> i32 {
+        self.config.max_messages.clamp(1, 10)
     }
 
     async fn receive(&self) -> anyhow::Result<Vec<Message>> {
@@ -319,7 +320,7 @@ impl Consumer {
             .sqs
             .receive_message()
             .queue_url(&self.config.queue_url)
-            .max_number_of_messages(i32::try_from(self.batch_size()).unwrap_or(10))
+            .max_number_of_messages(self.batch_size())
             .wait_time_seconds(self.config.wait_time_secs.clamp(0, 20))
             .visibility_timeout(self.config.visibility_timeout_secs)
             .message_attribute_names("All")

@@ -48,10 +48,10 @@ pub struct BrokerConfig {
     pub visibility_timeout_secs: i32,
     /// `PRODUCT_BROKER_WAIT_TIME_SECS` (default 10, 0–20 as SQS allows): SQS long-poll wait.
     pub wait_time_secs: i32,
-    /// `PRODUCT_BROKER_GATHER_MS` (default 200; 0: none): after a receive that did not fill a batch,
-    /// the next one waits this long, so a busy queue is received and deleted ten messages
-    /// per request rather than one or two (`messaging::ConsumerConfig::gather`). Nothing
-    /// a customer waits on rides on these events: the reservation is already held.
+    /// `PRODUCT_BROKER_GATHER_MS` (default 200; 0: none): after a receive that did not fill
+    /// a batch, the next one waits this long, so a busy queue is received and deleted ten
+    /// messages per request rather than one or two (`messaging::ConsumerConfig::gather`).
+    /// Nothing a customer waits on rides on these events: the reservation is already held.
     pub gather: Duration,
 }
 

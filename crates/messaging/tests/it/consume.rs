@@ -388,7 +388,6 @@ async fn gathering_receives_what_arrived_in_the_pause_in_one_batch() {
         latest.duration_since(*earliest) < Duration::from_millis(500),
         "what arrived in the pause came in one receive: {times:?}"
     );
-    assert_eq!(consumer.config().gather, gather);
 
     token.cancel();
     tokio::time::timeout(Duration::from_secs(5), run)
