@@ -17,6 +17,12 @@
 //!    create the delivery, store its id, commit the reservation with the events marked
 //!    SENT), in one database holding the three schemas, same clients, same products.
 //!
+//! While the orders run, the **CPU they keep busy**: cores used by each process group (the
+//! same groups as below) and by the whole machine (`/proc/stat`), summed over the runs of a
+//! concurrency, with the same groups' CPU per order under that load. It tells whether the
+//! load is bound by the cores and whose share of them it is. Work that trails the orders (a
+//! consumer's backlog, the relay's last batch) falls partly after the window.
+//!
 //! Then **the cost of one order**: once the events the load left behind are published and
 //! consumed (their work is neither idle rate nor order cost), 500 sequential orders, with the transactions each
 //! database committed per order (`pg_stat_database.xact_commit`, read-only ones included,
@@ -405,6 +411,61 @@ async fn cpu_sample(stack: &Stack, databases: &[String]) -> CpuSample {
     }
 }
 
+/// CPU seconds the whole machine spent busy so far (all cores; idle and iowait excluded).
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    (ticks.iter().sum::<f64>() - idle) / 100.0
+}
+
+/// CPU the order runs of one concurrency used, summed over its runs.
+#[derive(Default)]
+struct LoadCpu {
+    seconds: f64,
+    orders: f64,
+    machine: f64,
+    by_group: Vec<(&'static str, f64)>,
+}
+
+impl LoadCpu {
+    fn add(&mut self, before: (CpuSample, f64), after: (CpuSample, f64), run: &Figures, secs: f64) {
+        if self.by_group.is_empty() {
+            self.by_group = before.0.by_group.iter().map(|(k, _)| (*k, 0.0)).collect();
+        }
+        for (i, (_, used)) in self.by_group.iter_mut().enumerate() {
+            *used += (after.0.by_group[i].1 - before.0.by_group[i].1).max(0.0);
+        }
+        self.machine += (after.1 - before.1).max(0.0);
+        self.seconds += secs;
+        self.orders += run.per_second * secs;
+    }
+
+    /// Cores each group kept busy, and the machine's.
+    fn cores(&self) -> (Vec<(&'static str, f64)>, f64) {
+        let per = |v: f64| v / self.seconds.max(f64::EPSILON);
+        (
+            self.by_group.iter().map(|(k, v)| (*k, per(*v))).collect(),
+            per(self.machine),
+        )
+    }
+
+    /// CPU ms per order of each group under this load.
+    fn ms_per_order(&self) -> Vec<(&'static str, f64)> {
+        self.by_group
+            .iter()
+            .map(|(k, v)| (*k, v * 1000.0 / self.orders.max(1.0)))
+            .collect()
+    }
+}
+
 /// What one order costs: transactions per database, CPU seconds per process and requests
 /// to the broker.
 struct Cost {
@@ -608,6 +669,14 @@ async fn cost_of_orders(stack: &Stack, sales: &str, n: usize, broker: bool) -> C
     }
 }
 
+/// `name value, name value, …` with `digits` decimals.
+fn fmt_pairs(v: &[(&str, f64)], digits: usize) -> String {
+    v.iter()
+        .map(|(k, x)| format!("{k} {x:.digits$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn row(what: &str, c: usize, f: &Figures) -> String {
     format!(
         "| {what} | {c} | {:.0} | {:.1} | {:.1} | {:.1} | {} |",
@@ -645,11 +714,23 @@ async fn main() {
     order_load(&sales, 4, 2).await;
 
     let mut lines = Vec::new();
+    let (mut load_rows, mut load_labels) = (Vec::new(), Vec::<&str>::new());
+    let dbs: Vec<String> = ["sales", "product", "delivery"]
+        .iter()
+        .map(|s| stack.databases[*s].clone())
+        .collect();
     let mut p99_at: Vec<(usize, f64)> = Vec::new();
     for c in concurrencies() {
         let (mut orders, mut ceiling, mut whole) = (Vec::new(), Vec::new(), Vec::new());
+        let mut load_cpu = LoadCpu::default();
         for _ in 0..runs {
-            orders.push(order_load(&sales, c, secs).await);
+            let before = (cpu_sample(&stack, &dbs).await, machine_busy_seconds());
+            let started = Instant::now();
+            let run = order_load(&sales, c, secs).await;
+            let elapsed = started.elapsed().as_secs_f64();
+            let after = (cpu_sample(&stack, &dbs).await, machine_busy_seconds());
+            load_cpu.add(before, after, &run, elapsed);
+            orders.push(run);
             ceiling.push(pgbench(&ceiling_db, "place_order.sql", c, secs, &log_dir));
             whole.push(pgbench(&whole_db, "whole_order.sql", c, secs, &log_dir));
         }
@@ -668,6 +749,23 @@ async fn main() {
             o.per_second / w.per_second,
             o.per_second / p.per_second
         );
+        let (cores, machine) = load_cpu.cores();
+        println!(
+            "c={c:>3}: CPU while the orders ran: cores {} (machine {machine:.2} of {}) | CPU ms per order {}",
+            fmt_pairs(&cores, 2),
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            fmt_pairs(&load_cpu.ms_per_order(), 2),
+        );
+        load_rows.push(format!(
+            "| {c} | {} | {machine:.2} |",
+            cores
+                .iter()
+                .zip(load_cpu.ms_per_order())
+                .map(|((_, cores), (_, ms))| format!("{cores:.2} ({ms:.2})"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ));
+        load_labels = cores.iter().map(|(k, _)| *k).collect();
         lines.push(format!(
             "{} {:.3} | {:.3} |",
             row("orders via `POST /orders`", c, &o),
@@ -696,12 +794,6 @@ async fn main() {
     }
 
     let cost = cost_of_orders(&stack, &sales, COST_ORDERS, broker).await;
-    let fmt = |v: &[(&str, f64)], digits: usize| {
-        v.iter()
-            .map(|(k, x)| format!("{k} {x:.digits$}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let requests: Vec<(&str, f64)> = cost
         .broker_requests_per_order
         .iter()
@@ -711,15 +803,15 @@ async fn main() {
         "none (broker off)".to_owned()
     } else {
         let total: f64 = requests.iter().map(|(_, n)| n).sum();
-        format!("{total:.2} ({})", fmt(&requests, 2))
+        format!("{total:.2} ({})", fmt_pairs(&requests, 2))
     };
     println!(
         "cost of one order ({} sequential, once the load's events had drained, {:.0} s after the last run): transactions {} (idle tx/s subtracted: {}) | CPU ms {} | broker requests {broker_line}",
         cost.orders,
         cost.drained_after.as_secs_f64(),
-        fmt(&cost.tx_per_order, 2),
-        fmt(&cost.idle_tx_per_s, 2),
-        fmt(&cost.cpu_ms_per_order, 2),
+        fmt_pairs(&cost.tx_per_order, 2),
+        fmt_pairs(&cost.idle_tx_per_s, 2),
+        fmt_pairs(&cost.cpu_ms_per_order, 2),
     );
 
     // Fail-fast: product hangs; once its breaker is open, orders are accepted at once.
@@ -781,6 +873,21 @@ async fn main() {
         )
         .unwrap();
         for line in &lines {
+            writeln!(file, "{line}").unwrap();
+        }
+        writeln!(
+            file,
+            "\n### CPU while the orders ran\n\nCores each process kept busy over the order runs \
+             (in brackets: CPU ms per order at that load), and the whole machine's busy cores \
+             (`/proc/stat`, everything on it) of {}. Work that trails the orders (a consumer's \
+             backlog) falls partly after the window.\n\n\
+             | clients | {} | machine |\n|---|{}---|",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            load_labels.join(" | "),
+            "---|".repeat(load_labels.len()),
+        )
+        .unwrap();
+        for line in &load_rows {
             writeln!(file, "{line}").unwrap();
         }
         let (tx_labels, tx_rule, tx_values) = markdown_table(&cost.tx_per_order, 2);
