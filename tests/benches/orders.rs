@@ -391,6 +391,8 @@ fn localstack_pid() -> Option<u32> {
 #[derive(Clone)]
 struct CpuSample {
     by_group: Vec<(&'static str, f64)>,
+    /// The whole machine's busy CPU seconds ([`machine_busy_seconds`]).
+    machine: f64,
 }
 
 async fn cpu_sample(stack: &Stack, databases: &[String]) -> CpuSample {
@@ -408,6 +410,7 @@ async fn cpu_sample(stack: &Stack, databases: &[String]) -> CpuSample {
             ("PostgreSQL", pg),
             ("LocalStack", localstack_pid().map_or(0.0, cpu_seconds)),
         ],
+        machine: machine_busy_seconds(),
     }
 }
 
@@ -436,14 +439,14 @@ struct LoadCpu {
 }
 
 impl LoadCpu {
-    fn add(&mut self, before: (CpuSample, f64), after: (CpuSample, f64), run: &Figures, secs: f64) {
+    fn add(&mut self, before: &CpuSample, after: &CpuSample, run: &Figures, secs: f64) {
         if self.by_group.is_empty() {
-            self.by_group = before.0.by_group.iter().map(|(k, _)| (*k, 0.0)).collect();
+            self.by_group = before.by_group.iter().map(|(k, _)| (*k, 0.0)).collect();
         }
         for (i, (_, used)) in self.by_group.iter_mut().enumerate() {
-            *used += (after.0.by_group[i].1 - before.0.by_group[i].1).max(0.0);
+            *used += (after.by_group[i].1 - before.by_group[i].1).max(0.0);
         }
-        self.machine += (after.1 - before.1).max(0.0);
+        self.machine += (after.machine - before.machine).max(0.0);
         self.seconds += secs;
         self.orders += run.per_second * secs;
     }
@@ -455,6 +458,17 @@ impl LoadCpu {
             self.by_group.iter().map(|(k, v)| (*k, per(*v))).collect(),
             per(self.machine),
         )
+    }
+
+    /// One markdown row: each group's cores (its CPU ms per order), then the machine's.
+    fn markdown_row(&self, clients: usize) -> String {
+        let (cores, machine) = self.cores();
+        let groups: Vec<String> = cores
+            .iter()
+            .zip(self.ms_per_order())
+            .map(|((_, cores), (_, ms))| format!("{cores:.2} ({ms:.2})"))
+            .collect();
+        format!("| {clients} | {} | {machine:.2} |", groups.join(" | "))
     }
 
     /// CPU ms per order of each group under this load.
@@ -593,9 +607,19 @@ const COST_ORDERS: usize = 500;
 /// `n` sequential orders: the transactions each database commits per order and the CPU
 /// per order of each process, the idle rates (measured just before, once the load's
 /// events have drained) subtracted.
+/// The three services, in the order the cost tables show them.
+const SERVICES: [&str; 3] = ["sales", "product", "delivery"];
+
+/// The databases of the stack's three services, in [`SERVICES`] order.
+fn service_databases(stack: &Stack) -> Vec<String> {
+    SERVICES
+        .iter()
+        .map(|s| stack.databases[*s].clone())
+        .collect()
+}
+
 async fn cost_of_orders(stack: &Stack, sales: &str, n: usize, broker: bool) -> Cost {
-    let names = ["sales", "product", "delivery"];
-    let dbs: Vec<String> = names.iter().map(|s| stack.databases[*s].clone()).collect();
+    let dbs = service_databases(stack);
     let drained_after = drain_broker(stack, broker).await;
     tokio::time::sleep(STATS_SETTLE).await;
     let (x0, c0, b0) = (
@@ -627,12 +651,12 @@ async fn cost_of_orders(stack: &Stack, sales: &str, n: usize, broker: bool) -> C
     );
     let window = (busy + STATS_SETTLE).as_secs_f64();
     let idle_share = window / idle.as_secs_f64();
-    let idle_tx_per_s = names
+    let idle_tx_per_s = SERVICES
         .iter()
         .enumerate()
         .map(|(i, name)| (*name, (x1[i] - x0[i]) as f64 / idle.as_secs_f64()))
         .collect();
-    let tx_per_order = names
+    let tx_per_order = SERVICES
         .iter()
         .enumerate()
         .map(|(i, name)| {
@@ -714,22 +738,19 @@ async fn main() {
     order_load(&sales, 4, 2).await;
 
     let mut lines = Vec::new();
-    let (mut load_rows, mut load_labels) = (Vec::new(), Vec::<&str>::new());
-    let dbs: Vec<String> = ["sales", "product", "delivery"]
-        .iter()
-        .map(|s| stack.databases[*s].clone())
-        .collect();
+    let mut load_cpu_at: Vec<(usize, LoadCpu)> = Vec::new();
+    let dbs = service_databases(&stack);
+    let cores_total = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut p99_at: Vec<(usize, f64)> = Vec::new();
     for c in concurrencies() {
         let (mut orders, mut ceiling, mut whole) = (Vec::new(), Vec::new(), Vec::new());
         let mut load_cpu = LoadCpu::default();
         for _ in 0..runs {
-            let before = (cpu_sample(&stack, &dbs).await, machine_busy_seconds());
+            let before = cpu_sample(&stack, &dbs).await;
             let started = Instant::now();
             let run = order_load(&sales, c, secs).await;
             let elapsed = started.elapsed().as_secs_f64();
-            let after = (cpu_sample(&stack, &dbs).await, machine_busy_seconds());
-            load_cpu.add(before, after, &run, elapsed);
+            load_cpu.add(&before, &cpu_sample(&stack, &dbs).await, &run, elapsed);
             orders.push(run);
             ceiling.push(pgbench(&ceiling_db, "place_order.sql", c, secs, &log_dir));
             whole.push(pgbench(&whole_db, "whole_order.sql", c, secs, &log_dir));
@@ -751,21 +772,11 @@ async fn main() {
         );
         let (cores, machine) = load_cpu.cores();
         println!(
-            "c={c:>3}: CPU while the orders ran: cores {} (machine {machine:.2} of {}) | CPU ms per order {}",
+            "c={c:>3}: CPU while the orders ran: cores {} (machine {machine:.2} of {cores_total}) | CPU ms per order {}",
             fmt_pairs(&cores, 2),
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
             fmt_pairs(&load_cpu.ms_per_order(), 2),
         );
-        load_rows.push(format!(
-            "| {c} | {} | {machine:.2} |",
-            cores
-                .iter()
-                .zip(load_cpu.ms_per_order())
-                .map(|((_, cores), (_, ms))| format!("{cores:.2} ({ms:.2})"))
-                .collect::<Vec<_>>()
-                .join(" | ")
-        ));
-        load_labels = cores.iter().map(|(k, _)| *k).collect();
+        load_cpu_at.push((c, load_cpu));
         lines.push(format!(
             "{} {:.3} | {:.3} |",
             row("orders via `POST /orders`", c, &o),
@@ -875,20 +886,23 @@ async fn main() {
         for line in &lines {
             writeln!(file, "{line}").unwrap();
         }
+        let labels: Vec<&str> = load_cpu_at
+            .first()
+            .map(|(_, l)| l.by_group.iter().map(|(k, _)| *k).collect())
+            .unwrap_or_default();
         writeln!(
             file,
             "\n### CPU while the orders ran\n\nCores each process kept busy over the order runs \
              (in brackets: CPU ms per order at that load), and the whole machine's busy cores \
-             (`/proc/stat`, everything on it) of {}. Work that trails the orders (a consumer's \
-             backlog) falls partly after the window.\n\n\
+             (`/proc/stat`, everything on it) of {cores_total}. Work that trails the orders (a \
+             consumer's backlog) falls partly after the window.\n\n\
              | clients | {} | machine |\n|---|{}---|",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            load_labels.join(" | "),
-            "---|".repeat(load_labels.len()),
+            labels.join(" | "),
+            "---|".repeat(labels.len()),
         )
         .unwrap();
-        for line in &load_rows {
-            writeln!(file, "{line}").unwrap();
+        for (c, load_cpu) in &load_cpu_at {
+            writeln!(file, "{}", load_cpu.markdown_row(*c)).unwrap();
         }
         let (tx_labels, tx_rule, tx_values) = markdown_table(&cost.tx_per_order, 2);
         let (cpu_labels, cpu_rule, cpu_values) = markdown_table(&cost.cpu_ms_per_order, 2);
