@@ -383,7 +383,8 @@ async fn with_redis_refusing_connections_orders_work_at_database_speed(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let url = format!("redis://127.0.0.1:{}", closed_port());
+    let refusing = closed_port();
+    let url = format!("redis://127.0.0.1:{}", refusing.port);
     let stack = cached_stack(options, Peers::Both, &url, &unique_prefix()).await;
     let started = Instant::now();
     let order: Order = expect_json(

@@ -46,6 +46,10 @@ pub struct Stack {
     pub delivery_port: u16,
     /// The port sales calls product on (nothing listens there while product is down).
     pub product_port: u16,
+    /// Holds the peers' ports while they are down from the start ([`Peers`]); released when
+    /// one is started.
+    delivery_hold: Option<ClosedPort>,
+    product_hold: Option<ClosedPort>,
     /// Sales' delivery retry worker, to drive step by step with a chosen clock.
     pub retry_worker: sales::workers::delivery_retry::Worker,
     /// Sales' reconciliation job, to drive run by run.
@@ -89,10 +93,23 @@ fn as_sales(mut running: Running) -> Running {
     running
 }
 
-/// A port nothing listens on (bound, then released).
-pub fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+/// A port nothing listens on, held for as long as this lives: bound but not listening, so a
+/// connection to it is refused, and bound without `SO_REUSEADDR`, so no other test's server
+/// (they bind port 0 in parallel processes) is given it meanwhile. A port bound and released
+/// at once could be, and a "down" peer would then answer as that stranger.
+pub struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+pub fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    ClosedPort {
+        _socket: socket,
+        port,
+    }
 }
 
 /// Which peers to run.
@@ -160,9 +177,10 @@ impl Stack {
         let delivery = (peers != Peers::DeliveryDown)
             .then(|| as_sales(Running::spawn(delivery_port, |t| delivery_app.run(t))));
 
-        let port_of = |up: bool, port: u16| if up { port } else { closed_port() };
-        let delivery_port = port_of(delivery.is_some(), delivery_port);
-        let product_port = port_of(product.is_some(), product_port);
+        let hold = |up: bool| (!up).then(closed_port);
+        let (delivery_hold, product_hold) = (hold(delivery.is_some()), hold(product.is_some()));
+        let delivery_port = delivery_hold.as_ref().map_or(delivery_port, |h| h.port);
+        let product_port = product_hold.as_ref().map_or(product_port, |h| h.port);
         let mut sales_vars_map = vars(&[
             ("SALES_LISTEN_ADDR", "127.0.0.1:0".into()),
             ("SALES_PRODUCT_SERVICE_TOKEN", SERVICE_TOKEN.into()),
@@ -207,6 +225,8 @@ impl Stack {
             delivery_db,
             delivery_port,
             product_port,
+            delivery_hold,
+            product_hold,
             retry_worker,
             reconciliation,
             recheck,
@@ -221,6 +241,7 @@ impl Stack {
 
     /// Starts delivery on the port sales calls (after [`Peers::DeliveryDown`]).
     pub async fn start_delivery(&mut self) {
+        self.delivery_hold = None;
         let config = delivery::Config::from(&Env::from_map(
             "DELIVERY_",
             vars(&[
@@ -242,6 +263,7 @@ impl Stack {
     /// Starts product on the port sales calls (after [`Peers::ProductDown`], or after
     /// stopping it: a stopped product closed its pool, so it gets a fresh one).
     pub async fn start_product(&mut self) {
+        self.product_hold = None;
         self.product_db = schema_pool(&self.options, "product").await;
         let config = product::Config::from(&Env::from_map(
             "PRODUCT_",

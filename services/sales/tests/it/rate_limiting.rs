@@ -219,7 +219,8 @@ async fn without_redis_limits_fall_back_to_the_instance(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let url = format!("redis://127.0.0.1:{}", closed_port());
+    let refusing = closed_port();
+    let url = format!("redis://127.0.0.1:{}", refusing.port);
     let stack = Stack::start_configured(
         options,
         Peers::Both,
