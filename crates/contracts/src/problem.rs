@@ -9,6 +9,8 @@ use utoipa::ToSchema;
 
 /// Media type of a problem document.
 pub const PROBLEM_JSON: &str = "application/problem+json";
+/// Problem type slug of a 404 for a path the service has no route for.
+pub const NO_SUCH_ROUTE: &str = "no-such-route";
 
 /// One invalid field of a request: a JSON-pointer-like path and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -121,6 +123,13 @@ impl Problem {
             "Invalid query parameters",
         )
         .with_errors(vec![FieldError::new(field, message)])
+    }
+
+    /// 404 for a path no route serves (type [`NO_SUCH_ROUTE`]), unlike [`Problem::not_found`]
+    /// for a resource of a route that exists: a caller told this expected another service.
+    pub fn no_such_route() -> Self {
+        Self::new(StatusCode::NOT_FOUND, NO_SUCH_ROUTE, "Not found")
+            .with_detail("no such route; see /openapi.json")
     }
 
     /// 404 for a resource that does not exist.

@@ -88,8 +88,7 @@ pub fn openapi_router(doc: utoipa::openapi::OpenApi) -> Router {
 }
 
 async fn not_found() -> Problem {
-    Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found")
-        .with_detail("no such route; see /openapi.json")
+    Problem::no_such_route()
 }
 
 async fn method_not_allowed() -> Problem {

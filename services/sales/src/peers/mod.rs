@@ -4,7 +4,8 @@
 //! or the state forbids it), or the peer is unavailable (cannot connect, timeout,
 //! 5xx, 429, unreadable answer, or its breaker is open; also a 401/403: the peer
 //! refuses sales' own service credential, a fault of the deployment that no retry
-//! of the customer's request fixes). Only the last kind counts as a failure for
+//! of the customer's request fixes; and a 404 "no such route" or a 405: what answered is not
+//! the service sales expects there). Only the last kind counts as a failure for
 //! the breaker. Every call carries sales' service token for that peer as a bearer.
 //!
 //! Each peer also has a bulkhead ([`resilience::Bulkhead`]): a cap on the calls in
@@ -230,6 +231,15 @@ impl HttpPeer {
         if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
             let problem = serde_json::from_slice::<Problem>(&bytes)
                 .unwrap_or_else(|_| Problem::from_status(status));
+            let no_route = status == StatusCode::METHOD_NOT_ALLOWED
+                || (status == StatusCode::NOT_FOUND
+                    && problem.kind.ends_with(contracts::problem::NO_SUCH_ROUTE));
+            if no_route {
+                tracing::error!(peer = self.name, %status,
+                    "the peer serves no such route: check SALES_{}_URL",
+                    self.name.to_ascii_uppercase());
+                return Err(self.unavailable(format!("serves no such route ({status})")));
+            }
             return Err(PeerError::Rejected {
                 peer: self.name,
                 problem,

@@ -58,6 +58,34 @@ async fn product_down_accepts_the_order_flagged_for_review(
     assert_eq!(stack.count(&stack.sales_db, "manual_reviews").await, 1);
 }
 
+/// A product URL that reaches a service without product's routes (a deployment mistake)
+/// is product's fault, as product down is: the order is accepted flagged, not refused.
+#[sqlx::test(migrations = false)]
+async fn a_product_url_reaching_another_service_accepts_the_order_flagged(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let env = platform::config::Env::from_map("STRANGER_", Default::default());
+    let server = platform::config::ServerConfig::from_env(&env, "127.0.0.1:0").unwrap();
+    let stranger = platform::server::with_common_layers(axum::Router::new(), &server);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, stranger).await });
+
+    let stack =
+        Stack::start_configured(options, Peers::Both, &[("SALES_PRODUCT_URL", url.as_str())]).await;
+    let order: Order = expect_json(
+        stack
+            .place(&order_body("alice", &[("SKU-A", 1)]), None)
+            .await,
+        201,
+    )
+    .await;
+    assert!(order.requires_manual_review && order.fallback_used);
+    assert_eq!(order.delivery_id, None);
+    assert_eq!(stack.count(&stack.product_db, "reservations").await, 0);
+}
+
 #[sqlx::test(migrations = false)]
 async fn delivery_down_keeps_the_order_and_schedules_a_retry(
     _pool: PgPoolOptions,
