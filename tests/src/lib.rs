@@ -85,13 +85,23 @@ pub fn binaries_dir() -> PathBuf {
     dir
 }
 
-/// A free TCP port on loopback (bound, then released).
+/// Ports [`free_port`] draws from: below the kernel's ephemeral range (32768 and up here and
+/// on Linux by default), where every server binding port 0 — other tests', in parallel
+/// processes — is given its port. A port taken from that range and released could be handed
+/// to one of them before our process binds it, and a request would reach a stranger.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free TCP port on loopback for a service process to bind: drawn at random from
+/// [`TEST_PORTS`] until one binds (then released for the process).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    loop {
+        let draw = uuid::Uuid::new_v4().as_u128() as u32 % span;
+        let port = TEST_PORTS.start + u16::try_from(draw).unwrap_or(0);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One service binary running as a child process.
